@@ -1,0 +1,142 @@
+//! Types shared by memtrace's kernel programs and its userspace.
+//!
+//! Everything here is `#[repr(C)]`, padding-free and plain data: it crosses the map boundary as
+//! raw bytes, so both sides must agree on the layout to the byte.
+#![no_std]
+
+/// Names of the maps and globals in the kernel object, so both sides spell them alike.
+pub mod names {
+    pub const CACHE_MAP: &str = "PAGE_CACHE";
+    pub const STATS_MAP: &str = "STATS";
+    pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+    pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+    pub const PROG_FILEMAP_ADD: &str = "filemap_add";
+    pub const PROG_FILEMAP_DELETE: &str = "filemap_delete";
+    pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
+    pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
+}
+
+/// Default capacity of the page-cache map: one entry per (memory cgroup, file) pair.
+pub const DEFAULT_CACHE_ENTRIES: u32 = 262_144;
+/// Longest cgroup path the kernel side copies; longer paths are cut and flagged.
+pub const CGROUP_PATH_LEN: usize = 256;
+
+/// Key of the page-cache map: which memory cgroup a file's pages are charged to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey {
+    /// `kernfs_node.id` of the charged memcg's cgroup: the inode of its directory.
+    pub cgroup_id: u64,
+    /// `i_ino` of the file.
+    pub ino: u64,
+    /// `s_dev` of the file's superblock, in the kernel's `MAJOR << 20 | MINOR` encoding.
+    pub dev: u32,
+    /// `cgroup_root.hierarchy_id` of the charged memcg: 0 is cgroup v2, else a v1 hierarchy.
+    /// Ids of different hierarchies may collide, so this is part of the identity.
+    pub hierarchy: u32,
+}
+
+/// Value of the page-cache map: page counts since the programs were attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounters {
+    /// Pages (4 KiB units on x86-64) inserted into the page cache.
+    pub pages_added: u64,
+    /// Pages removed from the page cache (truncate, invalidate, reclaim).
+    pub pages_removed: u64,
+}
+
+/// Indices into the per-CPU `STATS` array: what the kernel side saw, dropped or could not read.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// `mm_filemap_add_to_page_cache` events seen.
+    AddEvents = 0,
+    /// `mm_filemap_delete_from_page_cache` events seen.
+    DeleteEvents = 1,
+    /// Events lost because the page-cache map was full.
+    MapFull = 2,
+    /// Events lost because a kernel read failed (a torn or freed pointer chain).
+    ReadFailed = 3,
+    /// Folios without a memcg (memcg disabled, or not charged): keyed under cgroup id 0.
+    Uncharged = 4,
+    /// Cgroup creation/removal notices lost because the ring buffer was full.
+    CgroupEventsLost = 5,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::AddEvents,
+        Stat::DeleteEvents,
+        Stat::MapFull,
+        Stat::ReadFailed,
+        Stat::Uncharged,
+        Stat::CgroupEventsLost,
+    ];
+}
+
+/// Byte offsets of the kernel struct members the programs follow, resolved from the running
+/// kernel's BTF at start-up and written into the object as a read-only global.
+///
+/// Rust-built BPF gets no CO-RE relocations, so nothing about these layouts is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `folio.flags` (the first word of the page flags).
+    pub folio_flags: u32,
+    /// `folio.mapping`.
+    pub folio_mapping: u32,
+    /// `folio.memcg_data`.
+    pub folio_memcg_data: u32,
+    /// The byte that holds a large folio's order: `_flags_1` (6.6+, low byte) or `_folio_order`.
+    pub folio_order: u32,
+    /// Bit number of `PG_head` in the page flags: set on large folios.
+    pub pg_head_bit: u32,
+    /// `address_space.host`.
+    pub mapping_host: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// `mem_cgroup.css` + `cgroup_subsys_state.cgroup`.
+    pub memcg_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `cgroup.root`.
+    pub cgroup_root: u32,
+    /// `kernfs_node.id`.
+    pub kernfs_id: u32,
+    /// `cgroup_root.hierarchy_id`.
+    pub root_hierarchy_id: u32,
+}
+
+/// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupEventKind {
+    Created = 1,
+    Removed = 2,
+}
+
+/// A cgroup was created or removed: lets userspace name cgroups that are gone by the time it looks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    pub cgroup_id: u64,
+    pub hierarchy: u32,
+    /// A `CgroupEventKind` value.
+    pub kind: u32,
+    /// NUL-terminated path inside the hierarchy, as the tracepoint gives it.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have no padding or invalid bit patterns.
+    unsafe impl aya::Pod for super::CacheKey {}
+    unsafe impl aya::Pod for super::CacheCounters {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

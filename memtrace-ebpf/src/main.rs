@@ -1,0 +1,25 @@
+//! memtrace's kernel programs.
+//!
+//! They count page-cache folios in and out per (charged memory cgroup, file), in kernel maps that
+//! userspace reads on its own schedule. Nothing per page leaves the kernel.
+#![no_std]
+#![no_main]
+// BPF's core has no atomic read-modify-write types; the intrinsic lowers to BPF_ATOMIC add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod cgroups;
+mod kernel;
+mod maps;
+mod page_cache;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; this only satisfies no_std.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

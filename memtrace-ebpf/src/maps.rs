@@ -1,0 +1,56 @@
+//! The maps and globals the programs share with userspace.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use memtrace_common::{CacheCounters, CacheKey, KernelOffsets, Stat, DEFAULT_CACHE_ENTRIES};
+
+/// Pages in and out per (memcg, file). Userspace may resize it before load (`--max-entries`).
+#[map(name = "PAGE_CACHE")]
+pub static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
+    HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
+
+/// Per-CPU event and loss counters, indexed by `Stat`.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Cgroup creation and removal notices (rare: one per mkdir/rmdir).
+#[map(name = "CGROUP_EVENTS")]
+pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Struct offsets of the running kernel, written by the loader before load. Read-only once
+/// loaded, so the verifier sees constants.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    folio_flags: 0,
+    folio_mapping: 0,
+    folio_memcg_data: 0,
+    folio_order: 0,
+    pg_head_bit: 0,
+    mapping_host: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    memcg_cgroup: 0,
+    cgroup_kn: 0,
+    cgroup_root: 0,
+    kernfs_id: 0,
+    root_hierarchy_id: 0,
+};
+
+/// The offsets as the loader set them. The volatile read stops the compiler from folding the
+/// zero initialiser into the code.
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: OFFSETS is a plain static; the volatile read only defeats constant folding.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+}
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,124 @@
+//! Page-cache insertions and removals, aggregated per (charged memcg, file).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use memtrace_common::{CacheCounters, CacheKey, Stat};
+
+use crate::{
+    cgroups::{memcg_identity, MemcgIdentity},
+    kernel::{read, read_ptr, ReadFailed},
+    maps::{count, offsets, PAGE_CACHE},
+};
+
+/// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
+const MEMCG_DATA_FLAGS_MASK: u64 = 7;
+
+/// A folio was inserted into a file's page cache (after its memcg charge succeeded).
+#[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
+pub fn filemap_add(ctx: BtfTracePointContext) -> i32 {
+    count(Stat::AddEvents);
+    on_folio(&ctx, Direction::Added);
+    0
+}
+
+/// A folio is leaving a file's page cache; its memcg is still attached at this point.
+#[btf_tracepoint(function = "mm_filemap_delete_from_page_cache")]
+pub fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
+    count(Stat::DeleteEvents);
+    on_folio(&ctx, Direction::Removed);
+    0
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Added,
+    Removed,
+}
+
+#[inline(always)]
+fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
+    let folio: u64 = ctx.arg(0);
+    match folio_key(folio) {
+        Ok((key, pages)) => account(&key, pages, direction),
+        Err(ReadFailed) => count(Stat::ReadFailed),
+    }
+}
+
+/// Who is charged for this folio, which file it caches, and how many pages it spans.
+#[inline(always)]
+fn folio_key(folio: u64) -> Result<(CacheKey, u64), ReadFailed> {
+    let off = offsets();
+    let mapping = read_ptr(folio, off.folio_mapping)?;
+    let inode = read_ptr(mapping, off.mapping_host)?;
+    let ino: u64 = read(inode, off.inode_ino)?;
+    let sb = read_ptr(inode, off.inode_sb)?;
+    let dev: u32 = read(sb, off.sb_dev)?;
+
+    // The charge lives on the folio, not on the current task: reclaim and writeback run in
+    // kernel threads that were never charged for these pages.
+    let memcg = read::<u64>(folio, off.folio_memcg_data)? & !MEMCG_DATA_FLAGS_MASK;
+    let MemcgIdentity {
+        cgroup_id,
+        hierarchy,
+    } = if memcg == 0 {
+        count(Stat::Uncharged);
+        MemcgIdentity {
+            cgroup_id: 0,
+            hierarchy: 0,
+        }
+    } else {
+        memcg_identity(memcg)?
+    };
+
+    let flags: u64 = read(folio, off.folio_flags)?;
+    let pages = if flags & (1u64 << (off.pg_head_bit & 63)) != 0 {
+        let order: u8 = read(folio, off.folio_order)?;
+        1u64 << (order & 31)
+    } else {
+        1
+    };
+
+    Ok((
+        CacheKey {
+            cgroup_id,
+            ino,
+            dev,
+            hierarchy,
+        },
+        pages,
+    ))
+}
+
+#[inline(always)]
+fn account(key: &CacheKey, pages: u64, direction: Direction) {
+    if let Some(counters) = PAGE_CACHE.get_ptr_mut(key) {
+        bump(counters, pages, direction);
+        return;
+    }
+    let mut fresh = CacheCounters::default();
+    match direction {
+        Direction::Added => fresh.pages_added = pages,
+        Direction::Removed => fresh.pages_removed = pages,
+    }
+    if PAGE_CACHE.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Either another CPU inserted the key first (then add to its entry) or the map is full.
+    match PAGE_CACHE.get_ptr_mut(key) {
+        Some(counters) => bump(counters, pages, direction),
+        None => count(Stat::MapFull),
+    }
+}
+
+#[inline(always)]
+fn bump(counters: *mut CacheCounters, pages: u64, direction: Direction) {
+    // SAFETY: the pointer comes from a map lookup and stays valid for this program run; the
+    // atomic add (BPF has no compare-and-swap for core's atomics) keeps concurrent CPUs from losing each other's counts.
+    unsafe {
+        let field = match direction {
+            Direction::Added => &raw mut (*counters).pages_added,
+            Direction::Removed => &raw mut (*counters).pages_removed,
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, pages);
+    }
+}

@@ -1,0 +1,125 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use memtrace_common::DEFAULT_CACHE_ENTRIES;
+
+/// Which files hold page cache, charged to which memory cgroup.
+///
+/// memtrace attaches eBPF programs to the kernel's page-cache tracepoints and counts every
+/// folio added and removed per (charged memory cgroup, file). Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do; `watch` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Capacity of the kernel's (memcg, file) map; events past it are counted as lost.
+    #[arg(long, global = true, default_value_t = DEFAULT_CACHE_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_entries: u32,
+    /// More diagnostics on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace while a command runs, then print the attribution; exits with the command's status.
+    Run(RunArgs),
+    /// Print the attribution every interval until Ctrl-C.
+    Watch(WatchArgs),
+    /// Check this machine: kernel, BTF, cgroup layout, hooks, privileges.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct OutputArgs {
+    /// JSON instead of a table (one document per line when streaming).
+    #[arg(long)]
+    pub json: bool,
+    /// Files listed per cgroup in the table.
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// Also list cgroups and files whose traced cache is back to zero.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// The command to run, after `--`.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Time between reports: `2s`, `500ms`, `1m`.
+    #[arg(long, short = 'i', default_value = "2s", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Stop after this many reports.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 2s or 500ms: {e}"))?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("interval {text} is too short: use 100ms or more"));
+    }
+    Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_after_dashes() {
+        let cli = Cli::parse_from(["memtrace", "run", "--json", "--", "dd", "if=/dev/zero"]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(run.output.json);
+        assert_eq!(run.command, ["dd", "if=/dev/zero"]);
+    }
+
+    #[test]
+    fn rejects_bad_intervals() {
+        assert!(Cli::try_parse_from(["memtrace", "watch", "--interval", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["memtrace", "watch", "--interval", "1ms"]).is_err());
+        let cli = Cli::parse_from(["memtrace", "watch", "-i", "500ms"]);
+        let Some(Command::Watch(w)) = cli.command else {
+            panic!("expected watch")
+        };
+        assert_eq!(w.interval, Some(Duration::from_millis(500)));
+    }
+}

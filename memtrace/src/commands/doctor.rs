@@ -1,0 +1,193 @@
+//! `memtrace doctor`: what this machine offers memtrace, and what to fix.
+
+use std::{path::Path, process::ExitCode};
+
+use serde::Serialize;
+
+use crate::{
+    cli::{DoctorArgs, GlobalArgs},
+    loader::{
+        btf::{KernelBtf, VMLINUX_BTF},
+        preflight, Tracer,
+    },
+    resolve::cgroups::Hierarchies,
+};
+
+use super::load_options;
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+    /// Whether memtrace cannot work without it.
+    required: bool,
+}
+
+fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>, required: bool) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+        required,
+    }
+}
+
+pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut checks = Vec::new();
+
+    let release = preflight::kernel_release();
+    checks.push(match preflight::check_kernel_version() {
+        Ok(()) => check("kernel", true, format!("Linux {release}"), true),
+        Err(err) => check("kernel", false, err.to_string(), true),
+    });
+    checks.push(match preflight::check_privileges() {
+        Ok(()) => check("privileges", true, "can load eBPF programs", true),
+        Err(err) => check("privileges", false, err.to_string(), true),
+    });
+
+    let btf = if Path::new(VMLINUX_BTF).exists() {
+        match KernelBtf::from_sys_fs() {
+            Ok(btf) => {
+                checks.push(check("btf", true, VMLINUX_BTF, true));
+                Some(btf)
+            }
+            Err(err) => {
+                checks.push(check("btf", false, format!("{err}"), true));
+                None
+            }
+        }
+    } else {
+        checks.push(check(
+            "btf",
+            false,
+            preflight::PreflightError::NoBtf.to_string(),
+            true,
+        ));
+        None
+    };
+    if let Some(btf) = &btf {
+        checks.push(match btf.kernel_offsets() {
+            Ok(offsets) => check("struct offsets", true, format!("{offsets:?}"), true),
+            Err(err) => check("struct offsets", false, error_chain(&err), true),
+        });
+        for (tracepoint, required) in [
+            ("mm_filemap_add_to_page_cache", true),
+            ("mm_filemap_delete_from_page_cache", true),
+            ("cgroup_mkdir", false),
+            ("cgroup_rmdir", false),
+            ("writeback_dirty_folio", false),
+        ] {
+            let present = btf.has_tracepoint(tracepoint);
+            let detail = if present {
+                "declared in BTF"
+            } else {
+                "absent from this kernel"
+            };
+            checks.push(check(
+                format!("tracepoint {tracepoint}"),
+                present,
+                detail,
+                required,
+            ));
+        }
+    }
+
+    let hierarchies = Hierarchies::discover();
+    let layout = match (
+        &hierarchies.memory_hierarchy,
+        &hierarchies.v1_memory,
+        &hierarchies.unified,
+    ) {
+        (Some(0), _, Some(v2)) => Some(format!(
+            "cgroup v2, memory controller at {}",
+            v2.mount_point.display()
+        )),
+        (Some(id), Some(v1), _) => Some(format!(
+            "cgroup v1 memory controller (hierarchy {id}) at {}{}",
+            v1.mount_point.display(),
+            hierarchies
+                .unified
+                .as_ref()
+                .map(|u| format!("; cgroup2 at {} (hybrid)", u.mount_point.display()))
+                .unwrap_or_default()
+        )),
+        _ => None,
+    };
+    checks.push(match layout {
+        Some(layout) => check("cgroups", true, layout, true),
+        None => check(
+            "cgroups",
+            false,
+            "no mounted memory controller found in /proc/cgroups and mountinfo; page cache is attributed by cgroup id only",
+            false,
+        ),
+    });
+
+    if checks.iter().all(|c| c.ok || !c.required) {
+        checks.push(match Tracer::load(&load_options(global)) {
+            Ok(tracer) => {
+                let hooks: Vec<String> = tracer
+                    .hooks
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{} ({}, {})",
+                            h.name,
+                            h.kind,
+                            if h.attached {
+                                "attached"
+                            } else {
+                                "NOT attached"
+                            }
+                        )
+                    })
+                    .collect();
+                check("load and attach", true, hooks.join("; "), true)
+            }
+            Err(err) => check("load and attach", false, error_chain(&err), true),
+        });
+    }
+
+    let healthy = checks.iter().all(|c| c.ok || !c.required);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "healthy": healthy, "checks": checks })
+        );
+    } else {
+        for c in &checks {
+            let mark = match (c.ok, c.required) {
+                (true, _) => "ok  ",
+                (false, true) => "FAIL",
+                (false, false) => "warn",
+            };
+            println!("{mark} {:<42} {}", c.name, c.detail);
+        }
+        println!(
+            "{}",
+            if healthy {
+                "memtrace can run here."
+            } else {
+                "memtrace cannot run here: fix the FAIL lines above."
+            }
+        );
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// An error and its sources on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,59 @@
+//! The subcommands: each wires the collector to a view.
+
+pub mod doctor;
+pub mod run;
+pub mod watch;
+
+use std::io::{self, Write};
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::{
+    cli::{GlobalArgs, OutputArgs},
+    loader::LoadOptions,
+    model::Report,
+    view::{json, table},
+};
+
+pub(crate) fn load_options(global: &GlobalArgs) -> LoadOptions {
+    LoadOptions {
+        max_entries: global.max_entries,
+    }
+}
+
+/// Renders `report` as the user asked.
+pub(crate) fn emit(out: &mut impl Write, report: &Report, output: &OutputArgs) -> io::Result<()> {
+    if output.json {
+        json::write_line(out, report)
+    } else {
+        let options = table::TableOptions {
+            files_per_cgroup: output.files,
+            show_idle: output.all,
+            ..table::TableOptions::default()
+        };
+        table::write(out, report, options)
+    }
+}
+
+/// SIGINT and SIGTERM, which end tracing cleanly (the programs detach when dropped).
+pub(crate) struct Shutdown {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Shutdown {
+    pub(crate) fn install() -> io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal and returns its number.
+    pub(crate) async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+        }
+    }
+}

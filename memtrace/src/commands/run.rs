@@ -1,0 +1,75 @@
+//! `memtrace run -- CMD`: trace while CMD runs, report when it ends.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter},
+    os::unix::process::ExitStatusExt,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::process::Command;
+
+use super::{emit, load_options, Shutdown};
+use crate::{
+    cli::{GlobalArgs, RunArgs},
+    collector::Collector,
+};
+
+pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Fail on an unwritable report file before the command runs, not after.
+    let output_file = match &args.output_file {
+        Some(path) => Some(
+            File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let mut collector = Collector::start(&load_options(global))?;
+
+    let (program, program_args) = args
+        .command
+        .split_first()
+        .context("no command given after `--`")?;
+    let mut child = Command::new(program)
+        .args(program_args)
+        .spawn()
+        .with_context(|| format!("cannot run `{program}`"))?;
+
+    // Cgroup notices are drained while the command runs so a burst cannot overflow the ring.
+    let mut drain = tokio::time::interval(Duration::from_millis(500));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for the command")?,
+            _ = drain.tick() => collector.drain_cgroup_events(None),
+            signal = shutdown.recv() => {
+                // The terminal already sent Ctrl-C to the command; a signal sent to memtrace
+                // alone is passed on, so the command ends and the report is still printed.
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill has no memory effects; the pid is our own child's.
+                    unsafe { libc::kill(pid as i32, signal) };
+                }
+            }
+        }
+    };
+
+    let report = collector.snapshot()?;
+    match output_file {
+        Some(file) => emit(&mut BufWriter::new(file), &report, &args.output),
+        None => emit(&mut io::stdout().lock(), &report, &args.output),
+    }
+    .context("cannot write the report")?;
+
+    Ok(exit_code_of(status))
+}
+
+/// The command's own exit code; 128 + N when it died of signal N, as shells report it.
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

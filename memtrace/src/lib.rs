@@ -1,0 +1,12 @@
+//! memtrace: page cache per memory cgroup and per file, from eBPF programs on the page-cache
+//! tracepoints.
+//!
+//! Data flows kernel programs → [`loader`] → [`collector`] → [`model`] → [`resolve`] → [`view`].
+
+pub mod cli;
+pub mod collector;
+pub mod commands;
+pub mod loader;
+pub mod model;
+pub mod resolve;
+pub mod view;

@@ -1,0 +1,204 @@
+//! Struct member offsets of the running kernel, read from its BTF.
+//!
+//! Rust-built BPF has no CO-RE relocations, so every offset the programs use is resolved here at
+//! start-up and handed to them as a read-only global. A member that is missing stops the load
+//! with its name: a guessed offset would read garbage without a word.
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+use memtrace_common::KernelOffsets;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF at {path}; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no {kind} `{name}`: this kernel is older or configured differently than memtrace supports (Linux 6.1+ with CONFIG_MEMCG)")]
+    MissingType { kind: &'static str, name: String },
+    #[error("kernel BTF: `{strukt}` has no member `{member}`: this kernel's layout is not one memtrace knows (Linux 6.1+ with CONFIG_MEMCG)")]
+    MissingMember { strukt: String, member: String },
+    #[error("kernel BTF: `{enum_name}` has no value `{name}`")]
+    MissingEnumValue { enum_name: String, name: String },
+    #[error("kernel BTF is malformed")]
+    Malformed(#[source] btf_rs::Error),
+}
+
+/// The running kernel's type information.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { btf })
+    }
+
+    /// Whether the kernel declares the BTF tracepoint `name` (typedef `btf_trace_<name>`).
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.btf
+            .resolve_ids_by_name(&format!("btf_trace_{name}"))
+            .is_ok_and(|ids| !ids.is_empty())
+    }
+
+    /// Byte offset of `path` (members separated by `.`) inside struct `strukt`. Members of
+    /// anonymous structs and unions are found as C finds them, through the nesting.
+    pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        let mut current = self.named_struct(strukt)?;
+        let mut bits = 0u32;
+        let mut walked = strukt.to_owned();
+        for member in path.split('.') {
+            let (offset, member_type) =
+                self.find_member(&current, member)?
+                    .ok_or_else(|| BtfError::MissingMember {
+                        strukt: walked.clone(),
+                        member: member.to_owned(),
+                    })?;
+            bits += offset;
+            walked = format!("{walked}.{member}");
+            current = self.strip_modifiers(member_type)?;
+        }
+        Ok(bits / 8)
+    }
+
+    /// Whether `strukt` has a member at `path`.
+    pub fn has_member(&self, strukt: &str, path: &str) -> bool {
+        self.member_offset(strukt, path).is_ok()
+    }
+
+    /// Value of enumerator `name` in `enum enum_name`.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Result<u64, BtfError> {
+        let types =
+            self.btf
+                .resolve_types_by_name(enum_name)
+                .map_err(|_| BtfError::MissingType {
+                    kind: "enum",
+                    name: enum_name.to_owned(),
+                })?;
+        for ty in types {
+            match ty {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        if self.name_of(m)? == name {
+                            return Ok(u64::from(m.val()));
+                        }
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        if self.name_of(m)? == name {
+                            return Ok(m.val());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err(BtfError::MissingEnumValue {
+            enum_name: enum_name.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Type, BtfError> {
+        let missing = || BtfError::MissingType {
+            kind: "struct",
+            name: name.to_owned(),
+        };
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| missing())?;
+        types
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+            .ok_or_else(missing)
+    }
+
+    /// Finds `name` among the members of a struct or union, descending into anonymous members.
+    /// Returns its bit offset from the start of `ty` and its type.
+    fn find_member(&self, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        let members = match ty {
+            Type::Struct(s) | Type::Union(s) => &s.members,
+            _ => return Ok(None),
+        };
+        for m in members {
+            let member_name = self.name_of(m)?;
+            let member_type = self
+                .btf
+                .resolve_chained_type(m)
+                .map_err(BtfError::Malformed)?;
+            if member_name == name {
+                return Ok(Some((m.bit_offset(), member_type)));
+            }
+            if member_name.is_empty() {
+                let inner = self.strip_modifiers(member_type)?;
+                if let Some((offset, found)) = self.find_member(&inner, name)? {
+                    return Ok(Some((m.bit_offset() + offset, found)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip_modifiers(&self, mut ty: Type) -> Result<Type, BtfError> {
+        loop {
+            ty = match &ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(t),
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                    self.btf.resolve_chained_type(t)
+                }
+                Type::TypeTag(t) => self.btf.resolve_chained_type(t),
+                _ => return Ok(ty),
+            }
+            .map_err(BtfError::Malformed)?;
+        }
+    }
+
+    fn name_of(&self, ty: &dyn BtfType) -> Result<String, BtfError> {
+        if ty.get_name_offset().is_none_or(|o| o == 0) {
+            return Ok(String::new());
+        }
+        self.btf.resolve_name(ty).map_err(BtfError::Malformed)
+    }
+
+    /// Everything the page-cache programs read, for this kernel.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        // 6.6+ keeps a large folio's order in the low byte of `_flags_1`; 6.1 has `_folio_order`.
+        let folio_order = self
+            .member_offset("folio", "_flags_1")
+            .or_else(|_| self.member_offset("folio", "_folio_order"))?;
+        let pg_head_bit = self.enum_value("pageflags", "PG_head")?;
+        Ok(KernelOffsets {
+            folio_flags: self.member_offset("folio", "flags")?,
+            folio_mapping: self.member_offset("folio", "mapping")?,
+            folio_memcg_data: self.member_offset("folio", "memcg_data")?,
+            folio_order,
+            pg_head_bit: pg_head_bit as u32,
+            mapping_host: self.member_offset("address_space", "host")?,
+            inode_ino: self.member_offset("inode", "i_ino")?,
+            inode_sb: self.member_offset("inode", "i_sb")?,
+            sb_dev: self.member_offset("super_block", "s_dev")?,
+            memcg_cgroup: self.member_offset("mem_cgroup", "css.cgroup")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            cgroup_root: self.member_offset("cgroup", "root")?,
+            kernfs_id: self.member_offset("kernfs_node", "id")?,
+            root_hierarchy_id: self.member_offset("cgroup_root", "hierarchy_id")?,
+        })
+    }
+}

@@ -1,0 +1,45 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use memtrace::{
+    cli::{Cli, Command, WatchArgs},
+    commands,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("memtrace: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli
+            .command
+            .unwrap_or_else(|| Command::Watch(WatchArgs::default()))
+        {
+            Command::Run(args) => commands::run::run(&cli.global, args).await,
+            Command::Watch(args) => commands::watch::watch(&cli.global, args).await,
+            Command::Doctor(args) => commands::doctor::doctor(&cli.global, &args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("memtrace: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

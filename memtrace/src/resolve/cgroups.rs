@@ -1,0 +1,268 @@
+//! Cgroup ids → paths, for the hierarchy the memory controller lives in.
+//!
+//! A memcg is named by the inode number of its cgroup directory. The table is filled by walking
+//! the mounted hierarchies and by the kernel's mkdir/rmdir notices, and it never forgets: a
+//! removed cgroup's page cache outlives its directory.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use memtrace_common::{CgroupEvent, CgroupEventKind};
+use serde::Serialize;
+
+use super::mounts::{read_mountinfo, Mount};
+
+/// The v2 (unified) hierarchy's id in `cgroup_root.hierarchy_id`.
+pub const UNIFIED_HIERARCHY: u32 = 0;
+
+/// Where each cgroup hierarchy that can hold memcgs is mounted.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Hierarchies {
+    /// Hierarchy id of the memory controller: 0 when it is on cgroup v2.
+    pub memory_hierarchy: Option<u32>,
+    /// Mount of the v1 memory hierarchy, if the controller is on v1.
+    pub v1_memory: Option<MountedHierarchy>,
+    /// Mount of the unified (v2) hierarchy.
+    pub unified: Option<MountedHierarchy>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MountedHierarchy {
+    pub mount_point: PathBuf,
+    /// The cgroup that is mounted there (not `/` inside a cgroup namespace).
+    pub root: PathBuf,
+}
+
+impl Hierarchies {
+    pub fn discover() -> Self {
+        let mounts = read_mountinfo(None).unwrap_or_default();
+        let cgroups = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+        Self::from_parts(&mounts, &cgroups)
+    }
+
+    pub fn from_parts(mounts: &[Mount], proc_cgroups: &str) -> Self {
+        let memory_hierarchy = proc_cgroups.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == "memory").then_some(())?;
+            let hierarchy: u32 = fields.next()?.parse().ok()?;
+            let enabled = fields.nth(1).is_none_or(|e| e == "1");
+            enabled.then_some(hierarchy)
+        });
+        let mounted = |m: &Mount| MountedHierarchy {
+            mount_point: m.mount_point.clone(),
+            root: m.root.clone(),
+        };
+        let v1_memory = mounts
+            .iter()
+            .find(|m| m.fs_type == "cgroup" && m.has_super_option("memory"))
+            .map(mounted);
+        let unified = mounts.iter().find(|m| m.fs_type == "cgroup2").map(mounted);
+        Self {
+            memory_hierarchy,
+            v1_memory,
+            unified,
+        }
+    }
+
+    /// Mount of hierarchy `id`, if it is one memcgs can live in.
+    pub fn mount_of(&self, hierarchy: u32) -> Option<&MountedHierarchy> {
+        if hierarchy == UNIFIED_HIERARCHY {
+            self.unified.as_ref()
+        } else if Some(hierarchy) == self.memory_hierarchy {
+            self.v1_memory.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// Human name of a hierarchy for output.
+    pub fn describe(hierarchy: u32) -> &'static str {
+        if hierarchy == UNIFIED_HIERARCHY {
+            "v2"
+        } else {
+            "v1 memory"
+        }
+    }
+
+    /// The host directory of a cgroup path, for reading its memory.stat.
+    pub fn directory_of(&self, hierarchy: u32, path: &str) -> Option<PathBuf> {
+        let mount = self.mount_of(hierarchy)?;
+        let relative = Path::new(path).strip_prefix(&mount.root).ok()?;
+        Some(mount.mount_point.join(relative))
+    }
+}
+
+/// What memtrace knows of one cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupName {
+    /// Path inside its hierarchy, starting with `/`.
+    pub path: String,
+    /// The directory is gone (its page cache may still be charged to it).
+    pub removed: bool,
+}
+
+/// Remembers every cgroup id it has seen.
+#[derive(Debug, Default)]
+pub struct CgroupTable {
+    pub hierarchies: Hierarchies,
+    known: HashMap<(u32, u64), CgroupName>,
+    /// Hierarchies walked since the last `begin_lookups`, so a burst of unknown ids walks once.
+    walked: Vec<u32>,
+}
+
+impl CgroupTable {
+    pub fn new(hierarchies: Hierarchies) -> Self {
+        let mut table = Self {
+            hierarchies,
+            ..Self::default()
+        };
+        for hierarchy in [Some(UNIFIED_HIERARCHY), table.hierarchies.memory_hierarchy]
+            .into_iter()
+            .flatten()
+        {
+            table.walk(hierarchy);
+        }
+        table
+    }
+
+    /// Starts a round of lookups: each hierarchy may be walked again once.
+    pub fn begin_lookups(&mut self) {
+        self.walked.clear();
+    }
+
+    /// Name of cgroup `id`; walks its hierarchy once per round when the id is new.
+    pub fn lookup(&mut self, hierarchy: u32, id: u64) -> Option<&CgroupName> {
+        if id != 0
+            && !self.known.contains_key(&(hierarchy, id))
+            && !self.walked.contains(&hierarchy)
+        {
+            self.walk(hierarchy);
+        }
+        self.known.get(&(hierarchy, id))
+    }
+
+    /// Applies a mkdir/rmdir notice from the kernel.
+    pub fn apply(&mut self, event: &CgroupEvent) {
+        let end = event
+            .path
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(event.path.len());
+        let path = String::from_utf8_lossy(&event.path[..end]).into_owned();
+        let key = (event.hierarchy, event.cgroup_id);
+        if event.kind == CgroupEventKind::Created as u32 {
+            self.known.insert(
+                key,
+                CgroupName {
+                    path,
+                    removed: false,
+                },
+            );
+        } else if event.kind == CgroupEventKind::Removed as u32 {
+            let entry = self.known.entry(key).or_insert_with(|| CgroupName {
+                path,
+                removed: true,
+            });
+            entry.removed = true;
+        }
+    }
+
+    fn walk(&mut self, hierarchy: u32) {
+        self.walked.push(hierarchy);
+        let Some(mount) = self.hierarchies.mount_of(hierarchy).cloned() else {
+            return;
+        };
+        let mut pending = vec![(mount.mount_point.clone(), mount.root.clone())];
+        while let Some((dir, cgroup_path)) = pending.pop() {
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            let path = cgroup_path.to_string_lossy().into_owned();
+            self.known.insert(
+                (hierarchy, meta.ino()),
+                CgroupName {
+                    path,
+                    removed: false,
+                },
+            );
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push((entry.path(), cgroup_path.join(entry.file_name())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::mounts::parse_mountinfo;
+
+    const HYBRID_MOUNTS: &str = "\
+35 22 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 22 0:32 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+37 22 0:33 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+";
+    const HYBRID_CGROUPS: &str = "\
+#subsys_name\thierarchy\tnum_cgroups\tenabled
+cpu\t1\t1\t1
+memory\t4\t12\t1
+";
+
+    #[test]
+    fn finds_v1_memory_hierarchy() {
+        let h = Hierarchies::from_parts(&parse_mountinfo(HYBRID_MOUNTS), HYBRID_CGROUPS);
+        assert_eq!(h.memory_hierarchy, Some(4));
+        assert_eq!(
+            h.mount_of(4).unwrap().mount_point,
+            PathBuf::from("/sys/fs/cgroup/memory")
+        );
+        assert_eq!(
+            h.mount_of(0).unwrap().mount_point,
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
+        assert!(h.mount_of(1).is_none(), "cpu hierarchy holds no memcgs");
+        assert_eq!(
+            h.directory_of(4, "/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
+        );
+    }
+
+    #[test]
+    fn finds_unified_memory() {
+        let mounts = parse_mountinfo("30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let h = Hierarchies::from_parts(&mounts, "memory\t0\t80\t1\n");
+        assert_eq!(h.memory_hierarchy, Some(0));
+        assert_eq!(
+            h.mount_of(0).unwrap().mount_point,
+            PathBuf::from("/sys/fs/cgroup")
+        );
+    }
+
+    #[test]
+    fn remembers_removed_cgroups() {
+        let mut table = CgroupTable::default();
+        let mut event = CgroupEvent {
+            cgroup_id: 77,
+            hierarchy: 4,
+            kind: CgroupEventKind::Created as u32,
+            path: [0; memtrace_common::CGROUP_PATH_LEN],
+        };
+        event.path[..6].copy_from_slice(b"/a/b/c");
+        table.apply(&event);
+        event.kind = CgroupEventKind::Removed as u32;
+        table.apply(&event);
+        table.walked.push(4);
+        let name = table.lookup(4, 77).unwrap();
+        assert_eq!(name.path, "/a/b/c");
+        assert!(name.removed);
+    }
+}

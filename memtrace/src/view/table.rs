@@ -1,0 +1,105 @@
+//! The human table: cgroups by resident page cache, each with its largest files.
+
+use std::io::{self, Write};
+
+use super::{human_bytes, human_count};
+use crate::{model::Report, resolve::cgroups::Hierarchies};
+
+/// How much of the report a table shows.
+#[derive(Clone, Copy, Debug)]
+pub struct TableOptions {
+    /// Files listed under each cgroup.
+    pub files_per_cgroup: usize,
+    /// Cgroups listed.
+    pub max_cgroups: usize,
+    /// Show cgroups and files whose traced cache is back to zero.
+    pub show_idle: bool,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        Self {
+            files_per_cgroup: 10,
+            max_cgroups: 20,
+            show_idle: false,
+        }
+    }
+}
+
+pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io::Result<()> {
+    let stats = &report.stats;
+    writeln!(
+        out,
+        "memtrace: traced {:.1}s, {} in {} cgroups / {} files; page-cache events +{} -{}",
+        report.traced_seconds,
+        human_bytes(report.totals.cached_bytes),
+        report.totals.cgroups,
+        report.totals.files,
+        human_count(stats.add_events),
+        human_count(stats.delete_events),
+    )?;
+    if stats.lost() > 0 {
+        writeln!(
+            out,
+            "WARNING: lost {} (map full {}, unreadable {}, cgroup notices {}, map read errors {}); raise --max-entries if the map is full",
+            stats.lost(),
+            stats.map_full,
+            stats.read_failed,
+            stats.cgroup_events_lost,
+            stats.map_read_errors
+        )?;
+    }
+    if let Some(detached) = report.hooks.iter().find(|h| !h.attached) {
+        writeln!(
+            out,
+            "note: hook {} is not attached ({} unavailable)",
+            detached.name, detached.purpose
+        )?;
+    }
+    writeln!(
+        out,
+        "{:>10} {:>10} {:>10}  CGROUP / FILE",
+        "CACHED", "ADDED", "REMOVED"
+    )?;
+
+    let visible = report
+        .cgroups
+        .iter()
+        .filter(|c| options.show_idle || c.cached_bytes > 0)
+        .take(options.max_cgroups);
+    for cgroup in visible {
+        let path = cgroup.path.as_deref().unwrap_or("(unknown cgroup)");
+        let removed = if cgroup.removed { " [removed]" } else { "" };
+        writeln!(
+            out,
+            "{:>10} {:>10} {:>10}  {path}{removed}  (id {}, {})",
+            human_bytes(cgroup.cached_bytes),
+            human_bytes(cgroup.added_bytes),
+            human_bytes(cgroup.removed_bytes),
+            cgroup.id,
+            Hierarchies::describe(cgroup.hierarchy),
+        )?;
+        let files = cgroup
+            .files
+            .iter()
+            .filter(|f| options.show_idle || f.cached_bytes > 0);
+        let mut shown = 0;
+        for file in files.clone().take(options.files_per_cgroup) {
+            shown += 1;
+            writeln!(
+                out,
+                "{:>10} {:>10} {:>10}    dev {} ino {}",
+                human_bytes(file.cached_bytes),
+                human_bytes(file.added_bytes),
+                human_bytes(file.removed_bytes),
+                file.dev,
+                file.ino
+            )?;
+        }
+        let hidden = files.count() - shown;
+        if hidden > 0 {
+            writeln!(out, "{:>34}    ... {hidden} more files", "")?;
+        }
+    }
+    out.flush()
+}
