@@ -1,1 +1,92 @@
+//! Helpers for memtrace's integration tests: real memory cgroups, real files on a disk
+//! filesystem, processes placed in cgroups, and the kernel's own figures to compare with.
+//!
+//! Everything here needs root. Nothing is skipped: a missing privilege or kernel feature fails
+//! the test with a message saying what is missing.
 
+pub mod cgroup;
+pub mod files;
+
+use std::{path::PathBuf, process::Command};
+
+use memtrace::{
+    collector::Collector,
+    loader::LoadOptions,
+    model::{CgroupUsage, FileUsage, Report},
+};
+
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// Fails loudly when not root: these tests load eBPF programs and create cgroups.
+pub fn require_root() {
+    // SAFETY: geteuid has no memory effects.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "memtrace's integration tests need root (eBPF programs, memory cgroups): run `sudo -E cargo xtask test`"
+    );
+}
+
+/// Loads memtrace's programs into the running kernel, in process.
+pub fn start_tracer() -> Collector {
+    require_root();
+    Collector::start(&LoadOptions::default())
+        .unwrap_or_else(|err| panic!("memtrace failed to load: {:#}", anyhow::Error::from(err)))
+}
+
+/// The memtrace binary built for these tests (`cargo xtask test` sets MEMTRACE_BIN).
+pub fn memtrace_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MEMTRACE_BIN") {
+        return PathBuf::from(bin);
+    }
+    // Next to the test binary's deps/ directory: target/<profile>/memtrace.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("memtrace"));
+    match bin {
+        Some(bin) if bin.exists() => bin,
+        _ => panic!("memtrace binary not found: build it first (`cargo xtask test` does) or set MEMTRACE_BIN"),
+    }
+}
+
+/// `memtrace ARGS` as a command.
+pub fn memtrace(args: &[&str]) -> Command {
+    let mut cmd = Command::new(memtrace_bin());
+    cmd.args(args);
+    cmd
+}
+
+/// The cgroup with this id in a report.
+pub fn cgroup_in(report: &Report, id: u64) -> Option<&CgroupUsage> {
+    report.cgroups.iter().find(|c| c.id == id)
+}
+
+/// The file with this identity under a cgroup.
+pub fn file_in<'a>(cgroup: &'a CgroupUsage, file: &files::FileId) -> Option<&'a FileUsage> {
+    cgroup
+        .files
+        .iter()
+        .find(|f| f.ino == file.ino && f.dev == file.dev)
+}
+
+/// Cached bytes memtrace charges `file` to cgroup `id` (0 when absent).
+pub fn cached(report: &Report, id: u64, file: &files::FileId) -> u64 {
+    cgroup_in(report, id)
+        .and_then(|c| file_in(c, file))
+        .map_or(0, |f| f.cached_bytes)
+}
+
+/// Asserts `actual` is within `tolerance` bytes of `expected`, with a readable message.
+#[track_caller]
+pub fn assert_near(what: &str, actual: u64, expected: u64, tolerance: u64) {
+    let diff = actual.abs_diff(expected);
+    assert!(
+        diff <= tolerance,
+        "{what}: got {actual} bytes ({:.2} MiB), expected {expected} ({:.2} MiB) ± {tolerance}",
+        actual as f64 / MIB as f64,
+        expected as f64 / MIB as f64
+    );
+}

@@ -1,1 +1,201 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. Each installs what it needs first.
+
+mod ebpf_build;
+mod setup;
+
+use std::{
+    env,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use setup::{ensure, run, Needs};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and test tools a fresh machine lacks.
+    Setup,
+    /// Build the kernel object alone and print where it is.
+    BuildEbpf,
+    /// Build target/release/memtrace (kernel object embedded).
+    Build,
+    /// Build memtrace and run it as root with ARGS (sudo when not root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lint, then run every test: unit and integration, on the real kernel, as root.
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn build_release() -> Result<PathBuf> {
+    ensure(Needs::Build)?;
+    run(cargo().args(["build", "--release", "--locked", "-p", "memtrace"]))?;
+    Ok(workspace().join("target/release/memtrace"))
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => ensure(Needs::Test),
+        Task::BuildEbpf => {
+            ensure(Needs::Build)?;
+            let target_dir = workspace().join("target/ebpf");
+            let object = ebpf_build::build_ebpf(&workspace(), &target_dir)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Task::Build => {
+            let binary = build_release()?;
+            println!("{}", binary.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            let binary = build_release()?;
+            let mut cmd = if is_root() {
+                Command::new(&binary)
+            } else {
+                eprintln!(
+                    "xtask: memtrace loads eBPF programs, which needs root: running it with sudo"
+                );
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&binary);
+                sudo
+            };
+            Err(cmd.args(args).exec()).context("cannot exec memtrace")
+        }
+        Task::Test { args } => test(&args),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the tests load eBPF programs and create memory cgroups, which needs root: run `sudo -E cargo xtask test`"
+        );
+    }
+    ensure(Needs::Test)?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    run(cargo().args([
+        "fmt",
+        "--manifest-path",
+        "memtrace-ebpf/Cargo.toml",
+        "--",
+        "--check",
+    ]))
+    .context("kernel code is not formatted: run `cargo fmt` in memtrace-ebpf")?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["build", "--locked", "-p", "memtrace"]))?;
+    let binary = workspace().join("target/debug/memtrace");
+    let tally = run_tests(
+        cargo()
+            .args(["test", "--workspace", "--locked", "--no-fail-fast", "--"])
+            .args(args)
+            .env("MEMTRACE_BIN", &binary),
+    )?;
+    // One closing line for the whole run: cargo ends with the last crate's line, which may be
+    // a crate without tests.
+    println!(
+        "tests: {} passed, {} failed, {} ignored",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if tally.failed > 0 || !tally.success {
+        bail!("tests failed");
+    }
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    success: bool,
+}
+
+/// Runs a `cargo test` command, passing its output through and adding up its result lines.
+fn run_tests(cmd: &mut Command) -> Result<Tally> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let mut tally = Tally::default();
+    let stdout = child.stdout.take().context("test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match label {
+                    "passed" => tally.passed += count,
+                    "failed" => tally.failed += count,
+                    "ignored" => tally.ignored += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    tally.success = child.wait().context("waiting for cargo test")?.success();
+    Ok(tally)
+}

@@ -41,8 +41,10 @@ pub enum LoadError {
         hook: &'static str,
         hint: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
+    #[error("program `{0}` is missing from the eBPF object (a build mismatch: rebuild memtrace)")]
+    MissingProgram(&'static str),
     #[error("map `{0}` is missing from the eBPF object (a build mismatch: rebuild memtrace)")]
     MissingMap(&'static str),
     #[error("map `{name}` has an unexpected type")]
@@ -210,11 +212,11 @@ fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tp: &TracepointProgram) -> Resu
         program: tp.program,
         hook: tp.tracepoint,
         hint: program_error_hint(&source),
-        source,
+        source: Box::new(source),
     };
     let program: &mut BtfTracePoint = ebpf
         .program_mut(tp.program)
-        .ok_or(LoadError::MissingMap(tp.program))?
+        .ok_or(LoadError::MissingProgram(tp.program))?
         .try_into()
         .map_err(fail)?;
     program.load(tp.tracepoint, btf).map_err(fail)?;

@@ -1,0 +1,146 @@
+//! Real memory cgroups for tests, on cgroup v1 or v2, removed when dropped.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Write},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread,
+    time::Duration,
+};
+
+use memtrace::resolve::cgroups::{Hierarchies, UNIFIED_HIERARCHY};
+
+/// Parent of every test cgroup, so a failed run leaves one place to clean.
+const TEST_PARENT: &str = "memtrace-tests";
+
+/// A memory cgroup made for one test.
+pub struct MemCgroup {
+    /// Directory on the host.
+    pub dir: PathBuf,
+    /// Path inside the hierarchy, as memtrace reports it.
+    pub path: String,
+    /// Hierarchy id as the kernel tags the memcg (0 on v2).
+    pub hierarchy: u32,
+    /// cgroup id: the directory's inode number.
+    pub id: u64,
+    v2: bool,
+}
+
+impl MemCgroup {
+    /// Creates `memtrace-tests/<name>-<pid>` in the memory controller's hierarchy.
+    pub fn create(name: &str) -> Self {
+        let hierarchies = Hierarchies::discover();
+        let hierarchy = hierarchies
+            .memory_hierarchy
+            .expect("no memory controller in /proc/cgroups: the kernel needs CONFIG_MEMCG and a mounted memory cgroup");
+        let mount = hierarchies
+            .mount_of(hierarchy)
+            .expect("the memory controller's hierarchy is not mounted")
+            .clone();
+        let v2 = hierarchy == UNIFIED_HIERARCHY;
+        let parent = mount.mount_point.join(TEST_PARENT);
+        fs::create_dir_all(&parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+        if v2 {
+            // Children of the parent get their own memcg only if the parents delegate memory.
+            enable_memory_controller(&mount.mount_point);
+            enable_memory_controller(&parent);
+        }
+        let leaf = format!("{name}-{}", std::process::id());
+        let dir = parent.join(&leaf);
+        if dir.exists() {
+            let _ = fs::remove_dir(&dir);
+        }
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let id = fs::metadata(&dir).expect("stat cgroup dir").ino();
+        let path = mount
+            .root
+            .join(TEST_PARENT)
+            .join(&leaf)
+            .to_string_lossy()
+            .into_owned();
+        Self {
+            dir,
+            path,
+            hierarchy,
+            id,
+            v2,
+        }
+    }
+
+    /// Starts `cmd` inside this cgroup: the child joins it before exec, so every page it
+    /// touches is charged here.
+    pub fn spawn(&self, cmd: &mut Command) -> Child {
+        let procs = self.dir.join("cgroup.procs");
+        // SAFETY: the closure only opens and writes a file, which is async-signal-safe enough
+        // for a freshly forked child that execs right after.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut file = fs::OpenOptions::new().write(true).open(&procs)?;
+                file.write_all(std::process::id().to_string().as_bytes())
+            });
+        }
+        cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+    }
+
+    /// Runs `cmd` in this cgroup to completion and asserts it succeeded.
+    pub fn run(&self, cmd: &mut Command) {
+        let status = self.spawn(cmd).wait().expect("wait for child");
+        assert!(status.success(), "{cmd:?} failed: {status}");
+    }
+
+    /// memory.stat as key → value.
+    pub fn memory_stat(&self) -> HashMap<String, u64> {
+        let text = fs::read_to_string(self.dir.join("memory.stat")).expect("read memory.stat");
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Page-cache bytes the kernel charges here: `cache` (v1) or `file` (v2).
+    pub fn page_cache_bytes(&self) -> u64 {
+        let stat = self.memory_stat();
+        let key = if self.v2 { "file" } else { "cache" };
+        *stat
+            .get(key)
+            .unwrap_or_else(|| panic!("memory.stat has no `{key}`"))
+    }
+
+    /// Waits out the kernel's per-CPU stat batching (flushed at least every 2 s).
+    pub fn settle_stats() {
+        thread::sleep(Duration::from_millis(2500));
+    }
+}
+
+fn enable_memory_controller(dir: &Path) {
+    let control = dir.join("cgroup.subtree_control");
+    if fs::read_to_string(&control).is_ok_and(|c| c.split_whitespace().any(|x| x == "memory")) {
+        return;
+    }
+    if let Err(e) = fs::write(&control, "+memory") {
+        panic!("enable memory controller in {}: {e}", control.display());
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Children have exited by now; the memcg lingers as long as its pages do, which is
+        // exactly what memtrace must cope with.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!(
+            "warning: could not remove test cgroup {}",
+            self.dir.display()
+        );
+    }
+}

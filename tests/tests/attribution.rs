@@ -1,0 +1,228 @@
+//! Attribution on the running kernel: real memory cgroups, real writers and readers, compared
+//! with the kernel's own memory.stat and mincore.
+
+use std::{
+    fs::{File, OpenOptions},
+    thread,
+};
+
+use memtrace_tests::{
+    assert_near, cached,
+    cgroup::MemCgroup,
+    cgroup_in,
+    files::{dd_read, dd_write, drop_cache, make_uncached_file, resident_bytes, FileId, Scratch},
+    start_tracer, MIB,
+};
+
+/// Largest folio the page cache uses on x86-64 (PMD size): "± one folio".
+const ONE_FOLIO: u64 = 2 * MIB;
+
+#[test]
+fn writer_in_child_cgroup_is_charged_its_file_then_truncate_drops_it() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("writer");
+    let cgroup = MemCgroup::create("writer");
+    let log = scratch.path("app.log");
+
+    cgroup.run(&mut dd_write(&log, 64));
+    let file = FileId::of(&log);
+    let report = tracer.snapshot().expect("snapshot");
+    let charged = cached(&report, cgroup.id, &file);
+    assert_near("64 MiB written in the cgroup", charged, 64 * MIB, ONE_FOLIO);
+    let resident = resident_bytes(&File::open(&log).unwrap()).unwrap();
+    eprintln!("64 MiB writer: memtrace {charged} B, mincore {resident} B");
+    assert_near("memtrace vs mincore", charged, resident, ONE_FOLIO);
+    let cg = cgroup_in(&report, cgroup.id).unwrap();
+    assert_eq!(
+        cg.path.as_deref(),
+        Some(cgroup.path.as_str()),
+        "cgroup named by its path"
+    );
+    assert_eq!(cg.hierarchy, cgroup.hierarchy);
+
+    OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let report = tracer.snapshot().expect("snapshot");
+    assert_near(
+        "after truncate",
+        cached(&report, cgroup.id, &file),
+        0,
+        ONE_FOLIO,
+    );
+}
+
+#[test]
+fn fadvise_dontneed_drops_resident_to_about_zero() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("dontneed");
+    let cgroup = MemCgroup::create("dontneed");
+    let data = scratch.path("data.bin");
+
+    cgroup.run(&mut dd_write(&data, 64));
+    let file = FileId::of(&data);
+    assert_near(
+        "before fadvise",
+        cached(&tracer.snapshot().unwrap(), cgroup.id, &file),
+        64 * MIB,
+        ONE_FOLIO,
+    );
+
+    // DONTNEED skips dirty pages: write them back first.
+    let handle = File::open(&data).unwrap();
+    handle.sync_all().unwrap();
+    drop_cache(&handle).unwrap();
+    assert_eq!(
+        resident_bytes(&handle).unwrap(),
+        0,
+        "kernel still holds pages after DONTNEED"
+    );
+    let report = tracer.snapshot().expect("snapshot");
+    assert_near(
+        "after fadvise(DONTNEED)",
+        cached(&report, cgroup.id, &file),
+        0,
+        ONE_FOLIO,
+    );
+}
+
+#[test]
+fn reader_in_second_cgroup_is_charged_for_what_it_reads() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("reader");
+    let writer = MemCgroup::create("first");
+    let reader = MemCgroup::create("second");
+    let written = scratch.path("written.bin");
+    let third = scratch.path("third.bin");
+
+    writer.run(&mut dd_write(&written, 16));
+    make_uncached_file(&third, 32);
+    reader.run(&mut dd_read(&third));
+
+    let report = tracer.snapshot().expect("snapshot");
+    let third_id = FileId::of(&third);
+    assert_near(
+        "reader charged for the file it read",
+        cached(&report, reader.id, &third_id),
+        32 * MIB,
+        ONE_FOLIO,
+    );
+    assert_eq!(
+        cached(&report, writer.id, &third_id),
+        0,
+        "the writer never touched the third file"
+    );
+    assert_eq!(
+        cached(&report, reader.id, &FileId::of(&written)),
+        0,
+        "the reader never touched the written file"
+    );
+    assert_near(
+        "writer keeps its own file",
+        cached(&report, writer.id, &FileId::of(&written)),
+        16 * MIB,
+        ONE_FOLIO,
+    );
+}
+
+#[test]
+fn cgroup_total_agrees_with_memory_stat_cache() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("memstat");
+    let cgroup = MemCgroup::create("memstat");
+    let before = cgroup.page_cache_bytes();
+
+    cgroup.run(&mut dd_write(&scratch.path("a.log"), 48));
+    cgroup.run(&mut dd_read(&{
+        let p = scratch.path("b.bin");
+        make_uncached_file(&p, 16);
+        p
+    }));
+    MemCgroup::settle_stats();
+
+    let kernel = cgroup.page_cache_bytes() - before;
+    let report = tracer.snapshot().expect("snapshot");
+    let traced = cgroup_in(&report, cgroup.id)
+        .expect("cgroup in report")
+        .cached_bytes;
+    let tolerance = kernel / 50; // 2%
+    eprintln!("memory.stat page cache delta {kernel} B, memtrace {traced} B");
+    assert_near(
+        "memtrace total vs memory.stat page cache delta",
+        traced,
+        kernel,
+        tolerance,
+    );
+    assert!(
+        kernel >= 60 * MIB,
+        "the kernel charged {kernel} bytes, expected about 64 MiB"
+    );
+}
+
+#[test]
+fn two_writers_in_two_cgroups_at_once_stay_apart() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("pair");
+    let left = MemCgroup::create("left");
+    let right = MemCgroup::create("right");
+    let left_file = scratch.path("left.log");
+    let right_file = scratch.path("right.log");
+
+    thread::scope(|s| {
+        s.spawn(|| left.run(&mut dd_write(&left_file, 48)));
+        s.spawn(|| right.run(&mut dd_write(&right_file, 24)));
+    });
+
+    let report = tracer.snapshot().expect("snapshot");
+    let (l, r) = (FileId::of(&left_file), FileId::of(&right_file));
+    assert_near(
+        "left file in left cgroup",
+        cached(&report, left.id, &l),
+        48 * MIB,
+        ONE_FOLIO,
+    );
+    assert_near(
+        "right file in right cgroup",
+        cached(&report, right.id, &r),
+        24 * MIB,
+        ONE_FOLIO,
+    );
+    assert_eq!(
+        cached(&report, left.id, &r),
+        0,
+        "right's file leaked into left"
+    );
+    assert_eq!(
+        cached(&report, right.id, &l),
+        0,
+        "left's file leaked into right"
+    );
+    assert_eq!(report.stats.map_full, 0);
+    assert_eq!(report.stats.read_failed, 0);
+}
+
+#[test]
+fn removed_cgroup_keeps_its_name_and_its_cache() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("zombie");
+    let log = scratch.path("zombie.log");
+    let (id, path) = {
+        let cgroup = MemCgroup::create("zombie");
+        cgroup.run(&mut dd_write(&log, 8));
+        (cgroup.id, cgroup.path.clone())
+    }; // dropped: the directory is removed, the memcg lingers with its pages
+
+    let report = tracer.snapshot().expect("snapshot");
+    let cg = cgroup_in(&report, id).expect("removed cgroup still reported");
+    assert_eq!(cg.path.as_deref(), Some(path.as_str()));
+    assert!(cg.removed, "cgroup should be marked removed");
+    assert_near(
+        "zombie memcg keeps its cache",
+        cg.cached_bytes,
+        8 * MIB,
+        ONE_FOLIO,
+    );
+}

@@ -1,0 +1,125 @@
+//! Installs what a fresh machine lacks, idempotently: each piece is checked first and installed
+//! only when missing, with a line saying what and why.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{ebpf_build::find_tool, is_root};
+
+/// LLVM major version bpf-linker is built against (rustc 1.95 ships LLVM 22).
+const LLVM_MAJOR: u32 = 22;
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What a caller needs installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Building the eBPF object and memtrace.
+    Build,
+    /// Building plus what the integration tests drive: runc, busybox, bpftool.
+    Test,
+}
+
+pub fn ensure(needs: Needs) -> Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    if needs == Needs::Test {
+        let mut packages = Vec::new();
+        for (tool, package, why) in [
+            ("runc", "runc", "integration tests run real OCI containers"),
+            (
+                "busybox",
+                "busybox-static",
+                "container root filesystems for the tests",
+            ),
+            (
+                "bpftool",
+                "bpftool",
+                "tests compare resolved struct offsets with bpftool's BTF dump",
+            ),
+        ] {
+            if find_tool(tool).is_none() && !Path::new("/bin").join(tool).exists() {
+                eprintln!("xtask: installing {package}: {why}");
+                packages.push(package);
+            }
+        }
+        apt_install(&packages)?;
+    }
+    Ok(())
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
+    let library = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if library.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src: the BPF target builds `core` from source");
+    run(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if find_tool("bpf-linker").is_some() {
+        return Ok(());
+    }
+    let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+    if !Path::new(&prefix).join("lib/libLLVM.so").exists() {
+        eprintln!(
+            "xtask: installing llvm-{LLVM_MAJOR}-dev: bpf-linker links against LLVM {LLVM_MAJOR}"
+        );
+        apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
+    }
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute): it links the eBPF object");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM_MAJOR}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+/// Installs Debian packages (after one `apt-get update`); nothing when the list is empty.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(all[0]);
+        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    run(&mut apt(&install)).with_context(|| format!("installing {}", packages.join(" ")))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
