@@ -9,6 +9,7 @@ pub mod names {
     pub const CACHE_MAP: &str = "PAGE_CACHE";
     pub const STATS_MAP: &str = "STATS";
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+    pub const FILE_EVENTS: &str = "FILE_EVENTS";
     pub const OFFSETS_GLOBAL: &str = "OFFSETS";
     pub const PROG_FILEMAP_ADD: &str = "filemap_add";
     pub const PROG_FILEMAP_DELETE: &str = "filemap_delete";
@@ -20,6 +21,11 @@ pub mod names {
 pub const DEFAULT_CACHE_ENTRIES: u32 = 262_144;
 /// Longest cgroup path the kernel side copies; longer paths are cut and flagged.
 pub const CGROUP_PATH_LEN: usize = 256;
+/// Path components the kernel's dentry walk copies, leaf first.
+pub const PATH_DEPTH: usize = 20;
+/// Bytes kept of each path component, NUL included. Longer names are cut; userspace then finds
+/// the full name by inode in the parent directory.
+pub const NAME_LEN: usize = 80;
 
 /// Key of the page-cache map: which memory cgroup a file's pages are charged to.
 #[repr(C)]
@@ -62,10 +68,12 @@ pub enum Stat {
     Uncharged = 4,
     /// Cgroup creation/removal notices lost because the ring buffer was full.
     CgroupEventsLost = 5,
+    /// File path notices lost because the ring buffer was full (userspace falls back).
+    FileEventsLost = 6,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::AddEvents,
         Stat::DeleteEvents,
@@ -73,6 +81,7 @@ impl Stat {
         Stat::ReadFailed,
         Stat::Uncharged,
         Stat::CgroupEventsLost,
+        Stat::FileEventsLost,
     ];
 }
 
@@ -111,6 +120,20 @@ pub struct KernelOffsets {
     pub kernfs_id: u32,
     /// `cgroup_root.hierarchy_id`.
     pub root_hierarchy_id: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `inode.i_nlink`.
+    pub inode_nlink: u32,
+    /// `inode.i_rdev`.
+    pub inode_rdev: u32,
+    /// `inode.i_dentry` (an hlist_head: its first word points at a dentry's alias node).
+    pub inode_dentry: u32,
+    /// `dentry.d_u.d_alias`: subtracted from the alias node to get the dentry.
+    pub dentry_alias: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
 }
 
 /// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.
@@ -131,6 +154,33 @@ pub struct CgroupEvent {
     pub kind: u32,
     /// NUL-terminated path inside the hierarchy, as the tracepoint gives it.
     pub path: [u8; CGROUP_PATH_LEN],
+}
+
+/// `FileEvent.flags`: the walk reached its depth limit before the filesystem root.
+pub const PATH_TOO_DEEP: u32 = 1;
+/// `FileEvent.flags`: the inode had no cached dentry, so no path.
+pub const PATH_NO_DENTRY: u32 = 2;
+/// `FileEvent.flags`: a kernel read failed partway through the walk.
+pub const PATH_READ_FAILED: u32 = 4;
+
+/// A file seen for the first time under a memcg: its identity and its path from the root of
+/// its filesystem (not from a mount), captured by a bounded dentry walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileEvent {
+    pub ino: u64,
+    pub dev: u32,
+    /// `i_mode`: file type and permissions.
+    pub mode: u32,
+    /// `i_rdev`: for block-device inodes, the device whose metadata they cache.
+    pub rdev: u32,
+    /// `i_nlink` when captured: 0 means already unlinked.
+    pub nlink: u32,
+    /// Components filled in `names`, leaf first.
+    pub depth: u32,
+    /// `PATH_*` bits.
+    pub flags: u32,
+    pub names: [[u8; NAME_LEN]; PATH_DEPTH],
 }
 
 #[cfg(feature = "user")]

@@ -12,6 +12,7 @@ mod cgroups;
 mod kernel;
 mod maps;
 mod page_cache;
+mod paths;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -19,6 +19,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 
 #[map(name = "CGROUP_EVENTS")]
 pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// First sight of a file under a memcg, with its path (rare: once per new (memcg, file)).
+#[map(name = "FILE_EVENTS")]
+pub static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
 /// Struct offsets of the running kernel, written by the loader before load. Read-only once
 /// loaded, so the verifier sees constants.
 #[unsafe(no_mangle)]
@@ -37,6 +41,13 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_root: 0,
     kernfs_id: 0,
     root_hierarchy_id: 0,
+    inode_mode: 0,
+    inode_nlink: 0,
+    inode_rdev: 0,
+    inode_dentry: 0,
+    dentry_alias: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
 };
 
 /// The offsets as the loader set them. The volatile read stops the compiler from folding the

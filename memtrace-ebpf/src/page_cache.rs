@@ -8,6 +8,7 @@ use crate::{
     cgroups::{memcg_identity, MemcgIdentity},
     kernel::{read, read_ptr, ReadFailed},
     maps::{count, offsets, PAGE_CACHE},
+    paths::report_file,
 };
 
 /// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
@@ -39,14 +40,18 @@ enum Direction {
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
     let folio: u64 = ctx.arg(0);
     match folio_key(folio) {
-        Ok((key, pages)) => account(&key, pages, direction),
+        Ok((key, pages, inode)) => {
+            if account(&key, pages, direction) == Entry::Created {
+                report_file(inode, key.dev, key.ino);
+            }
+        }
         Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
 
-/// Who is charged for this folio, which file it caches, and how many pages it spans.
+/// Who is charged for this folio, which file it caches, how many pages it spans, and the inode.
 #[inline(always)]
-fn folio_key(folio: u64) -> Result<(CacheKey, u64), ReadFailed> {
+fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
     let off = offsets();
     let mapping = read_ptr(folio, off.folio_mapping)?;
     let inode = read_ptr(mapping, off.mapping_host)?;
@@ -86,14 +91,22 @@ fn folio_key(folio: u64) -> Result<(CacheKey, u64), ReadFailed> {
             hierarchy,
         },
         pages,
+        inode,
     ))
 }
 
+#[derive(PartialEq, Eq)]
+enum Entry {
+    Existing,
+    Created,
+    Dropped,
+}
+
 #[inline(always)]
-fn account(key: &CacheKey, pages: u64, direction: Direction) {
+fn account(key: &CacheKey, pages: u64, direction: Direction) -> Entry {
     if let Some(counters) = PAGE_CACHE.get_ptr_mut(key) {
         bump(counters, pages, direction);
-        return;
+        return Entry::Existing;
     }
     let mut fresh = CacheCounters::default();
     match direction {
@@ -101,12 +114,18 @@ fn account(key: &CacheKey, pages: u64, direction: Direction) {
         Direction::Removed => fresh.pages_removed = pages,
     }
     if PAGE_CACHE.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
-        return;
+        return Entry::Created;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
     match PAGE_CACHE.get_ptr_mut(key) {
-        Some(counters) => bump(counters, pages, direction),
-        None => count(Stat::MapFull),
+        Some(counters) => {
+            bump(counters, pages, direction);
+            Entry::Existing
+        }
+        None => {
+            count(Stat::MapFull);
+            Entry::Dropped
+        }
     }
 }
 

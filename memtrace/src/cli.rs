@@ -44,12 +44,40 @@ pub struct OutputArgs {
     /// JSON instead of a table (one document per line when streaming).
     #[arg(long)]
     pub json: bool,
-    /// Files listed per cgroup in the table.
-    #[arg(long, default_value_t = 10)]
-    pub files: usize,
-    /// Also list cgroups and files whose traced cache is back to zero.
+    /// Also list cgroups and files whose traced cache is back to zero (table).
     #[arg(long)]
     pub all: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// What to show: the filters of `watch` and `run`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Only this container: its name, id, or an id prefix (4+ characters).
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// Only this cgroup and those below it, by path inside the hierarchy (`/kubepods.slice`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Only files whose path (as the container sees it, or on the host) starts with P.
+    #[arg(long, value_name = "P")]
+    pub path_prefix: Option<String>,
+    /// The N largest cgroups, and the N largest files in each (the table shows 10 files
+    /// per cgroup unless told).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> crate::model::Filter {
+        crate::model::Filter {
+            container: self.container.clone(),
+            cgroup: self.cgroup.clone(),
+            path_prefix: self.path_prefix.clone(),
+            top: self.top,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

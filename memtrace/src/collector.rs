@@ -2,13 +2,12 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aya::maps::{MapData, RingBuf};
-use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat};
+use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
 
 use crate::{
     loader::{LoadError, LoadOptions, Tracer},
-    model::{aggregate, KernelStats, Report, SCHEMA_VERSION},
-    resolve::cgroups::{CgroupTable, Hierarchies},
+    model::{aggregate, apply_filter, Filter, KernelStats, Report, SCHEMA_VERSION},
+    resolve::Resolvers,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,20 +19,20 @@ pub enum CollectError {
 /// Loaded programs plus the userspace state that names what they count.
 pub struct Collector {
     tracer: Tracer,
-    pub cgroups: CgroupTable,
+    pub resolvers: Resolvers,
     started: Instant,
     page_size: u64,
 }
 
 impl Collector {
-    /// Loads and attaches the programs, then learns the cgroups that exist now.
+    /// Loads and attaches the programs, then learns the cgroups, mounts and containers that
+    /// exist now.
     pub fn start(options: &LoadOptions) -> Result<Self, LoadError> {
         let tracer = Tracer::load(options)?;
         let started = Instant::now();
-        let cgroups = CgroupTable::new(Hierarchies::discover());
         Ok(Self {
             tracer,
-            cgroups,
+            resolvers: Resolvers::new(),
             started,
             page_size: page_size(),
         })
@@ -43,27 +42,18 @@ impl Collector {
         &self.tracer
     }
 
-    /// The cgroup notice ring buffer, for callers that wait on it; `None` once taken.
-    pub fn take_cgroup_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.tracer.cgroup_events.take()
-    }
-
-    /// Applies pending cgroup notices from `events` (the ring buffer taken, or still held).
-    pub fn drain_cgroup_events(&mut self, events: Option<&mut RingBuf<MapData>>) {
-        let events = match events {
-            Some(events) => events,
-            None => match self.tracer.cgroup_events.as_mut() {
-                Some(events) => events,
-                None => return,
-            },
-        };
-        while let Some(item) = events.next() {
-            if item.len() < size_of::<CgroupEvent>() {
-                continue;
+    /// Applies pending notices from the kernel: cgroups made and removed, files first seen.
+    /// Call it often enough that the ring buffers do not fill (the commands do, every 200 ms).
+    pub fn drain_events(&mut self) {
+        while let Some(item) = self.tracer.cgroup_events.next() {
+            if let Some(event) = read_event::<CgroupEvent>(&item) {
+                self.resolvers.on_cgroup_event(&event);
             }
-            // SAFETY: the kernel wrote a whole CgroupEvent; read_unaligned copes with alignment.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CgroupEvent>()) };
-            self.cgroups.apply(&event);
+        }
+        while let Some(item) = self.tracer.file_events.next() {
+            if let Some(event) = read_event::<FileEvent>(&item) {
+                self.resolvers.on_file_event(&event);
+            }
         }
     }
 
@@ -85,15 +75,21 @@ impl Collector {
             read_failed: sums[Stat::ReadFailed as usize],
             uncharged: sums[Stat::Uncharged as usize],
             cgroup_events_lost: sums[Stat::CgroupEventsLost as usize],
+            file_events_lost: sums[Stat::FileEventsLost as usize],
             map_entries: 0,
             map_capacity: u64::from(self.tracer.max_entries),
             map_read_errors: 0,
         })
     }
 
-    /// Reads every (memcg, file) entry and builds the attribution.
+    /// Everything memtrace attributes now.
     pub fn snapshot(&mut self) -> Result<Report, CollectError> {
-        self.drain_cgroup_events(None);
+        self.snapshot_filtered(&Filter::default())
+    }
+
+    /// Reads every (memcg, file) entry, names what it can, keeps what `filter` asks for.
+    pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
+        self.drain_events();
         let mut stats = self.kernel_stats()?;
         let mut entries: Vec<(CacheKey, CacheCounters)> = Vec::new();
         for entry in self.tracer.page_cache.iter() {
@@ -104,11 +100,10 @@ impl Collector {
         }
         stats.map_entries = entries.len() as u64;
 
-        self.cgroups.begin_lookups();
-        let cgroups = &mut self.cgroups;
-        let (cgroups, totals) = aggregate(entries, self.page_size, |hierarchy, id| {
-            cgroups.lookup(hierarchy, id).cloned()
-        });
+        let (mut cgroups, mut totals) = aggregate(entries, self.page_size);
+        self.resolvers.refresh();
+        self.resolvers.annotate(&mut cgroups);
+        apply_filter(&mut cgroups, &mut totals, filter);
         Ok(Report {
             schema_version: SCHEMA_VERSION,
             timestamp: SystemTime::now()
@@ -122,6 +117,16 @@ impl Collector {
             cgroups,
         })
     }
+}
+
+/// Copies a kernel-written event out of a ring buffer record.
+fn read_event<T: Copy>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the kernel wrote a whole T (checked length); every bit pattern is valid for these
+    // plain-data types, and read_unaligned copes with the record's alignment.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }
 
 /// The kernel's base page size; the programs count in pages.

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use memtrace_common::{CacheCounters, CacheKey};
 use serde::Serialize;
 
-use crate::{loader::Hook, resolve::cgroups::CgroupName};
+use crate::{
+    loader::Hook,
+    resolve::{containers::Container, paths::Layer},
+};
 
 /// Version of the JSON document; bumped only for incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -24,6 +27,8 @@ pub struct KernelStats {
     pub uncharged: u64,
     /// Cgroup mkdir/rmdir notices dropped (a full ring buffer): some names may be missing.
     pub cgroup_events_lost: u64,
+    /// File path notices dropped (a full ring buffer): some files may show no path.
+    pub file_events_lost: u64,
     /// Entries in the (memcg, file) map now, and its capacity.
     pub map_entries: u64,
     pub map_capacity: u64,
@@ -34,15 +39,32 @@ pub struct KernelStats {
 impl KernelStats {
     /// Events or entries that were lost somewhere, for a warning line.
     pub fn lost(&self) -> u64 {
-        self.map_full + self.read_failed + self.cgroup_events_lost + self.map_read_errors
+        self.map_full
+            + self.read_failed
+            + self.cgroup_events_lost
+            + self.file_events_lost
+            + self.map_read_errors
     }
 }
 
 /// One file's page cache charged to one cgroup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileUsage {
+    /// The path a process sees: inside its container for overlay files, else the host path.
+    /// `null` when no name could be found.
+    pub path: Option<String>,
+    /// The file on the host (for a container's files, the file in its overlay layer).
+    pub host_path: Option<String>,
+    /// Unlinked while its pages stay cached (a rotated log still held open).
+    pub deleted: bool,
+    /// `upper` (a container's writable layer) or `lower` (an image layer) for overlay files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<Layer>,
     /// Device of the file's filesystem, `MAJ:MIN` as in /proc/self/mountinfo.
     pub dev: String,
+    /// The kernel's device number, for lookups.
+    #[serde(skip)]
+    pub dev_raw: u32,
     pub ino: u64,
     /// Resident bytes traced since start: added − removed, never below 0.
     pub cached_bytes: u64,
@@ -61,6 +83,11 @@ pub struct CgroupUsage {
     pub path: Option<String>,
     /// The cgroup directory is gone; its cache is still charged to it.
     pub removed: bool,
+    /// The container this cgroup belongs to, when it is one.
+    pub container: Option<Container>,
+    /// The systemd unit, for cgroups that are not containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub cached_bytes: u64,
     pub added_bytes: u64,
     pub removed_bytes: u64,
@@ -99,11 +126,11 @@ pub fn format_dev(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
-/// Groups raw (memcg, file) counters into cgroups with their files, largest first.
+/// Groups raw (memcg, file) counters into cgroups with their files, largest first. Names are
+/// left empty for the resolvers.
 pub fn aggregate(
     entries: impl IntoIterator<Item = (CacheKey, CacheCounters)>,
     page_size: u64,
-    mut name_of: impl FnMut(u32, u64) -> Option<CgroupName>,
 ) -> (Vec<CgroupUsage>, Totals) {
     let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = HashMap::new();
     for (key, counters) in entries {
@@ -113,7 +140,12 @@ pub fn aggregate(
             .entry((key.hierarchy, key.cgroup_id))
             .or_default()
             .push(FileUsage {
+                path: None,
+                host_path: None,
+                deleted: false,
+                layer: None,
                 dev: format_dev(key.dev),
+                dev_raw: key.dev,
                 ino: key.ino,
                 cached_bytes: added.saturating_sub(removed),
                 added_bytes: added,
@@ -133,7 +165,6 @@ pub fn aggregate(
             let cached_bytes = files.iter().map(|f| f.cached_bytes).sum();
             let added_bytes: u64 = files.iter().map(|f| f.added_bytes).sum();
             let removed_bytes: u64 = files.iter().map(|f| f.removed_bytes).sum();
-            let name = name_of(hierarchy, id);
             totals.cached_bytes += cached_bytes;
             totals.added_bytes += added_bytes;
             totals.removed_bytes += removed_bytes;
@@ -141,8 +172,10 @@ pub fn aggregate(
             CgroupUsage {
                 id,
                 hierarchy,
-                path: name.as_ref().map(|n| n.path.clone()),
-                removed: name.is_some_and(|n| n.removed),
+                path: None,
+                removed: false,
+                container: None,
+                unit: None,
                 cached_bytes,
                 added_bytes,
                 removed_bytes,
@@ -160,6 +193,89 @@ pub fn aggregate(
     });
     totals.cgroups = cgroups.len();
     (cgroups, totals)
+}
+
+/// What to keep of a report.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// A container name, id, or id prefix.
+    pub container: Option<String>,
+    /// A cgroup path or a parent of it.
+    pub cgroup: Option<String>,
+    /// Files whose path (container view) or host path starts with this.
+    pub path_prefix: Option<String>,
+    /// The N largest cgroups, and the N largest files in each.
+    pub top: Option<usize>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.container.is_none()
+            && self.cgroup.is_none()
+            && self.path_prefix.is_none()
+            && self.top.is_none()
+    }
+}
+
+/// Whether `container` is the one the user named: by name, full id, or an id prefix.
+pub fn container_matches(container: &Container, wanted: &str) -> bool {
+    container.name.as_deref() == Some(wanted)
+        || container.id == wanted
+        || (wanted.len() >= 4 && container.id.starts_with(wanted))
+}
+
+/// Whether `path` is `prefix` or lies below it, component-wise.
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Keeps what `filter` asks for; totals are recomputed over what is kept. A cgroup's own
+/// figures stay whole even when only some of its files are listed.
+pub fn apply_filter(cgroups: &mut Vec<CgroupUsage>, totals: &mut Totals, filter: &Filter) {
+    if filter.is_empty() {
+        return;
+    }
+    cgroups.retain(|c| {
+        let container_ok = filter.container.as_deref().is_none_or(|wanted| {
+            c.container
+                .as_ref()
+                .is_some_and(|container| container_matches(container, wanted))
+        });
+        let cgroup_ok = filter
+            .cgroup
+            .as_deref()
+            .is_none_or(|prefix| c.path.as_deref().is_some_and(|p| under(p, prefix)));
+        container_ok && cgroup_ok
+    });
+    if let Some(prefix) = filter.path_prefix.as_deref() {
+        for cgroup in cgroups.iter_mut() {
+            cgroup.files.retain(|f| {
+                [&f.path, &f.host_path]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| under(p, prefix))
+            });
+        }
+        cgroups.retain(|c| !c.files.is_empty());
+    }
+    if let Some(top) = filter.top {
+        cgroups.truncate(top);
+        for cgroup in cgroups.iter_mut() {
+            cgroup.files.truncate(top);
+        }
+    }
+    *totals = Totals {
+        cached_bytes: cgroups.iter().map(|c| c.cached_bytes).sum(),
+        added_bytes: cgroups.iter().map(|c| c.added_bytes).sum(),
+        removed_bytes: cgroups.iter().map(|c| c.removed_bytes).sum(),
+        cgroups: cgroups.len(),
+        files: cgroups.iter().map(|c| c.file_count).sum(),
+    };
 }
 
 #[cfg(test)]
@@ -209,10 +325,122 @@ mod tests {
 
     #[test]
     fn cache_dropped_that_predates_tracing_never_goes_negative() {
-        let (cgroups, _) = aggregate(vec![(key(1, 1), counters(2, 10))], 4096, |_, _| None);
+        let (cgroups, _) = aggregate(vec![(key(1, 1), counters(2, 10))], 4096);
         assert_eq!(cgroups[0].files[0].cached_bytes, 0);
         assert_eq!(cgroups[0].net_bytes, -8 * 4096);
         assert_eq!(cgroups[0].path, None);
+    }
+
+    fn named(mut cgroups: Vec<CgroupUsage>) -> Vec<CgroupUsage> {
+        for c in &mut cgroups {
+            c.path = Some(format!("/apps/cg{}", c.id));
+            c.container = Some(Container {
+                runtime: "runc".into(),
+                id: format!("abcdef{}", c.id),
+                name: Some(format!("web-{}", c.id)),
+                ..Container::default()
+            });
+            for f in &mut c.files {
+                f.path = Some(format!("/tmp/f{}.log", f.ino));
+                f.host_path = Some(format!("/var/lib/upper/tmp/f{}.log", f.ino));
+            }
+        }
+        cgroups
+    }
+
+    #[test]
+    fn filters_by_container_cgroup_path_and_top() {
+        let entries = vec![
+            (key(10, 1), counters(100, 0)),
+            (key(10, 2), counters(300, 0)),
+            (key(20, 3), counters(1000, 0)),
+        ];
+        let (all, all_totals) = aggregate(entries, 4096);
+        let all = named(all);
+        let run = |filter: Filter| {
+            let (mut cgroups, mut totals) = (all.clone(), all_totals.clone());
+            apply_filter(&mut cgroups, &mut totals, &filter);
+            (cgroups, totals)
+        };
+
+        let (c, t) = run(Filter {
+            container: Some("web-10".into()),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].id, 10);
+        assert_eq!(t.cached_bytes, 400 * 4096);
+        assert_eq!(
+            run(Filter {
+                container: Some("abcdef20".into()),
+                ..Filter::default()
+            })
+            .0[0]
+                .id,
+            20
+        );
+        assert_eq!(
+            run(Filter {
+                container: Some("abcd".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2,
+            "id prefix"
+        );
+        assert!(run(Filter {
+            container: Some("nope".into()),
+            ..Filter::default()
+        })
+        .0
+        .is_empty());
+
+        assert_eq!(
+            run(Filter {
+                cgroup: Some("/apps".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2
+        );
+        assert_eq!(
+            run(Filter {
+                cgroup: Some("/apps/cg1".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            0,
+            "component-wise"
+        );
+
+        let (c, _) = run(Filter {
+            path_prefix: Some("/tmp/f2.log".into()),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].files.len(), 1);
+        assert_eq!(c[0].cached_bytes, 400 * 4096, "cgroup figures stay whole");
+        assert_eq!(
+            run(Filter {
+                path_prefix: Some("/var/lib/upper".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2,
+            "host path matches"
+        );
+
+        let (c, t) = run(Filter {
+            top: Some(1),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].id, 20);
+        assert_eq!(t.cgroups, 1);
     }
 
     #[test]

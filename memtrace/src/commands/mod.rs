@@ -26,13 +26,21 @@ pub(crate) fn emit(out: &mut impl Write, report: &Report, output: &OutputArgs) -
     if output.json {
         json::write_line(out, report)
     } else {
+        let defaults = table::TableOptions::default();
         let options = table::TableOptions {
-            files_per_cgroup: output.files,
+            files_per_cgroup: output.filter.top.unwrap_or(defaults.files_per_cgroup),
+            max_cgroups: output.filter.top.unwrap_or(defaults.max_cgroups),
             show_idle: output.all,
-            ..table::TableOptions::default()
         };
         table::write(out, report, options)
     }
+}
+
+/// How often the kernel's notice rings are emptied between reports.
+pub(crate) fn drain_ticks() -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(200));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 /// SIGINT and SIGTERM, which end tracing cleanly (the programs detach when dropped).

@@ -5,13 +5,12 @@ use std::{
     io::{self, BufWriter},
     os::unix::process::ExitStatusExt,
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::Context;
 use tokio::process::Command;
 
-use super::{emit, load_options, Shutdown};
+use super::{drain_ticks, emit, load_options, Shutdown};
 use crate::{
     cli::{GlobalArgs, RunArgs},
     collector::Collector,
@@ -38,12 +37,11 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         .spawn()
         .with_context(|| format!("cannot run `{program}`"))?;
 
-    // Cgroup notices are drained while the command runs so a burst cannot overflow the ring.
-    let mut drain = tokio::time::interval(Duration::from_millis(500));
+    let mut drain = drain_ticks();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            _ = drain.tick() => collector.drain_cgroup_events(None),
+            _ = drain.tick() => collector.drain_events(),
             signal = shutdown.recv() => {
                 // The terminal already sent Ctrl-C to the command; a signal sent to memtrace
                 // alone is passed on, so the command ends and the report is still printed.
@@ -55,7 +53,13 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         }
     };
 
-    let report = collector.snapshot()?;
+    let filter = args.output.filter.to_filter();
+    let report = collector.snapshot_filtered(&filter)?;
+    if let (Some(wanted), true) = (&filter.container, report.cgroups.is_empty()) {
+        // The container may have come and gone with the command: say so rather than print
+        // an empty report without a word.
+        eprintln!("memtrace: no page cache was charged to a container matching `{wanted}`");
+    }
     match output_file {
         Some(file) => emit(&mut BufWriter::new(file), &report, &args.output),
         None => emit(&mut io::stdout().lock(), &report, &args.output),

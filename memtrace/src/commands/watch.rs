@@ -6,13 +6,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::time::MissedTickBehavior;
 
-use super::{emit, load_options, Shutdown};
+use super::{drain_ticks, emit, load_options, Shutdown};
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
+    model::container_matches,
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -20,18 +21,43 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let mut collector = Collector::start(&load_options(global))?;
+    let filter = args.output.filter.to_filter();
+    if let Some(wanted) = &filter.container {
+        let known = collector.resolvers.known_containers();
+        if !known.iter().any(|c| container_matches(c, wanted)) {
+            let mut names: Vec<String> = known
+                .iter()
+                .map(|c| {
+                    c.name
+                        .clone()
+                        .unwrap_or_else(|| c.id.chars().take(12).collect())
+                })
+                .collect();
+            names.sort();
+            bail!(
+                "no container matches `{wanted}`; give a name, an id or an id prefix of one running here: {}",
+                if names.is_empty() { "(none found)".to_owned() } else { names.join(", ") }
+            );
+        }
+    }
+
     let period = args.interval.unwrap_or(DEFAULT_INTERVAL);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain = drain_ticks();
     let redraw = !args.output.json && io::stdout().is_terminal();
     let mut printed = 0u64;
 
     loop {
         let last = tokio::select! {
             _ = ticks.tick() => false,
+            _ = drain.tick() => {
+                collector.drain_events();
+                continue;
+            }
             _ = shutdown.recv() => true,
         };
-        let report = collector.snapshot()?;
+        let report = collector.snapshot_filtered(&filter)?;
         let mut out = io::stdout().lock();
         if redraw && !last {
             // Clear the screen and home the cursor, so the table redraws in place.

@@ -199,6 +199,13 @@ impl KernelBtf {
             cgroup_root: self.member_offset("cgroup", "root")?,
             kernfs_id: self.member_offset("kernfs_node", "id")?,
             root_hierarchy_id: self.member_offset("cgroup_root", "hierarchy_id")?,
+            inode_mode: self.member_offset("inode", "i_mode")?,
+            inode_nlink: self.member_offset("inode", "i_nlink")?,
+            inode_rdev: self.member_offset("inode", "i_rdev")?,
+            inode_dentry: self.member_offset("inode", "i_dentry")?,
+            dentry_alias: self.member_offset("dentry", "d_u.d_alias")?,
+            dentry_parent: self.member_offset("dentry", "d_parent")?,
+            dentry_name: self.member_offset("dentry", "d_name.name")?,
         })
     }
 }

@@ -120,7 +120,8 @@ pub struct Tracer {
     _ebpf: Ebpf,
     pub(crate) page_cache: HashMap<MapData, CacheKey, CacheCounters>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
-    pub(crate) cgroup_events: Option<RingBuf<MapData>>,
+    pub(crate) cgroup_events: RingBuf<MapData>,
+    pub(crate) file_events: RingBuf<MapData>,
     pub offsets: KernelOffsets,
     pub hooks: Vec<Hook>,
     pub max_entries: u32,
@@ -169,33 +170,17 @@ impl Tracer {
             });
         }
 
-        let page_cache =
-            HashMap::try_from(take_map(&mut ebpf, names::CACHE_MAP)?).map_err(|source| {
-                LoadError::Map {
-                    name: names::CACHE_MAP,
-                    source,
-                }
-            })?;
-        let stats =
-            PerCpuArray::try_from(take_map(&mut ebpf, names::STATS_MAP)?).map_err(|source| {
-                LoadError::Map {
-                    name: names::STATS_MAP,
-                    source,
-                }
-            })?;
-        let cgroup_events =
-            RingBuf::try_from(take_map(&mut ebpf, names::CGROUP_EVENTS)?).map_err(|source| {
-                LoadError::Map {
-                    name: names::CGROUP_EVENTS,
-                    source,
-                }
-            })?;
+        let page_cache = take_typed_map(&mut ebpf, names::CACHE_MAP)?;
+        let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
+        let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
+        let file_events = take_typed_map(&mut ebpf, names::FILE_EVENTS)?;
 
         Ok(Self {
             _ebpf: ebpf,
             page_cache,
             stats,
-            cgroup_events: Some(cgroup_events),
+            cgroup_events,
+            file_events,
             offsets,
             hooks,
             max_entries: options.max_entries,
@@ -203,8 +188,13 @@ impl Tracer {
     }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
-    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+/// Takes map `name` out of the object as the typed map `T`.
+fn take_typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tp: &TracepointProgram) -> Result<(), LoadError> {

@@ -145,6 +145,11 @@ impl CgroupTable {
         self.known.get(&(hierarchy, id))
     }
 
+    /// Every cgroup known so far: (hierarchy, id, name).
+    pub fn known(&self) -> impl Iterator<Item = (u32, u64, &CgroupName)> {
+        self.known.iter().map(|(&(h, id), name)| (h, id, name))
+    }
+
     /// Applies a mkdir/rmdir notice from the kernel.
     pub fn apply(&mut self, event: &CgroupEvent) {
         let end = event

@@ -3,7 +3,10 @@
 use std::io::{self, Write};
 
 use super::{human_bytes, human_count};
-use crate::{model::Report, resolve::cgroups::Hierarchies};
+use crate::{
+    model::{CgroupUsage, FileUsage, Report},
+    resolve::{cgroups::Hierarchies, paths::Layer},
+};
 
 /// How much of the report a table shows.
 #[derive(Clone, Copy, Debug)]
@@ -68,16 +71,13 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         .filter(|c| options.show_idle || c.cached_bytes > 0)
         .take(options.max_cgroups);
     for cgroup in visible {
-        let path = cgroup.path.as_deref().unwrap_or("(unknown cgroup)");
-        let removed = if cgroup.removed { " [removed]" } else { "" };
         writeln!(
             out,
-            "{:>10} {:>10} {:>10}  {path}{removed}  (id {}, {})",
+            "{:>10} {:>10} {:>10}  {}",
             human_bytes(cgroup.cached_bytes),
             human_bytes(cgroup.added_bytes),
             human_bytes(cgroup.removed_bytes),
-            cgroup.id,
-            Hierarchies::describe(cgroup.hierarchy),
+            cgroup_label(cgroup),
         )?;
         let files = cgroup
             .files
@@ -88,12 +88,11 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
             shown += 1;
             writeln!(
                 out,
-                "{:>10} {:>10} {:>10}    dev {} ino {}",
+                "{:>10} {:>10} {:>10}    {}",
                 human_bytes(file.cached_bytes),
                 human_bytes(file.added_bytes),
                 human_bytes(file.removed_bytes),
-                file.dev,
-                file.ino
+                file_label(file),
             )?;
         }
         let hidden = files.count() - shown;
@@ -102,4 +101,54 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         }
     }
     out.flush()
+}
+
+/// `container web (runc 3f4b1c2d9e8a) pod default/web-0  /kubepods/...  (id 42, v1 memory)`
+fn cgroup_label(cgroup: &CgroupUsage) -> String {
+    let mut label = String::new();
+    if let Some(c) = &cgroup.container {
+        let short_id: String = c.id.chars().take(12).collect();
+        match &c.name {
+            Some(name) if *name != c.id => {
+                label += &format!("container {name} ({} {short_id})", c.runtime)
+            }
+            _ => label += &format!("container {short_id} ({})", c.runtime),
+        }
+        if let Some(pod) = &c.pod {
+            match (&pod.namespace, &pod.name) {
+                (Some(ns), Some(name)) => label += &format!(" pod {ns}/{name}"),
+                _ => label += &format!(" pod {}", pod.uid),
+            }
+        }
+        label += "  ";
+    } else if let Some(unit) = &cgroup.unit {
+        label += &format!("{unit}  ");
+    }
+    label += cgroup.path.as_deref().unwrap_or("(unknown cgroup)");
+    if cgroup.removed {
+        label += " [removed]";
+    }
+    label += &format!(
+        "  (id {}, {})",
+        cgroup.id,
+        Hierarchies::describe(cgroup.hierarchy)
+    );
+    label
+}
+
+/// `/tmp/spring.log [deleted]  (upper layer /var/lib/.../tmp/spring.log)`
+fn file_label(file: &FileUsage) -> String {
+    let mut label = match &file.path {
+        Some(path) => path.clone(),
+        None => format!("dev {} ino {}", file.dev, file.ino),
+    };
+    if file.deleted {
+        label += " [deleted]";
+    }
+    match (file.layer, &file.host_path) {
+        (Some(Layer::Upper), Some(host)) => label += &format!("  (container layer {host})"),
+        (Some(Layer::Lower), Some(host)) => label += &format!("  (image layer {host})"),
+        _ => {}
+    }
+    label
 }

@@ -1,0 +1,473 @@
+//! Cgroups → containers and pods, offline, from cgroup paths and the runtimes' files on the node.
+//!
+//! The cgroup path says which runtime made the cgroup and the container id (and, under
+//! Kubernetes, the pod UID and QoS class). Names come from runtime state: runc's state
+//! directories (used by runc, containerd, Docker and CRI-O alike) lead to each container's OCI
+//! bundle, whose annotations carry Kubernetes pod and container names; Docker's and podman's
+//! own stores carry theirs.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// A container, as far as the node's files tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// `containerd`, `cri-o`, `docker`, `podman`, `runc`.
+    pub runtime: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// Root filesystem on the host (an overlay mount point, usually).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub uid: String,
+    /// Kubernetes QoS class: `guaranteed`, `burstable` or `besteffort`.
+    pub qos: String,
+}
+
+/// What a cgroup path alone says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    pub runtime: &'static str,
+    pub id: String,
+    pub pod: Option<(String, String)>, // (uid, qos)
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Recognizes the container cgroup naming schemes of Kubernetes (systemd and cgroupfs
+/// drivers, all QoS classes), containerd, CRI-O, Docker and podman.
+pub fn parse_cgroup_path(path: &str) -> Option<PathInfo> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let leaf = *parts.last()?;
+    let (runtime, id) = container_leaf(leaf, parts.get(parts.len().wrapping_sub(2)).copied())?;
+    let pod = parts.iter().rev().skip(1).find_map(|p| pod_of(p, &parts));
+    Some(PathInfo {
+        runtime,
+        id: id.to_owned(),
+        pod,
+    })
+}
+
+/// The runtime and id a leaf cgroup name encodes.
+fn container_leaf<'a>(leaf: &'a str, parent: Option<&str>) -> Option<(&'static str, &'a str)> {
+    let scope = leaf.strip_suffix(".scope").unwrap_or(leaf);
+    for (prefix, runtime) in [
+        ("cri-containerd-", "containerd"),
+        ("crio-conmon-", "cri-o-conmon"),
+        ("crio-", "cri-o"),
+        ("docker-", "docker"),
+        ("libpod-conmon-", "podman-conmon"),
+        ("libpod-", "podman"),
+    ] {
+        if let Some(id) = scope.strip_prefix(prefix) {
+            return is_container_id(id).then_some((runtime, id));
+        }
+    }
+    // cgroupfs drivers name the leaf by the bare id.
+    if is_container_id(leaf) {
+        let runtime = match parent {
+            Some("docker") => "docker",
+            Some(p) if p.starts_with("pod") || p.starts_with("kubepods") => "kubernetes",
+            _ => return None,
+        };
+        return Some((runtime, leaf));
+    }
+    None
+}
+
+/// Pod UID and QoS class from a pod-level cgroup name.
+fn pod_of(part: &str, all: &[&str]) -> Option<(String, String)> {
+    let qos_of = |name: &str| -> String {
+        for qos in ["burstable", "besteffort"] {
+            if name.contains(&format!("kubepods-{qos}")) || all.contains(&qos) {
+                return qos.to_owned();
+            }
+        }
+        "guaranteed".to_owned()
+    };
+    // systemd: kubepods-burstable-pod<uid_>.slice or kubepods-pod<uid_>.slice
+    if let Some(slice) = part.strip_suffix(".slice") {
+        let (_, uid) = slice.rsplit_once("pod")?;
+        if slice.starts_with("kubepods") && uid.len() >= 32 {
+            return Some((uid.replace('_', "-"), qos_of(slice)));
+        }
+        return None;
+    }
+    // cgroupfs: pod<uid>
+    let uid = part.strip_prefix("pod")?;
+    (uid.len() >= 32 && all.first() == Some(&"kubepods")).then(|| (uid.to_owned(), qos_of("")))
+}
+
+/// The systemd unit a non-container cgroup belongs to: its innermost `.service`/`.scope`.
+pub fn systemd_unit(path: &str) -> Option<String> {
+    path.split('/')
+        .rev()
+        .find(|p| p.ends_with(".service") || p.ends_with(".scope"))
+        .map(str::to_owned)
+}
+
+/// Container state found in runtime directories, keyed by memory cgroup directory and by id.
+#[derive(Debug, Default)]
+pub struct RuntimeState {
+    by_cgroup_dir: HashMap<PathBuf, Container>,
+    by_id: HashMap<String, Container>,
+}
+
+/// Where runc-compatible runtimes keep `<id>/state.json`, and the runtime each implies.
+const RUNC_ROOTS: &[(&str, &str)] = &[
+    ("/run/runc", "runc"),
+    ("/run/containerd/runc/*", "containerd"),
+    ("/run/docker/runtime-runc/*", "docker"),
+    ("/run/crun", "runc"),
+];
+
+impl RuntimeState {
+    /// Reads every runtime's state on this node. Unreadable entries are skipped.
+    pub fn scan() -> Self {
+        let mut state = Self::default();
+        for (root, runtime) in RUNC_ROOTS {
+            for dir in expand(root) {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if let Some((container, cgroup_dirs)) = read_runc_state(&entry.path(), runtime)
+                    {
+                        for dir in cgroup_dirs {
+                            state.by_cgroup_dir.insert(dir, container.clone());
+                        }
+                        state.by_id.insert(container.id.clone(), container);
+                    }
+                }
+            }
+        }
+        state
+    }
+
+    /// The container whose memory cgroup is the directory `dir`.
+    pub fn by_cgroup_dir(&self, dir: &Path) -> Option<&Container> {
+        self.by_cgroup_dir.get(dir)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Container> {
+        self.by_id.get(id)
+    }
+
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.by_id.values()
+    }
+}
+
+/// `/run/containerd/runc/*` → each namespace directory.
+fn expand(pattern: &str) -> Vec<PathBuf> {
+    match pattern.strip_suffix("/*") {
+        Some(parent) => fs::read_dir(parent)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default(),
+        None => vec![PathBuf::from(pattern)],
+    }
+}
+
+/// A runc `state.json`: the container, and its memory cgroup directories (v1 and v2).
+fn read_runc_state(dir: &Path, runtime: &str) -> Option<(Container, Vec<PathBuf>)> {
+    let text = fs::read_to_string(dir.join("state.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let id = state["id"].as_str()?.to_owned();
+    let mut cgroup_dirs = Vec::new();
+    if let Some(paths) = state["cgroup_paths"].as_object() {
+        for key in ["memory", ""] {
+            if let Some(p) = paths.get(key).and_then(|p| p.as_str()) {
+                cgroup_dirs.push(PathBuf::from(p));
+            }
+        }
+    }
+    let config = &state["config"];
+    let bundle = config["labels"].as_array().and_then(|labels| {
+        labels
+            .iter()
+            .filter_map(|l| l.as_str())
+            .find_map(|l| l.strip_prefix("bundle="))
+            .map(PathBuf::from)
+    });
+    let mut container = Container {
+        runtime: runtime.to_owned(),
+        id: id.clone(),
+        rootfs: config["rootfs"].as_str().map(str::to_owned),
+        ..Container::default()
+    };
+    if let Some(bundle) = bundle {
+        apply_annotations(&mut container, &bundle.join("config.json"));
+    }
+    if container.name.is_none() && runtime == "docker" {
+        container.name = docker_name(&id);
+    }
+    if container.name.is_none() && runtime == "runc" {
+        // Plain runc has no other name than the id it was started with.
+        container.name = Some(id);
+    }
+    Some((container, cgroup_dirs))
+}
+
+/// Kubernetes names from an OCI bundle's annotations (containerd CRI and CRI-O spellings).
+fn apply_annotations(container: &mut Container, config: &Path) {
+    let Ok(text) = fs::read_to_string(config) else {
+        return;
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let annotations = &config["annotations"];
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| annotations[*k].as_str().map(str::to_owned))
+    };
+    if let Some(name) = get(&[
+        "io.kubernetes.cri.container-name",
+        "io.kubernetes.container.name",
+    ]) {
+        container.name = Some(name);
+    }
+    if let Some(uid) = get(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"]) {
+        container.pod = Some(Pod {
+            namespace: get(&[
+                "io.kubernetes.cri.sandbox-namespace",
+                "io.kubernetes.pod.namespace",
+            ]),
+            name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
+            uid,
+            qos: String::new(),
+        });
+    }
+    // CRI-O keeps its runc state in /run/runc too; its annotations give it away.
+    if annotations["io.kubernetes.pod.uid"].is_string() {
+        container.runtime = "cri-o".to_owned();
+    } else if annotations["io.kubernetes.cri.sandbox-uid"].is_string() {
+        container.runtime = "containerd".to_owned();
+    }
+}
+
+/// Docker's name for a container, from its config (`"/web"` → `web`).
+fn docker_name(id: &str) -> Option<String> {
+    let text =
+        fs::read_to_string(format!("/var/lib/docker/containers/{id}/config.v2.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config["Name"]
+        .as_str()
+        .map(|n| n.trim_start_matches('/').to_owned())
+}
+
+/// Podman's names, from its container store.
+fn podman_name(id: &str) -> Option<String> {
+    let text = fs::read_to_string("/var/lib/containers/storage/overlay-containers/containers.json")
+        .ok()?;
+    let list: serde_json::Value = serde_json::from_str(&text).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|c| c["id"].as_str() == Some(id))
+        .and_then(|c| c["names"][0].as_str().map(str::to_owned))
+}
+
+/// The container behind a memory cgroup: runtime state first, the path's own evidence after.
+pub fn identify(path: &str, cgroup_dir: Option<&Path>, state: &RuntimeState) -> Option<Container> {
+    let from_path = parse_cgroup_path(path);
+    let mut container = cgroup_dir
+        .and_then(|dir| state.by_cgroup_dir(dir).cloned())
+        .or_else(|| from_path.as_ref().and_then(|p| state.by_id(&p.id).cloned()))
+        .or_else(|| {
+            from_path.as_ref().map(|p| Container {
+                runtime: p.runtime.to_owned(),
+                id: p.id.clone(),
+                ..Container::default()
+            })
+        })?;
+    if let Some(PathInfo {
+        runtime,
+        pod: Some((uid, qos)),
+        ..
+    }) = &from_path
+    {
+        let pod = container.pod.get_or_insert_with(|| Pod {
+            uid: uid.clone(),
+            ..Pod::default()
+        });
+        pod.qos = qos.clone();
+        if container.runtime == "runc" || container.runtime == "kubernetes" {
+            container.runtime = (*runtime).to_owned();
+        }
+    }
+    if container.name.is_none() && container.runtime == "docker" {
+        container.name = docker_name(&container.id);
+    }
+    if container.name.is_none() && container.runtime == "podman" {
+        container.name = podman_name(&container.id);
+    }
+    Some(container)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4b1c2d9e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c";
+    const UID: &str = "5d1c6c4e-8f2a-4b3c-9d0e-1f2a3b4c5d6e";
+
+    fn info(path: &str) -> PathInfo {
+        parse_cgroup_path(path).unwrap_or_else(|| panic!("not recognized: {path}"))
+    }
+
+    #[test]
+    fn kubernetes_systemd_driver_containerd_all_qos() {
+        let uid_ = UID.replace('-', "_");
+        for (qos, slice) in [
+            (
+                "burstable",
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"
+                ),
+            ),
+            (
+                "besteffort",
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
+                ),
+            ),
+            (
+                "guaranteed",
+                format!("/kubepods.slice/kubepods-pod{uid_}.slice"),
+            ),
+        ] {
+            let i = info(&format!("{slice}/cri-containerd-{ID}.scope"));
+            assert_eq!(i.runtime, "containerd");
+            assert_eq!(i.id, ID);
+            assert_eq!(i.pod, Some((UID.to_owned(), qos.to_owned())), "{qos}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_systemd_driver_crio() {
+        let uid_ = UID.replace('-', "_");
+        let i = info(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-{ID}.scope"
+        ));
+        assert_eq!((i.runtime, i.id.as_str()), ("cri-o", ID));
+        assert_eq!(i.pod.unwrap().1, "burstable");
+        assert_eq!(
+            info(&format!(
+                "/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope"
+            ))
+            .runtime,
+            "cri-o-conmon"
+        );
+    }
+
+    #[test]
+    fn kubernetes_cgroupfs_driver_all_qos() {
+        for (qos, prefix) in [
+            ("burstable", "/kubepods/burstable"),
+            ("besteffort", "/kubepods/besteffort"),
+            ("guaranteed", "/kubepods"),
+        ] {
+            let i = info(&format!("{prefix}/pod{UID}/{ID}"));
+            assert_eq!(i.id, ID);
+            assert_eq!(i.pod, Some((UID.to_owned(), qos.to_owned())), "{qos}");
+        }
+        let crio = info(&format!("/kubepods/besteffort/pod{UID}/crio-{ID}"));
+        assert_eq!(crio.runtime, "cri-o");
+    }
+
+    #[test]
+    fn docker_and_podman() {
+        assert_eq!(
+            info(&format!("/system.slice/docker-{ID}.scope")).runtime,
+            "docker"
+        );
+        assert_eq!(info(&format!("/docker/{ID}")).runtime, "docker");
+        assert_eq!(
+            info(&format!("/machine.slice/libpod-{ID}.scope")).runtime,
+            "podman"
+        );
+        assert_eq!(
+            info(&format!("/libpod_parent/libpod-{ID}")).runtime,
+            "podman"
+        );
+        assert!(info(&format!("/docker/{ID}")).pod.is_none());
+    }
+
+    #[test]
+    fn non_containers_are_not_recognized() {
+        for path in [
+            "/",
+            "/system.slice/sshd.service",
+            "/user.slice/user-1000.slice/session-3.scope",
+            "/kubepods.slice",
+            "/docker",
+            "/memtrace-tests/writer-12",
+        ] {
+            assert_eq!(parse_cgroup_path(path), None, "{path}");
+        }
+        assert_eq!(
+            systemd_unit("/system.slice/sshd.service").as_deref(),
+            Some("sshd.service")
+        );
+        assert_eq!(
+            systemd_unit("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(systemd_unit("/memtrace-tests/x"), None);
+    }
+
+    #[test]
+    fn identify_merges_path_and_state() {
+        let uid_ = UID.replace('-', "_");
+        let path = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope");
+        let c = identify(&path, None, &RuntimeState::default()).unwrap();
+        assert_eq!(c.runtime, "containerd");
+        assert_eq!(c.pod.as_ref().unwrap().uid, UID);
+        assert_eq!(c.pod.as_ref().unwrap().qos, "besteffort");
+        assert_eq!(c.name, None);
+
+        let mut state = RuntimeState::default();
+        let named = Container {
+            runtime: "runc".into(),
+            id: "web-1".into(),
+            name: Some("web-1".into()),
+            ..Container::default()
+        };
+        state.by_cgroup_dir.insert(
+            PathBuf::from("/sys/fs/cgroup/memory/apps/web-1"),
+            named.clone(),
+        );
+        let found = identify(
+            "/apps/web-1",
+            Some(Path::new("/sys/fs/cgroup/memory/apps/web-1")),
+            &state,
+        );
+        assert_eq!(found, Some(named));
+        assert_eq!(
+            identify(
+                "/apps/other",
+                Some(Path::new("/sys/fs/cgroup/memory/apps/other")),
+                &state
+            ),
+            None
+        );
+    }
+}
