@@ -305,16 +305,10 @@ mod tests {
             (key(10, 2), counters(300, 100)),
             (key(20, 3), counters(1000, 0)),
         ];
-        let (cgroups, totals) = aggregate(entries, 4096, |_, id| {
-            Some(CgroupName {
-                path: format!("/cg{id}"),
-                removed: id == 20,
-            })
-        });
+        let (cgroups, totals) = aggregate(entries, 4096);
         assert_eq!(cgroups.len(), 2);
         assert_eq!(cgroups[0].id, 20, "largest cgroup first");
-        assert!(cgroups[0].removed);
-        assert_eq!(cgroups[1].path.as_deref(), Some("/cg10"));
+        assert_eq!(cgroups[1].path, None, "names are the resolvers' job");
         assert_eq!(cgroups[1].cached_bytes, 300 * 4096);
         assert_eq!(cgroups[1].files[0].ino, 2, "largest file first");
         assert_eq!(cgroups[1].files[0].cached_bytes, 200 * 4096);

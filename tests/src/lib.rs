@@ -5,6 +5,7 @@
 //! the test with a message saying what is missing.
 
 pub mod cgroup;
+pub mod container;
 pub mod files;
 
 use std::{path::PathBuf, process::Command};

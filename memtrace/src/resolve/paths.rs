@@ -395,7 +395,7 @@ mod tests {
     fn host_path_prefers_the_root_mount_over_bind_mounts() {
         let mut table = PathTable::default();
         table.set_mounts(parse_mountinfo(MOUNTS));
-        let dev = (254 << 20) | 0;
+        let dev = 254 << 20;
         assert_eq!(
             table.host_path(dev, "/var/lib/data/x"),
             Some(PathBuf::from("/var/lib/data/x"))
@@ -412,7 +412,7 @@ mod tests {
         let mut table = PathTable::default();
         let mut ev = event(&[], 3, 99);
         ev.mode = 0o060600;
-        ev.rdev = (254 << 20) | 0;
+        ev.rdev = 254 << 20;
         table.apply(&ev);
         assert_eq!(
             table.resolve(3, 99).path.as_deref(),

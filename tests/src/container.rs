@@ -1,0 +1,200 @@
+//! Real OCI containers under runc, on an overlay root laid out as engines lay it out: a
+//! read-only image layer (busybox) below, the container's writable layer above.
+
+use std::{
+    fs,
+    os::unix::fs::{symlink, MetadataExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const BASE: &str = "/var/tmp/memtrace-tests/containers";
+/// Applets the test scripts use, linked to busybox in the image layer.
+const APPLETS: &[&str] = &[
+    "sh", "dd", "sleep", "rm", "touch", "cat", "mv", "ls", "java",
+];
+
+/// A running container; killed, deleted and unmounted when dropped.
+pub struct OverlayContainer {
+    pub id: String,
+    /// The image layer (lowerdir).
+    pub image: PathBuf,
+    /// The container's writable layer (upperdir).
+    pub upper: PathBuf,
+    /// The overlay mount: the container's root filesystem.
+    pub rootfs: PathBuf,
+    base: PathBuf,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl OverlayContainer {
+    /// Starts container `<name>-<pid>` running `sh -c script` in cgroup
+    /// `/memtrace-tests/<id>` of every controller.
+    pub fn start(name: &str, script: &str) -> Self {
+        Self::start_with_image(name, script, |_| {})
+    }
+
+    /// Like `start`, letting `extend` add files to the image layer first.
+    pub fn start_with_image(name: &str, script: &str, extend: impl FnOnce(&Path)) -> Self {
+        let id = format!("{name}-{}", std::process::id());
+        let base = Path::new(BASE).join(&id);
+        if base.exists() {
+            let _ = Command::new("umount").arg(base.join("merged")).status();
+            let _ = fs::remove_dir_all(&base);
+        }
+        let image = base.join("image/fs");
+        let upper = base.join("diff");
+        let work = base.join("work");
+        let rootfs = base.join("merged");
+        let bundle = base.join("bundle");
+        for dir in [&image, &upper, &work, &rootfs, &bundle] {
+            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
+        build_busybox_image(&image);
+        extend(&image);
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&rootfs));
+        let container = Self {
+            id,
+            image,
+            upper,
+            rootfs,
+            base,
+        };
+        container.write_config(&bundle, script);
+        // The container inherits runc's stdio and keeps it open: give it a file, not a pipe
+        // a caller would wait on.
+        let log_path = container.base.join("runc.log");
+        let log = fs::File::create(&log_path).expect("create runc log");
+        let status = Command::new("runc")
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle)
+            .arg(&container.id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .status()
+            .expect("runc is required (cargo xtask setup installs it)");
+        assert!(
+            status.success(),
+            "runc run {} failed: {}",
+            container.id,
+            fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        container
+    }
+
+    fn write_config(&self, bundle: &Path, script: &str) {
+        run(Command::new("runc").args(["spec", "--bundle"]).arg(bundle));
+        let path = bundle.join("config.json");
+        let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        config["root"] = serde_json::json!({ "path": self.rootfs, "readonly": false });
+        let process = config["process"].as_object_mut().expect("process");
+        // Setting rlimits needs CAP_SYS_RESOURCE, which this machine does not grant.
+        process.remove("rlimits");
+        process.insert("terminal".into(), Value::Bool(false));
+        process.insert("args".into(), serde_json::json!(["sh", "-c", script]));
+        config["linux"]["cgroupsPath"] = Value::String(format!("/memtrace-tests/{}", self.id));
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+
+    /// The container's memory cgroup directory, from runc's state.
+    pub fn memory_cgroup_dir(&self) -> PathBuf {
+        let state: Value = serde_json::from_str(
+            &fs::read_to_string(format!("/run/runc/{}/state.json", self.id)).expect("runc state"),
+        )
+        .unwrap();
+        let paths = &state["cgroup_paths"];
+        let dir = paths["memory"]
+            .as_str()
+            .or_else(|| paths[""].as_str())
+            .expect("memory cgroup path");
+        PathBuf::from(dir)
+    }
+
+    /// The cgroup id memtrace reports for this container.
+    pub fn cgroup_id(&self) -> u64 {
+        fs::metadata(self.memory_cgroup_dir())
+            .expect("stat cgroup")
+            .ino()
+    }
+
+    /// Host path of a file in the writable layer.
+    pub fn upper_path(&self, container_path: &str) -> PathBuf {
+        self.upper.join(container_path.trim_start_matches('/'))
+    }
+
+    /// Waits until the container creates `container_path` (its "done" marker).
+    pub fn wait_for(&self, container_path: &str, timeout: Duration) {
+        let marker = self.upper_path(container_path);
+        let start = Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < timeout,
+                "container {} did not create {container_path} within {timeout:?}",
+                self.id
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OverlayContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["kill", &self.id, "KILL"])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..50 {
+            let deleted = Command::new("runc")
+                .args(["delete", "-f", &self.id])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if deleted {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg(&self.rootfs).status();
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A minimal image: static busybox and the applets the scripts use.
+fn build_busybox_image(root: &Path) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox-static is required (cargo xtask setup installs it)");
+    for dir in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        let _ = symlink("busybox", root.join("bin").join(applet));
+    }
+}

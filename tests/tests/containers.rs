@@ -1,0 +1,195 @@
+//! Real runc containers on overlay roots: memtrace names the container, the path inside it,
+//! the file in its writable layer, and the bytes.
+
+use std::{fs::File, time::Duration};
+
+use memtrace::model::{FileUsage, Filter, Report};
+use memtrace::resolve::paths::Layer;
+use memtrace_tests::{
+    assert_near, cgroup_in, container::OverlayContainer, files::resident_bytes, memtrace,
+    require_root, start_tracer, MIB,
+};
+
+const ONE_FOLIO: u64 = 2 * MIB;
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn file_at<'a>(report: &'a Report, cgroup_id: u64, path: &str) -> Option<&'a FileUsage> {
+    cgroup_in(report, cgroup_id)?
+        .files
+        .iter()
+        .find(|f| f.path.as_deref() == Some(path))
+}
+
+#[test]
+fn container_log_is_named_by_container_path_and_upper_layer() {
+    let mut tracer = start_tracer();
+    let spring = OverlayContainer::start(
+        "spring",
+        "dd if=/dev/zero of=/tmp/spring.log bs=1M count=64 2>/dev/null; touch /tmp/done; sleep 600",
+    );
+    let other = OverlayContainer::start(
+        "other",
+        "dd if=/dev/zero of=/var-data.bin bs=1M count=16 2>/dev/null; touch /tmp/done; sleep 600",
+    );
+    spring.wait_for("/tmp/done", STARTUP);
+    other.wait_for("/tmp/done", STARTUP);
+
+    let report = tracer.snapshot().expect("snapshot");
+    let spring_id = spring.cgroup_id();
+    let cg = cgroup_in(&report, spring_id).expect("the container's cgroup is reported");
+    let container = cg
+        .container
+        .as_ref()
+        .expect("cgroup recognized as a container");
+    assert_eq!(container.runtime, "runc");
+    assert_eq!(container.id, spring.id);
+    assert_eq!(container.name.as_deref(), Some(spring.id.as_str()));
+
+    let log = file_at(&report, spring_id, "/tmp/spring.log")
+        .expect("/tmp/spring.log under the container");
+    let upper = spring.upper_path("/tmp/spring.log");
+    assert_eq!(
+        log.host_path.as_deref(),
+        Some(upper.to_str().unwrap()),
+        "host path is the upper-layer file"
+    );
+    assert_eq!(log.layer, Some(Layer::Upper));
+    assert!(!log.deleted);
+    assert_near("spring.log bytes", log.cached_bytes, 64 * MIB, ONE_FOLIO);
+    let resident = resident_bytes(&File::open(&upper).unwrap()).unwrap();
+    assert_near(
+        "memtrace vs mincore for spring.log",
+        log.cached_bytes,
+        resident,
+        ONE_FOLIO,
+    );
+
+    // The other container stays apart.
+    let other_id = other.cgroup_id();
+    assert_ne!(other_id, spring_id);
+    let data = file_at(&report, other_id, "/var-data.bin").expect("the other container's file");
+    assert_near(
+        "other container's bytes",
+        data.cached_bytes,
+        16 * MIB,
+        ONE_FOLIO,
+    );
+    assert!(
+        file_at(&report, spring_id, "/var-data.bin").is_none(),
+        "other's file leaked into spring"
+    );
+    assert!(
+        file_at(&report, other_id, "/tmp/spring.log").is_none(),
+        "spring's log leaked into other"
+    );
+
+    // Filters: by runc id, and by path prefix.
+    let only = tracer
+        .snapshot_filtered(&Filter {
+            container: Some(spring.id.clone()),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(only.cgroups.len(), 1);
+    assert_eq!(only.cgroups[0].id, spring_id);
+    let by_path = tracer
+        .snapshot_filtered(&Filter {
+            path_prefix: Some("/tmp/spring.log".into()),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert!(by_path.cgroups.iter().all(|c| c
+        .files
+        .iter()
+        .all(|f| f.path.as_deref() == Some("/tmp/spring.log"))));
+    assert!(by_path.cgroups.iter().any(|c| c.id == spring_id));
+}
+
+#[test]
+fn image_layer_file_read_in_container_shows_image_path() {
+    let mut tracer = start_tracer();
+    let reader = OverlayContainer::start_with_image(
+        "image-reader",
+        "cat /opt/app.jar > /dev/null; touch /tmp/done; sleep 600",
+        |image| {
+            std::fs::create_dir_all(image.join("opt")).unwrap();
+            memtrace_tests::files::make_uncached_file(&image.join("opt/app.jar"), 8);
+        },
+    );
+    reader.wait_for("/tmp/done", STARTUP);
+    let report = tracer.snapshot().expect("snapshot");
+    let jar = file_at(&report, reader.cgroup_id(), "/opt/app.jar")
+        .expect("image file under the container");
+    assert_eq!(jar.layer, Some(Layer::Lower));
+    assert_eq!(
+        jar.host_path.as_deref(),
+        Some(reader.image.join("opt/app.jar").to_str().unwrap())
+    );
+    assert_near("image file bytes", jar.cached_bytes, 8 * MIB, ONE_FOLIO);
+}
+
+#[test]
+fn log_deleted_while_held_open_shows_deleted_with_its_bytes() {
+    let mut tracer = start_tracer();
+    let rotating = OverlayContainer::start(
+        "rotating",
+        "exec 3>/tmp/old.log; dd if=/dev/zero bs=1M count=16 >&3 2>/dev/null; rm /tmp/old.log; \
+         touch /tmp/done; sleep 600",
+    );
+    rotating.wait_for("/tmp/done", STARTUP);
+    let report = tracer.snapshot().expect("snapshot");
+    let old =
+        file_at(&report, rotating.cgroup_id(), "/tmp/old.log").expect("deleted log still reported");
+    assert!(old.deleted, "the log was unlinked while open: {old:?}");
+    assert_near(
+        "deleted log keeps its bytes",
+        old.cached_bytes,
+        16 * MIB,
+        ONE_FOLIO,
+    );
+}
+
+#[test]
+fn renamed_file_shows_its_current_name() {
+    let mut tracer = start_tracer();
+    let rotating = OverlayContainer::start(
+        "renamed",
+        "dd if=/dev/zero of=/tmp/app.log bs=1M count=8 2>/dev/null; mv /tmp/app.log /tmp/app.log.1; \
+         touch /tmp/done; sleep 600",
+    );
+    rotating.wait_for("/tmp/done", STARTUP);
+    let report = tracer.snapshot().expect("snapshot");
+    let rotated = file_at(&report, rotating.cgroup_id(), "/tmp/app.log.1")
+        .expect("renamed file by its new name");
+    assert!(!rotated.deleted);
+    assert_near(
+        "renamed file bytes",
+        rotated.cached_bytes,
+        8 * MIB,
+        ONE_FOLIO,
+    );
+    assert!(
+        file_at(&report, rotating.cgroup_id(), "/tmp/app.log").is_none(),
+        "old name still shown"
+    );
+}
+
+#[test]
+fn unknown_container_is_a_clear_error() {
+    require_root();
+    let out = memtrace(&[
+        "watch",
+        "--container",
+        "no-such-container-xyz",
+        "--count",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no container matches `no-such-container-xyz`"),
+        "unclear error: {err}"
+    );
+}
