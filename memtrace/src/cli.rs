@@ -37,6 +37,24 @@ pub enum Command {
     Watch(WatchArgs),
     /// Check this machine: kernel, BTF, cgroup layout, hooks, privileges.
     Doctor(DoctorArgs),
+    /// Where did this container's memory go: page cache by file, reconciled with memory.stat,
+    /// including cache that existed before memtrace started.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A container name or id, a cgroup path (`/kubepods.slice/...`), or a pid.
+    pub target: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to watch for growth after the scan: `2s`, `10s`.
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    pub duration: Duration,
+    /// Files listed.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
 }
 
 #[derive(Debug, Args, Default)]

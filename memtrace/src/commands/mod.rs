@@ -1,6 +1,7 @@
 //! The subcommands: each wires the collector to a view.
 
 pub mod doctor;
+pub mod explain;
 pub mod run;
 pub mod watch;
 

@@ -171,6 +171,14 @@ impl RuntimeState {
         self.by_id.get(id)
     }
 
+    /// The memory cgroup directory of the container whose root filesystem is `rootfs`.
+    pub fn memcg_dir_of_rootfs(&self, rootfs: &Path) -> Option<PathBuf> {
+        self.by_cgroup_dir
+            .iter()
+            .find(|(_, c)| c.rootfs.as_deref().is_some_and(|r| Path::new(r) == rootfs))
+            .map(|(dir, _)| dir.clone())
+    }
+
     pub fn containers(&self) -> impl Iterator<Item = &Container> {
         self.by_id.values()
     }

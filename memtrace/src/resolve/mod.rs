@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod containers;
+pub mod memstat;
 pub mod mounts;
 pub mod paths;
 
@@ -58,6 +59,99 @@ impl Resolvers {
             }
         }
         found
+    }
+
+    /// Finds what `query` names: a pid, a cgroup path, or a container name/id. Returns the kind,
+    /// the memory cgroup (hierarchy, path) and the container if any.
+    pub fn find_target(
+        &mut self,
+        query: &str,
+    ) -> Result<(&'static str, u32, String, Option<Container>), String> {
+        let hierarchy = self.cgroups.hierarchies.memory_hierarchy.unwrap_or(0);
+        if let Ok(pid) = query.parse::<u32>() {
+            let path = crate::collector::seed::memcg_path_of(pid, hierarchy)
+                .ok_or_else(|| format!("no process {pid} (or its memory cgroup cannot be read)"))?;
+            let container = self.container_of(hierarchy, &path);
+            return Ok(("pid", hierarchy, path, container));
+        }
+        if query.starts_with('/') {
+            let exists = self
+                .cgroups
+                .hierarchies
+                .directory_of(hierarchy, query)
+                .is_some_and(|dir| dir.is_dir());
+            if !exists {
+                return Err(format!("no memory cgroup at {query}"));
+            }
+            let container = self.container_of(hierarchy, query);
+            return Ok(("cgroup", hierarchy, query.to_owned(), container));
+        }
+        let mut matches: Vec<(String, Container)> = Vec::new();
+        for (h, _, name) in self.cgroups.known() {
+            if h != hierarchy || name.removed {
+                continue;
+            }
+            let dir = self.cgroups.hierarchies.directory_of(h, &name.path);
+            if let Some(container) = identify(&name.path, dir.as_deref(), &self.runtime) {
+                if crate::model::container_matches(&container, query) {
+                    matches.push((name.path.clone(), container));
+                }
+            }
+        }
+        // Conmon and pod-level cgroups also carry ids: the container's own cgroup is the
+        // shortest match only when paths nest; otherwise more than one is ambiguous.
+        matches.sort_by_key(|(path, _)| path.len());
+        match matches.len() {
+            0 => {
+                let mut names: Vec<String> = self
+                    .known_containers()
+                    .iter()
+                    .map(|c| {
+                        c.name
+                            .clone()
+                            .unwrap_or_else(|| c.id.chars().take(12).collect())
+                    })
+                    .collect();
+                names.sort();
+                Err(format!(
+                    "`{query}` is not a pid, a cgroup path or a container running here; containers: {}",
+                    if names.is_empty() { "(none found)".to_owned() } else { names.join(", ") }
+                ))
+            }
+            1 => {
+                let (path, container) = matches.remove(0);
+                Ok(("container", hierarchy, path, Some(container)))
+            }
+            _ => Err(format!(
+                "`{query}` matches {} containers ({}); give a longer id",
+                matches.len(),
+                matches
+                    .iter()
+                    .map(|(_, c)| c.id.chars().take(12).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn container_of(&self, hierarchy: u32, path: &str) -> Option<Container> {
+        let dir = self.cgroups.hierarchies.directory_of(hierarchy, path);
+        identify(path, dir.as_deref(), &self.runtime)
+    }
+
+    /// Every overlay layer directory on the node (writable and image layers), with the memory
+    /// cgroup directory of the container running on it, when runtime state says.
+    pub fn overlay_layers(&self) -> Vec<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+        let mut layers = Vec::new();
+        for overlay in self.paths.overlays() {
+            let memcg_dir = self.runtime.memcg_dir_of_rootfs(&overlay.mount_point);
+            for dir in overlay.upper.iter().chain(&overlay.lowers) {
+                if !layers.iter().any(|(d, _)| d == dir) {
+                    layers.push((dir.clone(), memcg_dir.clone()));
+                }
+            }
+        }
+        layers
     }
 
     /// Fills in names: cgroup paths, containers, units, file paths.

@@ -180,10 +180,21 @@ struct Checked {
     at: Instant,
 }
 
+/// A name userspace found for a file (scanning at start), when the kernel has sent none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenName {
+    pub path: PathBuf,
+    /// `path` is a host path (else: as a process sees it, from /proc/<pid>/fd).
+    pub on_host: bool,
+    /// /proc said "(deleted)".
+    pub deleted: bool,
+}
+
 /// Every file the kernel has named, and the mounts to place them.
 #[derive(Default)]
 pub struct PathTable {
     kernel: HashMap<(u32, u64), KernelPath>,
+    seen: HashMap<(u32, u64), SeenName>,
     mounts: Vec<Mount>,
     overlays: Vec<Overlay>,
     checked: HashMap<(u32, u64), Checked>,
@@ -216,6 +227,16 @@ impl PathTable {
         self.kernel.insert(key, KernelPath::from_event(event));
     }
 
+    /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
+    pub fn remember(&mut self, dev: u32, ino: u64, name: SeenName) {
+        self.checked.remove(&(dev, ino));
+        self.seen.insert((dev, ino), name);
+    }
+
+    pub fn overlays(&self) -> &[Overlay] {
+        &self.overlays
+    }
+
     pub fn knows(&self, dev: u32, ino: u64) -> bool {
         self.kernel.contains_key(&(dev, ino))
     }
@@ -228,9 +249,17 @@ impl PathTable {
                 return checked.resolved.clone();
             }
         }
-        let resolved = match self.kernel.get(&key) {
-            Some(kernel) => self.resolve_kernel_path(dev, ino, kernel),
-            None => ResolvedPath::default(),
+        let resolved = match (self.kernel.get(&key), self.seen.get(&key)) {
+            (Some(kernel), _) => self.resolve_kernel_path(dev, ino, kernel),
+            (None, Some(seen)) if seen.on_host => {
+                self.resolve_host_path(seen.path.clone(), ino, seen.deleted)
+            }
+            (None, Some(seen)) => ResolvedPath {
+                path: Some(seen.path.to_string_lossy().into_owned()),
+                deleted: seen.deleted,
+                ..ResolvedPath::default()
+            },
+            (None, None) => ResolvedPath::default(),
         };
         self.checked.insert(
             key,
@@ -257,7 +286,7 @@ impl PathTable {
             return ResolvedPath::default();
         }
         let fs_path = kernel.fs_path();
-        let Some(mut host) = self.host_path(dev, &fs_path) else {
+        let Some(host) = self.host_path(dev, &fs_path) else {
             // Not mounted anywhere we can see: the filesystem-relative path is the best name.
             return ResolvedPath {
                 path: Some(fs_path),
@@ -265,8 +294,14 @@ impl PathTable {
                 ..ResolvedPath::default()
             };
         };
-        let mut deleted = kernel.nlink == 0;
-        if !deleted && (kernel.leaf_truncated || !is_same_file(&host, ino)) {
+        // A cut leaf name never matches on disk, so it is found by inode like a renamed file.
+        self.resolve_host_path(host, ino, kernel.nlink == 0)
+    }
+
+    /// Checks a host path against the file's inode (finding a renamed file in its directory),
+    /// then places it in an overlay layer if it is in one.
+    fn resolve_host_path(&self, mut host: PathBuf, ino: u64, mut deleted: bool) -> ResolvedPath {
+        if !deleted && !is_same_file(&host, ino) {
             match find_in_directory(&host, ino) {
                 Some(current) => host = current,
                 None => deleted = true,

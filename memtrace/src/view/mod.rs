@@ -1,5 +1,6 @@
 //! Renderings of a `Report`: nothing here reads the kernel or the filesystem.
 
+pub mod explain;
 pub mod json;
 pub mod table;
 

@@ -1,6 +1,8 @@
 //! The attribution model: page cache per memory cgroup and per file, built from raw kernel
 //! counters. Pure data, no I/O: views render it, tests check it.
 
+pub mod explain;
+
 use std::collections::HashMap;
 
 use memtrace_common::{CacheCounters, CacheKey};
@@ -13,6 +15,71 @@ use crate::{
 
 /// Version of the JSON document; bumped only for incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// How a figure was attributed to its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provenance {
+    /// Counted by the tracepoints as pages came and went: exact.
+    #[default]
+    Traced,
+    /// Found at start; memcg read per page from /proc/kpagecgroup: exact.
+    Exact,
+    /// Found at start; charged to the memcg of a process that holds the file open.
+    InferredOwner,
+    /// Found at start; charged to the container whose overlay layer holds the file.
+    InferredLocation,
+}
+
+impl Provenance {
+    pub fn is_exact(self) -> bool {
+        matches!(self, Self::Traced | Self::Exact)
+    }
+}
+
+/// Cache that was resident before tracing began, as found at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeededCache {
+    pub pages: u64,
+    /// Of those, pages on the active LRU list.
+    pub active_pages: u64,
+    pub provenance: Provenance,
+    /// The kernel counters of the same key when the file was measured: traced changes are
+    /// counted from here on, so nothing is counted twice.
+    pub baseline: CacheCounters,
+}
+
+/// What is known of one (memcg, file): traced counters and, if found at start, seeded cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub key: CacheKey,
+    pub counters: CacheCounters,
+    pub seeded: Option<SeededCache>,
+}
+
+impl Observation {
+    pub fn traced(key: CacheKey, counters: CacheCounters) -> Self {
+        Self {
+            key,
+            counters,
+            seeded: None,
+        }
+    }
+
+    /// Resident pages: seeded + traced since the seed (or since start), never below zero.
+    pub fn resident_pages(&self) -> u64 {
+        let (base, start) = match &self.seeded {
+            Some(seed) => (seed.pages, seed.baseline),
+            None => (0, CacheCounters::default()),
+        };
+        let added = self.counters.pages_added.saturating_sub(start.pages_added);
+        let removed = self
+            .counters
+            .pages_removed
+            .saturating_sub(start.pages_removed);
+        (base + added).saturating_sub(removed)
+    }
+}
 
 /// Kernel-side counters: what was seen and what could not be recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -66,10 +133,18 @@ pub struct FileUsage {
     #[serde(skip)]
     pub dev_raw: u32,
     pub ino: u64,
-    /// Resident bytes traced since start: added − removed, never below 0.
+    /// Resident bytes: cache found at start (if any) plus pages added since, minus pages
+    /// removed since; never below 0.
     pub cached_bytes: u64,
+    /// Traced since start.
     pub added_bytes: u64,
     pub removed_bytes: u64,
+    /// Resident bytes found when memtrace started (0 when none or not scanned).
+    pub seeded_bytes: u64,
+    /// Of the seeded bytes, those on the active LRU list (count toward the working set).
+    pub seeded_active_bytes: u64,
+    /// How `cached_bytes` was attributed to this cgroup.
+    pub provenance: Provenance,
 }
 
 /// Page cache charged to one memory cgroup.
@@ -126,14 +201,19 @@ pub fn format_dev(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
-/// Groups raw (memcg, file) counters into cgroups with their files, largest first. Names are
+/// Groups (memcg, file) observations into cgroups with their files, largest first. Names are
 /// left empty for the resolvers.
 pub fn aggregate(
-    entries: impl IntoIterator<Item = (CacheKey, CacheCounters)>,
+    observations: impl IntoIterator<Item = Observation>,
     page_size: u64,
 ) -> (Vec<CgroupUsage>, Totals) {
     let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = HashMap::new();
-    for (key, counters) in entries {
+    for observation in observations {
+        let Observation {
+            key,
+            counters,
+            seeded,
+        } = observation;
         let added = counters.pages_added.saturating_mul(page_size);
         let removed = counters.pages_removed.saturating_mul(page_size);
         by_cgroup
@@ -147,9 +227,12 @@ pub fn aggregate(
                 dev: format_dev(key.dev),
                 dev_raw: key.dev,
                 ino: key.ino,
-                cached_bytes: added.saturating_sub(removed),
+                cached_bytes: observation.resident_pages().saturating_mul(page_size),
                 added_bytes: added,
                 removed_bytes: removed,
+                seeded_bytes: seeded.map_or(0, |s| s.pages * page_size),
+                seeded_active_bytes: seeded.map_or(0, |s| s.active_pages * page_size),
+                provenance: seeded.map_or(Provenance::Traced, |s| s.provenance),
             });
     }
 
@@ -291,6 +374,43 @@ mod tests {
         }
     }
 
+    fn traced(entries: Vec<(CacheKey, CacheCounters)>) -> Vec<Observation> {
+        entries
+            .into_iter()
+            .map(|(k, c)| Observation::traced(k, c))
+            .collect()
+    }
+
+    #[test]
+    fn seeded_cache_plus_traced_changes_is_never_double_counted() {
+        let seed = SeededCache {
+            pages: 100,
+            active_pages: 40,
+            provenance: Provenance::Exact,
+            // 30 pages were added (and traced) before the file was measured: they are inside
+            // the 100 already.
+            baseline: counters(30, 0),
+        };
+        let observation = Observation {
+            key: key(5, 9),
+            counters: counters(50, 70),
+            seeded: Some(seed),
+        };
+        // 100 seeded + (50 − 30) added since − (70 − 0) removed since = 50.
+        assert_eq!(observation.resident_pages(), 50);
+        let (cgroups, _) = aggregate(vec![observation], 4096);
+        let file = &cgroups[0].files[0];
+        assert_eq!(file.cached_bytes, 50 * 4096);
+        assert_eq!(file.seeded_bytes, 100 * 4096);
+        assert_eq!(file.seeded_active_bytes, 40 * 4096);
+        assert_eq!(file.provenance, Provenance::Exact);
+        let evicted = Observation {
+            counters: counters(30, 500),
+            ..observation
+        };
+        assert_eq!(evicted.resident_pages(), 0, "never below zero");
+    }
+
     fn counters(added: u64, removed: u64) -> CacheCounters {
         CacheCounters {
             pages_added: added,
@@ -305,7 +425,7 @@ mod tests {
             (key(10, 2), counters(300, 100)),
             (key(20, 3), counters(1000, 0)),
         ];
-        let (cgroups, totals) = aggregate(entries, 4096);
+        let (cgroups, totals) = aggregate(traced(entries), 4096);
         assert_eq!(cgroups.len(), 2);
         assert_eq!(cgroups[0].id, 20, "largest cgroup first");
         assert_eq!(cgroups[1].path, None, "names are the resolvers' job");
@@ -319,7 +439,7 @@ mod tests {
 
     #[test]
     fn cache_dropped_that_predates_tracing_never_goes_negative() {
-        let (cgroups, _) = aggregate(vec![(key(1, 1), counters(2, 10))], 4096);
+        let (cgroups, _) = aggregate(traced(vec![(key(1, 1), counters(2, 10))]), 4096);
         assert_eq!(cgroups[0].files[0].cached_bytes, 0);
         assert_eq!(cgroups[0].net_bytes, -8 * 4096);
         assert_eq!(cgroups[0].path, None);
@@ -349,7 +469,7 @@ mod tests {
             (key(10, 2), counters(300, 0)),
             (key(20, 3), counters(1000, 0)),
         ];
-        let (all, all_totals) = aggregate(entries, 4096);
+        let (all, all_totals) = aggregate(traced(entries), 4096);
         let all = named(all);
         let run = |filter: Filter| {
             let (mut cgroups, mut totals) = (all.clone(), all_totals.clone());

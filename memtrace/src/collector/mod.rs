@@ -1,12 +1,21 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
+pub mod residency;
+pub mod seed;
+
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
+use std::{collections::HashMap, os::unix::fs::MetadataExt};
 
+use memtrace_common::{CacheKey, CgroupEvent, FileEvent, Stat};
+
+use self::seed::{SeedOptions, SeedSummary};
 use crate::{
     loader::{LoadError, LoadOptions, Tracer},
-    model::{aggregate, apply_filter, Filter, KernelStats, Report, SCHEMA_VERSION},
+    model::{
+        aggregate, apply_filter, Filter, KernelStats, Observation, Report, SeededCache,
+        SCHEMA_VERSION,
+    },
     resolve::Resolvers,
 };
 
@@ -22,6 +31,8 @@ pub struct Collector {
     pub resolvers: Resolvers,
     started: Instant,
     page_size: u64,
+    seeds: HashMap<CacheKey, SeededCache>,
+    pub seed_summary: Option<SeedSummary>,
 }
 
 impl Collector {
@@ -35,6 +46,8 @@ impl Collector {
             resolvers: Resolvers::new(),
             started,
             page_size: page_size(),
+            seeds: HashMap::new(),
+            seed_summary: None,
         })
     }
 
@@ -82,6 +95,58 @@ impl Collector {
         })
     }
 
+    /// Finds the page cache that was resident before start (see `seed`) and adds it to every
+    /// later report. Call once, after `start`: the programs are attached first, so pages that
+    /// arrive during the scan are counted once, by the kernel counters read per file.
+    pub fn seed(&mut self, options: &SeedOptions) -> SeedSummary {
+        self.drain_events();
+        self.resolvers.refresh();
+        let hierarchies = self.resolvers.cgroups.hierarchies.clone();
+        let memory_hierarchy = hierarchies.memory_hierarchy.unwrap_or(0);
+        let memcg_id = |path: &str| {
+            let dir = hierarchies.directory_of(memory_hierarchy, path)?;
+            std::fs::metadata(dir).ok().map(|m| m.ino())
+        };
+
+        let mut candidates = Vec::new();
+        for (layer_root, memcg_dir) in self.resolvers.overlay_layers() {
+            let location = memcg_dir
+                .and_then(|dir| std::fs::metadata(dir).ok())
+                .map(|m| (memory_hierarchy, m.ino()));
+            candidates.extend(seed::files_below(&layer_root, options.max_files, location));
+        }
+        for dir in &options.extra_dirs {
+            candidates.extend(seed::files_below(dir, options.max_files, None));
+        }
+        candidates.extend(seed::open_files());
+
+        let scan = seed::scan(
+            candidates,
+            options,
+            memory_hierarchy,
+            self.page_size,
+            |pid| seed::memcg_path_of(pid, memory_hierarchy).and_then(|path| memcg_id(&path)),
+        );
+        let summary = scan.summary;
+        for ((dev, ino), name) in scan.names {
+            self.resolvers.paths.remember(dev, ino, name);
+        }
+        for (key, seed) in scan.seeds {
+            let baseline = self.tracer.page_cache.get(&key, 0).unwrap_or_default();
+            self.seeds.insert(
+                key,
+                SeededCache {
+                    pages: seed.pages,
+                    active_pages: seed.active_pages,
+                    provenance: seed.provenance,
+                    baseline,
+                },
+            );
+        }
+        self.seed_summary = Some(summary.clone());
+        summary
+    }
+
     /// Everything memtrace attributes now.
     pub fn snapshot(&mut self) -> Result<Report, CollectError> {
         self.snapshot_filtered(&Filter::default())
@@ -91,16 +156,33 @@ impl Collector {
     pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let mut entries: Vec<(CacheKey, CacheCounters)> = Vec::new();
+        let mut observations: HashMap<CacheKey, Observation> = HashMap::new();
         for entry in self.tracer.page_cache.iter() {
             match entry {
-                Ok(entry) => entries.push(entry),
+                Ok((key, counters)) => {
+                    let seeded = self.seeds.get(&key).copied();
+                    observations.insert(
+                        key,
+                        Observation {
+                            key,
+                            counters,
+                            seeded,
+                        },
+                    );
+                }
                 Err(_) => stats.map_read_errors += 1,
             }
         }
-        stats.map_entries = entries.len() as u64;
+        stats.map_entries = observations.len() as u64;
+        for (key, seeded) in &self.seeds {
+            observations.entry(*key).or_insert(Observation {
+                key: *key,
+                counters: seeded.baseline,
+                seeded: Some(*seeded),
+            });
+        }
 
-        let (mut cgroups, mut totals) = aggregate(entries, self.page_size);
+        let (mut cgroups, mut totals) = aggregate(observations.into_values(), self.page_size);
         self.resolvers.refresh();
         self.resolvers.annotate(&mut cgroups);
         apply_filter(&mut cgroups, &mut totals, filter);

@@ -1,0 +1,286 @@
+//! The answer to "where did this container's memory go": the kernel's figures for one memory
+//! cgroup, reconciled with what memtrace attributes, and a verdict in plain language.
+
+use serde::Serialize;
+
+use super::{KernelStats, Provenance};
+use crate::{
+    collector::seed::SeedSummary,
+    resolve::{containers::Container, memstat::MemoryFigures, paths::Layer},
+    view::human_bytes,
+};
+
+/// What was asked about, and what it turned out to be.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// As the user gave it.
+    pub query: String,
+    /// `container`, `cgroup` or `pid`.
+    pub kind: &'static str,
+    pub cgroup_id: u64,
+    pub hierarchy: u32,
+    pub cgroup_path: String,
+    pub container: Option<Container>,
+}
+
+/// A process with the file open for writing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Writer {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainedFile {
+    pub path: Option<String>,
+    pub host_path: Option<String>,
+    pub cached_bytes: u64,
+    /// From cachestat(2) on the file, when it can still be opened.
+    pub dirty_bytes: Option<u64>,
+    pub writeback_bytes: Option<u64>,
+    /// Of the cache found at start, bytes on the active LRU (count toward the working set).
+    pub seeded_active_bytes: u64,
+    pub seeded_bytes: u64,
+    pub provenance: Provenance,
+    pub deleted: bool,
+    pub layer: Option<Layer>,
+    /// Change of `cached_bytes` over the observation window.
+    pub growth_bytes_per_second: f64,
+    pub writers: Vec<Writer>,
+    /// The cgroup it is charged to (the target or one below it).
+    pub cgroup_path: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    pub schema_version: u32,
+    pub target: Target,
+    /// memory.stat and usage; `null` when the cgroup's files could not be read.
+    pub memory: Option<MemoryFigures>,
+    /// Page cache memtrace attributes to the target, by file.
+    pub attributed_bytes: u64,
+    /// Of that, attributed exactly (traced, or memcg read from the pages).
+    pub attributed_exact_bytes: u64,
+    /// attributed / memory.stat page cache.
+    pub coverage: Option<f64>,
+    /// memory.stat page cache that no file accounts for.
+    pub unattributed_bytes: u64,
+    /// Sorted by `cached_bytes`, largest first.
+    pub files: Vec<ExplainedFile>,
+    pub seed: Option<SeedSummary>,
+    pub observed_seconds: f64,
+    pub stats: KernelStats,
+    /// Plain-language lines: what holds the memory and what to do about it.
+    pub verdict: Vec<String>,
+}
+
+impl Explanation {
+    /// Fills coverage and the verdict from the figures.
+    pub fn conclude(&mut self) {
+        if let Some(memory) = &self.memory {
+            let cache = memory.page_cache_bytes;
+            self.coverage = (cache > 0).then(|| self.attributed_bytes as f64 / cache as f64);
+            self.unattributed_bytes = cache.saturating_sub(self.attributed_bytes);
+        }
+        self.verdict = verdict(self);
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn verdict(e: &Explanation) -> Vec<String> {
+    let mut lines = Vec::new();
+    let who = match &e.target.container {
+        Some(c) => format!("container {}", c.name.as_deref().unwrap_or(&c.id)),
+        None => format!("cgroup {}", e.target.cgroup_path),
+    };
+    let Some(memory) = &e.memory else {
+        lines.push(format!(
+            "memory.stat of {who} could not be read; figures below are memtrace's alone."
+        ));
+        return lines;
+    };
+    let cache = memory.page_cache_bytes;
+    lines.push(format!(
+        "{who} uses {}: {} anonymous ({:.0}%), {} page cache ({:.0}%), {} kernel.",
+        human_bytes(memory.usage_bytes),
+        human_bytes(memory.anon_bytes),
+        percent(memory.anon_bytes, memory.usage_bytes),
+        human_bytes(cache),
+        percent(cache, memory.usage_bytes),
+        human_bytes(memory.kernel_bytes),
+    ));
+    let Some(top) = e.files.first().filter(|f| f.cached_bytes > 0) else {
+        lines.push("No file holds page cache charged here.".to_owned());
+        return lines;
+    };
+    let name = top
+        .path
+        .as_deref()
+        .or(top.host_path.as_deref())
+        .unwrap_or("an unnamed file");
+    let mut line = format!(
+        "{name} holds {} ({:.0}% of the page cache)",
+        human_bytes(top.cached_bytes),
+        percent(top.cached_bytes, cache.max(e.attributed_bytes))
+    );
+    if top.layer == Some(Layer::Upper) {
+        line += ", in the container's writable layer";
+    }
+    if top.deleted {
+        line +=
+            "; it is DELETED but still held open, so its cache stays until the holder closes it";
+    }
+    if let Some(writer) = top.writers.first() {
+        line += &format!("; written by {} (pid {})", writer.comm, writer.pid);
+    }
+    if top.growth_bytes_per_second > 1024.0 {
+        line += &format!(
+            ", growing {}/s",
+            human_bytes(top.growth_bytes_per_second as u64)
+        );
+    }
+    lines.push(line + ".");
+    lines.push(format!(
+        "Page cache is reclaimable, but active pages count toward kubelet's working set ({} of {}); {} of it is active, {} inactive.",
+        human_bytes(memory.working_set_bytes),
+        human_bytes(memory.usage_bytes),
+        human_bytes(memory.active_file_bytes),
+        human_bytes(memory.inactive_file_bytes),
+    ));
+    if memory.dirty_bytes + memory.writeback_bytes > 0 {
+        lines.push(format!(
+            "{} is dirty and {} under writeback: it cannot be reclaimed until written to disk.",
+            human_bytes(memory.dirty_bytes),
+            human_bytes(memory.writeback_bytes)
+        ));
+    }
+    let looks_like_log = name.ends_with(".log") || name.contains("/log");
+    lines.push(if top.deleted {
+        "Fix: restart or signal the process holding the deleted file (logrotate copytruncate or a reopen on SIGHUP avoids this).".to_owned()
+    } else if looks_like_log {
+        "Fix: lower the log level, rotate and cap the log, or log to stdout or a volume with its own limits; `fadvise(DONTNEED)` or truncating a rotated log frees its cache.".to_owned()
+    } else {
+        "Fix: if this file need not stay cached, read it with O_DIRECT or drop it with fadvise(DONTNEED) after use; set a memory limit so the kernel reclaims it under pressure.".to_owned()
+    });
+    if let Some(coverage) = e.coverage {
+        if coverage < 0.9 {
+            lines.push(format!(
+                "memtrace accounts for {:.0}% of the page cache; the rest ({}) is in files it did not find (tmpfs/shmem, files not open and outside container layers and log directories).",
+                coverage * 100.0,
+                human_bytes(e.unattributed_bytes)
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explanation(files: Vec<ExplainedFile>, memory: MemoryFigures) -> Explanation {
+        let attributed = files.iter().map(|f| f.cached_bytes).sum();
+        let mut e = Explanation {
+            schema_version: 1,
+            target: Target {
+                query: "spring".into(),
+                kind: "container",
+                cgroup_id: 7,
+                hierarchy: 4,
+                cgroup_path: "/pods/spring".into(),
+                container: Some(Container {
+                    runtime: "runc".into(),
+                    id: "spring".into(),
+                    name: Some("spring".into()),
+                    ..Container::default()
+                }),
+            },
+            memory: Some(memory),
+            attributed_bytes: attributed,
+            attributed_exact_bytes: attributed,
+            coverage: None,
+            unattributed_bytes: 0,
+            files,
+            seed: None,
+            observed_seconds: 2.0,
+            stats: KernelStats::default(),
+            verdict: Vec::new(),
+        };
+        e.conclude();
+        e
+    }
+
+    fn log_file(bytes: u64) -> ExplainedFile {
+        ExplainedFile {
+            path: Some("/tmp/spring.log".into()),
+            host_path: Some("/var/lib/x/diff/tmp/spring.log".into()),
+            cached_bytes: bytes,
+            dirty_bytes: Some(0),
+            writeback_bytes: Some(0),
+            seeded_active_bytes: 0,
+            seeded_bytes: bytes,
+            provenance: Provenance::Exact,
+            deleted: false,
+            layer: Some(Layer::Upper),
+            growth_bytes_per_second: 2.0 * 1024.0 * 1024.0,
+            writers: vec![Writer {
+                pid: 42,
+                comm: "java".into(),
+            }],
+            cgroup_path: Some("/pods/spring".into()),
+        }
+    }
+
+    #[test]
+    fn verdict_names_the_file_and_the_fix() {
+        let memory = MemoryFigures {
+            usage_bytes: 1400 << 20,
+            anon_bytes: 600 << 20,
+            page_cache_bytes: 800 << 20,
+            inactive_file_bytes: 700 << 20,
+            active_file_bytes: 100 << 20,
+            working_set_bytes: 700 << 20,
+            ..MemoryFigures::default()
+        };
+        let e = explanation(vec![log_file(780 << 20)], memory);
+        let text = e.verdict.join("\n");
+        assert!(text.contains("container spring uses 1.4 GiB"), "{text}");
+        assert!(
+            text.contains("/tmp/spring.log holds 780.0 MiB (98% of the page cache)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("writable layer") && text.contains("java (pid 42)"),
+            "{text}"
+        );
+        assert!(text.contains("growing 2.0 MiB/s"), "{text}");
+        assert!(text.contains("Fix: lower the log level"), "{text}");
+        assert!((e.coverage.unwrap() - 0.975).abs() < 1e-9);
+        assert_eq!(e.unattributed_bytes, 20 << 20);
+    }
+
+    #[test]
+    fn verdict_flags_deleted_files_and_low_coverage() {
+        let memory = MemoryFigures {
+            usage_bytes: 100 << 20,
+            page_cache_bytes: 100 << 20,
+            ..MemoryFigures::default()
+        };
+        let mut deleted = log_file(40 << 20);
+        deleted.deleted = true;
+        let text = explanation(vec![deleted], memory).verdict.join("\n");
+        assert!(text.contains("DELETED but still held open"), "{text}");
+        assert!(text.contains("Fix: restart or signal"), "{text}");
+        assert!(
+            text.contains("accounts for 40% of the page cache"),
+            "{text}"
+        );
+    }
+}

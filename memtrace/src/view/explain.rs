@@ -1,0 +1,131 @@
+//! `explain` as text: one screen.
+
+use std::io::{self, Write};
+
+use super::human_bytes;
+use crate::model::explain::Explanation;
+
+pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
+    let t = &e.target;
+    let label = match &t.container {
+        Some(c) => format!(
+            "container {} ({} {})",
+            c.name.as_deref().unwrap_or(&c.id),
+            c.runtime,
+            c.id.chars().take(12).collect::<String>()
+        ),
+        None => format!("cgroup {}", t.cgroup_path),
+    };
+    writeln!(out, "memtrace explain: {label}")?;
+    writeln!(
+        out,
+        "  memory cgroup {} (id {})",
+        t.cgroup_path, t.cgroup_id
+    )?;
+    if let Some(m) = &e.memory {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "  usage          {:>10}   working set (usage - inactive_file) {}",
+            human_bytes(m.usage_bytes),
+            human_bytes(m.working_set_bytes)
+        )?;
+        writeln!(out, "    anonymous    {:>10}", human_bytes(m.anon_bytes))?;
+        writeln!(
+            out,
+            "    page cache   {:>10}   active {} / inactive {}; dirty {}, writeback {}, shmem {}",
+            human_bytes(m.page_cache_bytes),
+            human_bytes(m.active_file_bytes),
+            human_bytes(m.inactive_file_bytes),
+            human_bytes(m.dirty_bytes),
+            human_bytes(m.writeback_bytes),
+            human_bytes(m.shmem_bytes)
+        )?;
+        writeln!(out, "    kernel       {:>10}", human_bytes(m.kernel_bytes))?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  attributed to files: {} ({} exact){}",
+        human_bytes(e.attributed_bytes),
+        human_bytes(e.attributed_exact_bytes),
+        e.coverage
+            .map(|c| format!(", {:.1}% of the page cache", c * 100.0))
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  {:>10} {:>9} {:>11}  {:<10} FILE",
+        "CACHED", "DIRTY", "GROWTH/s", "SOURCE"
+    )?;
+    for f in &e.files {
+        let name = f
+            .path
+            .as_deref()
+            .or(f.host_path.as_deref())
+            .unwrap_or("(unnamed)");
+        let mut notes = Vec::new();
+        if f.deleted {
+            notes.push("deleted".to_owned());
+        }
+        if let Some(w) = f.writers.first() {
+            notes.push(format!("writer {} pid {}", w.comm, w.pid));
+        }
+        if let (Some(host), Some(_)) = (&f.host_path, f.layer) {
+            notes.push(format!("host {host}"));
+        }
+        let growth = if f.growth_bytes_per_second.abs() >= 1.0 {
+            format!(
+                "{}{}",
+                if f.growth_bytes_per_second < 0.0 {
+                    "-"
+                } else {
+                    "+"
+                },
+                human_bytes(f.growth_bytes_per_second.abs() as u64)
+            )
+        } else {
+            "0".to_owned()
+        };
+        writeln!(
+            out,
+            "  {:>10} {:>9} {:>11}  {:<10} {name}{}",
+            human_bytes(f.cached_bytes),
+            f.dirty_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "?".to_owned()),
+            growth,
+            format!("{:?}", f.provenance).to_lowercase(),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join("; "))
+            }
+        )?;
+    }
+    writeln!(out)?;
+    for line in &e.verdict {
+        writeln!(out, "  {line}")?;
+    }
+    if let Some(seed) = &e.seed {
+        writeln!(
+            out,
+            "\n  scan at start: {} files examined, {} cached, {} found in {:.1}s ({}){}",
+            seed.files_examined,
+            seed.files_cached,
+            human_bytes(seed.cached_bytes),
+            seed.seconds,
+            if seed.exact {
+                "memcg read per page"
+            } else {
+                "memcg inferred: no /proc/kpagecgroup"
+            },
+            if seed.truncated {
+                "; stopped at its limit"
+            } else {
+                ""
+            }
+        )?;
+    }
+    out.flush()
+}
