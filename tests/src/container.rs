@@ -51,6 +51,16 @@ impl OverlayContainer {
 
     /// Like `start`, letting `extend` add files to the image layer first.
     pub fn start_with_image(name: &str, script: &str, extend: impl FnOnce(&Path)) -> Self {
+        Self::start_with(name, script, extend, &[])
+    }
+
+    /// Like `start_with_image`, with host directories bind-mounted read-only (host, container).
+    pub fn start_with(
+        name: &str,
+        script: &str,
+        extend: impl FnOnce(&Path),
+        binds: &[(&str, &str)],
+    ) -> Self {
         let id = format!("{name}-{}", std::process::id());
         let base = Path::new(BASE).join(&id);
         if base.exists() {
@@ -83,7 +93,7 @@ impl OverlayContainer {
             rootfs,
             base,
         };
-        container.write_config(&bundle, script);
+        container.write_config(&bundle, script, binds);
         // The container inherits runc's stdio and keeps it open: give it a file, not a pipe
         // a caller would wait on.
         let log_path = container.base.join("runc.log");
@@ -106,7 +116,7 @@ impl OverlayContainer {
         container
     }
 
-    fn write_config(&self, bundle: &Path, script: &str) {
+    fn write_config(&self, bundle: &Path, script: &str, binds: &[(&str, &str)]) {
         run(Command::new("runc").args(["spec", "--bundle"]).arg(bundle));
         let path = bundle.join("config.json");
         let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
@@ -117,6 +127,12 @@ impl OverlayContainer {
         process.insert("terminal".into(), Value::Bool(false));
         process.insert("args".into(), serde_json::json!(["sh", "-c", script]));
         config["linux"]["cgroupsPath"] = Value::String(format!("/memtrace-tests/{}", self.id));
+        let mounts = config["mounts"].as_array_mut().expect("mounts");
+        for (host, inside) in binds {
+            mounts.push(serde_json::json!({
+                "destination": inside, "type": "bind", "source": host, "options": ["rbind", "ro"]
+            }));
+        }
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     }
 
@@ -144,6 +160,13 @@ impl OverlayContainer {
     /// Host path of a file in the writable layer.
     pub fn upper_path(&self, container_path: &str) -> PathBuf {
         self.upper.join(container_path.trim_start_matches('/'))
+    }
+
+    /// Runs `sh -c script` inside the running container and waits for it.
+    pub fn exec(&self, script: &str) {
+        run(Command::new("runc")
+            .args(["exec", &self.id, "sh", "-c", script])
+            .stdin(Stdio::null()));
     }
 
     /// Waits until the container creates `container_path` (its "done" marker).
@@ -190,8 +213,12 @@ fn build_busybox_image(root: &Path) {
         .map(Path::new)
         .find(|p| p.exists())
         .expect("busybox-static is required (cargo xtask setup installs it)");
-    for dir in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+    for dir in ["bin", "tmp", "proc", "dev", "sys", "etc", "usr"] {
         fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    // Merged-/usr layout, so a bind-mounted host /usr brings its libraries (the JVM test).
+    for (link, target) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let _ = symlink(target, root.join(link));
     }
     fs::copy(busybox, root.join("bin/busybox")).unwrap();
     for applet in APPLETS {

@@ -106,13 +106,18 @@ pub fn open_files() -> Vec<Candidate> {
     found
 }
 
-/// Regular files below `root`, up to `limit`.
+/// Regular files below `root`, up to `limit`, staying on `root`'s filesystem: a walk of
+/// /var/tmp must not wander into a container's overlay mount and name the layer's files by
+/// their merged path.
 pub fn files_below(
     root: &Path,
     limit: usize,
     location_memcg: Option<(u32, u64)>,
 ) -> Vec<Candidate> {
     let mut found = Vec::new();
+    let Ok(root_meta) = fs::metadata(root) else {
+        return found;
+    };
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -123,7 +128,9 @@ pub fn files_below(
                 continue;
             };
             if kind.is_dir() {
-                pending.push(entry.path());
+                if entry.metadata().is_ok_and(|m| m.dev() == root_meta.dev()) {
+                    pending.push(entry.path());
+                }
             } else if kind.is_file() {
                 found.push(Candidate {
                     path: entry.path(),
@@ -257,14 +264,15 @@ pub fn scan(
             continue;
         };
         summary.files_examined += 1;
-        // cachestat is the cheap first look; overlay files keep their pages in the layer's
-        // file, which only the mapping below reaches.
-        if !is_overlay(&file) {
-            if let Ok(stat) = cachestat(&file) {
-                if stat.cached == 0 {
-                    continue;
-                }
-            }
+        // An overlay file's pages belong to its layer's file, and a mapping of it is shown
+        // under the overlay's device and inode: such files are measured through the layer
+        // walks, which come first, under their real identity.
+        if is_overlay(&file) {
+            continue;
+        }
+        // cachestat is the cheap first look.
+        if cachestat(&file).is_ok_and(|stat| stat.cached == 0) {
+            continue;
         }
         let Ok(owners) = reader.owners(&file) else {
             continue;
@@ -290,11 +298,9 @@ pub fn scan(
         };
         // Active pages are spread over owners in proportion (usually there is one owner).
         let active_share = |pages: u64| {
-            if owners.resident == 0 {
-                0
-            } else {
-                owners.active * pages / owners.resident
-            }
+            (owners.active * pages)
+                .checked_div(owners.resident)
+                .unwrap_or(0)
         };
         for (&cgroup_id, &pages) in &owners.by_cgroup {
             let seed = seeds.entry(key(cgroup_id)).or_insert(Seed {

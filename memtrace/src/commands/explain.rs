@@ -171,7 +171,7 @@ fn target_files(
             })
         })
         .collect();
-    files.sort_by(|a, b| b.cached_bytes.cmp(&a.cached_bytes));
+    files.sort_by_key(|f| std::cmp::Reverse(f.cached_bytes));
     files
 }
 
