@@ -10,6 +10,9 @@ pub mod names {
     pub const STATS_MAP: &str = "STATS";
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
     pub const FILE_EVENTS: &str = "FILE_EVENTS";
+    pub const WRITERS_MAP: &str = "WRITERS";
+    pub const PROG_VFS_WRITE: &str = "vfs_write_exit";
+    pub const PROG_DIRTY_FOLIO: &str = "dirty_folio";
     pub const OFFSETS_GLOBAL: &str = "OFFSETS";
     pub const PROG_FILEMAP_ADD: &str = "filemap_add";
     pub const PROG_FILEMAP_DELETE: &str = "filemap_delete";
@@ -19,6 +22,10 @@ pub mod names {
 
 /// Default capacity of the page-cache map: one entry per (memory cgroup, file) pair.
 pub const DEFAULT_CACHE_ENTRIES: u32 = 262_144;
+/// Capacity of the writers map: one entry per (writer's memcg, file, process).
+pub const WRITER_ENTRIES: u32 = 65_536;
+/// Bytes of a task's command name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
 /// Longest cgroup path the kernel side copies; longer paths are cut and flagged.
 pub const CGROUP_PATH_LEN: usize = 256;
 /// Path components the kernel's dentry walk copies, leaf first.
@@ -52,6 +59,32 @@ pub struct CacheCounters {
     pub pages_removed: u64,
 }
 
+/// Key of the writers map: a process writing a file, under its own memory cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WriterKey {
+    /// The writer's memcg (not the page's: the first writer may not be the one charged).
+    pub cgroup_id: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub hierarchy: u32,
+    /// Thread-group id: the process.
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Value of the writers map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Bytes written through `vfs_write` (fexit), or bytes of folios dirtied (fallback).
+    pub bytes: u64,
+    /// `vfs_write` calls, or folios dirtied.
+    pub calls: u64,
+    /// The process's command name at its last write.
+    pub comm: [u8; COMM_LEN],
+}
+
 /// Indices into the per-CPU `STATS` array: what the kernel side saw, dropped or could not read.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,10 +103,12 @@ pub enum Stat {
     CgroupEventsLost = 5,
     /// File path notices lost because the ring buffer was full (userspace falls back).
     FileEventsLost = 6,
+    /// Writes not recorded because the writers map was full.
+    WritersMapFull = 7,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::AddEvents,
         Stat::DeleteEvents,
@@ -82,6 +117,7 @@ impl Stat {
         Stat::Uncharged,
         Stat::CgroupEventsLost,
         Stat::FileEventsLost,
+        Stat::WritersMapFull,
     ];
 }
 
@@ -134,6 +170,14 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     /// `dentry.d_name.name`.
     pub dentry_name: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `css_set.subsys[memory_cgrp_id]`.
+    pub css_set_memory: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
 }
 
 /// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.
@@ -189,4 +233,6 @@ mod pod {
     unsafe impl aya::Pod for super::CacheKey {}
     unsafe impl aya::Pod for super::CacheCounters {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::WriterKey {}
+    unsafe impl aya::Pod for super::WriterStats {}
 }

@@ -23,6 +23,19 @@ pub fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
     cgroup_identity(cgroup)
 }
 
+/// The memcg of the current task: `current->cgroups->subsys[memory_cgrp_id]->cgroup`. On v2
+/// that css is the nearest ancestor with memory enabled, which is the task's memcg.
+#[inline(always)]
+pub fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
+    let off = offsets();
+    // SAFETY: the helper returns the current task pointer; it is only read through probes.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let css_set = read_ptr(task, off.task_cgroups)?;
+    let css = read_ptr(css_set, off.css_set_memory)?;
+    let cgroup = read_ptr(css, off.css_cgroup)?;
+    cgroup_identity(cgroup)
+}
+
 #[inline(always)]
 fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
     let off = offsets();

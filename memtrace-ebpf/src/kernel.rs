@@ -20,3 +20,17 @@ pub fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
         ptr => Ok(ptr),
     }
 }
+
+/// Adds `value` to a u64 that other CPUs may update at the same time.
+///
+/// # Safety
+/// `target` must point into a map value that stays valid for this program run.
+#[inline(always)]
+pub unsafe fn atomic_add(target: *mut u64, value: u64) {
+    // BPF's core has no atomic read-modify-write types; the intrinsic lowers to BPF_ATOMIC add.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            target, value,
+        )
+    };
+}

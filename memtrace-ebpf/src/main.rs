@@ -13,6 +13,7 @@ mod kernel;
 mod maps;
 mod page_cache;
 mod paths;
+mod writers;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,12 +4,19 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use memtrace_common::{CacheCounters, CacheKey, KernelOffsets, Stat, DEFAULT_CACHE_ENTRIES};
+use memtrace_common::{
+    CacheCounters, CacheKey, KernelOffsets, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
+    WRITER_ENTRIES,
+};
 
 /// Pages in and out per (memcg, file). Userspace may resize it before load (`--max-entries`).
 #[map(name = "PAGE_CACHE")]
 pub static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
     HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
+
+/// Bytes written per (writer's memcg, file, process).
+#[map(name = "WRITERS")]
+pub static WRITERS: HashMap<WriterKey, WriterStats> = HashMap::with_max_entries(WRITER_ENTRIES, 0);
 
 /// Per-CPU event and loss counters, indexed by `Stat`.
 #[map(name = "STATS")]
@@ -48,6 +55,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     dentry_alias: 0,
     dentry_parent: 0,
     dentry_name: 0,
+    file_inode: 0,
+    task_cgroups: 0,
+    css_set_memory: 0,
+    css_cgroup: 0,
 };
 
 /// The offsets as the loader set them. The volatile read stops the compiler from folding the

@@ -1,12 +1,11 @@
 //! Page-cache insertions and removals, aggregated per (charged memcg, file).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use memtrace_common::{CacheCounters, CacheKey, Stat};
 
 use crate::{
     cgroups::{memcg_identity, MemcgIdentity},
-    kernel::{read, read_ptr, ReadFailed},
+    kernel::{atomic_add, read, read_ptr, ReadFailed},
     maps::{count, offsets, PAGE_CACHE},
     paths::report_file,
 };
@@ -131,13 +130,12 @@ fn account(key: &CacheKey, pages: u64, direction: Direction) -> Entry {
 
 #[inline(always)]
 fn bump(counters: *mut CacheCounters, pages: u64, direction: Direction) {
-    // SAFETY: the pointer comes from a map lookup and stays valid for this program run; the
-    // atomic add (BPF has no compare-and-swap for core's atomics) keeps concurrent CPUs from losing each other's counts.
+    // SAFETY: the pointer comes from a map lookup and stays valid for this program run.
     unsafe {
         let field = match direction {
             Direction::Added => &raw mut (*counters).pages_added,
             Direction::Removed => &raw mut (*counters).pages_removed,
         };
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, pages);
+        atomic_add(field, pages);
     }
 }

@@ -1,7 +1,6 @@
 //! The memtrace binary as a user runs it: JSON schema, exit status, signals, clear errors.
 
 use std::{
-    io::Read,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -154,7 +153,7 @@ fn sigterm_detaches_and_prints_the_final_report() {
         (vec!["watch", "--json", "--interval", "10s"], 1),
         (vec!["run", "--json", "--", "sleep", "30"], 1),
     ] {
-        let mut child = memtrace(&args)
+        let child = memtrace(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -162,14 +161,10 @@ fn sigterm_detaches_and_prints_the_final_report() {
         thread::sleep(Duration::from_secs(2));
         // SAFETY: plain kill of our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
+        // Read while waiting: a large final report would fill the pipe and block the child.
+        let out = child.wait_with_output().unwrap();
+        let status = out.status;
+        let stdout = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(
             lines.len(),

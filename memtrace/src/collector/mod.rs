@@ -7,14 +7,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt};
 
-use memtrace_common::{CacheKey, CgroupEvent, FileEvent, Stat};
+use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
 
 use self::seed::{SeedOptions, SeedSummary};
 use crate::{
     loader::{LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, apply_filter, Filter, KernelStats, Observation, Report, SeededCache,
-        SCHEMA_VERSION,
+        aggregate, apply_filter, CgroupUsage, FileUsage, Filter, KernelStats, Observation, Report,
+        SeededCache, WriterUsage, SCHEMA_VERSION,
     },
     resolve::Resolvers,
 };
@@ -25,6 +25,9 @@ pub enum CollectError {
     Stats(#[source] aya::maps::MapError),
 }
 
+/// Written bytes per (cgroup id, dev, ino).
+type WrittenSoFar = HashMap<(u64, u32, u64), u64>;
+
 /// Loaded programs plus the userspace state that names what they count.
 pub struct Collector {
     tracer: Tracer,
@@ -33,6 +36,8 @@ pub struct Collector {
     page_size: u64,
     seeds: HashMap<CacheKey, SeededCache>,
     pub seed_summary: Option<SeedSummary>,
+    /// Written bytes per (cgroup, dev, ino) at the previous snapshot, for write rates.
+    last_written: Option<(Instant, WrittenSoFar)>,
 }
 
 impl Collector {
@@ -48,6 +53,7 @@ impl Collector {
             page_size: page_size(),
             seeds: HashMap::new(),
             seed_summary: None,
+            last_written: None,
         })
     }
 
@@ -89,6 +95,7 @@ impl Collector {
             uncharged: sums[Stat::Uncharged as usize],
             cgroup_events_lost: sums[Stat::CgroupEventsLost as usize],
             file_events_lost: sums[Stat::FileEventsLost as usize],
+            writers_map_full: sums[Stat::WritersMapFull as usize],
             map_entries: 0,
             map_capacity: u64::from(self.tracer.max_entries),
             map_read_errors: 0,
@@ -161,12 +168,14 @@ impl Collector {
             match entry {
                 Ok((key, counters)) => {
                     let seeded = self.seeds.get(&key).copied();
+                    let writers = Vec::new();
                     observations.insert(
                         key,
                         Observation {
                             key,
                             counters,
                             seeded,
+                            writers,
                         },
                     );
                 }
@@ -179,6 +188,33 @@ impl Collector {
                 key: *key,
                 counters: seeded.baseline,
                 seeded: Some(*seeded),
+                writers: Vec::new(),
+            });
+        }
+        for entry in self.tracer.writers.iter() {
+            let Ok((writer, written)) = entry else {
+                stats.map_read_errors += 1;
+                continue;
+            };
+            let key = CacheKey {
+                cgroup_id: writer.cgroup_id,
+                ino: writer.ino,
+                dev: writer.dev,
+                hierarchy: writer.hierarchy,
+            };
+            // A file this cgroup writes but whose cache is charged elsewhere still gets a row
+            // here: the writer is worth knowing.
+            let observation = observations.entry(key).or_insert_with(|| Observation {
+                key,
+                counters: CacheCounters::default(),
+                seeded: None,
+                writers: Vec::new(),
+            });
+            observation.writers.push(WriterUsage {
+                pid: writer.tgid,
+                comm: comm_text(&written.comm),
+                bytes: written.bytes,
+                calls: written.calls,
             });
         }
 
@@ -186,6 +222,8 @@ impl Collector {
         self.resolvers.refresh();
         self.resolvers.annotate(&mut cgroups);
         apply_filter(&mut cgroups, &mut totals, filter);
+        self.rate_writes(&mut cgroups);
+        let dirty_source = measure_dirty(&mut cgroups, self.page_size);
         Ok(Report {
             schema_version: SCHEMA_VERSION,
             timestamp: SystemTime::now()
@@ -194,11 +232,82 @@ impl Collector {
             traced_seconds: self.started.elapsed().as_secs_f64(),
             page_size: self.page_size,
             hooks: self.tracer.hooks.clone(),
+            writes_source: self.tracer.writes_source,
+            dirty_source,
             stats,
             totals,
             cgroups,
         })
     }
+}
+
+impl Collector {
+    /// Write rates since the previous snapshot, per (cgroup, file).
+    fn rate_writes(&mut self, cgroups: &mut [CgroupUsage]) {
+        let now = Instant::now();
+        let previous = self.last_written.take();
+        let mut current = HashMap::new();
+        for cgroup in cgroups.iter_mut() {
+            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
+                let key = (cgroup.id, file.dev_raw, file.ino);
+                current.insert(key, file.written_bytes);
+                if let Some((then, written)) = &previous {
+                    let seconds = now.duration_since(*then).as_secs_f64();
+                    let before = written.get(&key).copied().unwrap_or(0);
+                    if seconds > 0.0 {
+                        file.write_rate_bytes_per_second =
+                            Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
+                    }
+                }
+            }
+        }
+        self.last_written = Some((now, current));
+    }
+}
+
+/// Most files whose dirty and writeback bytes are measured per snapshot (largest first).
+const DIRTY_MEASURE_LIMIT: usize = 5_000;
+
+/// Dirty and writeback bytes of resident files, by cachestat(2) on their host path. Returns the
+/// source name, or `None` where cachestat is missing (before Linux 6.5).
+fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static str> {
+    let mut files: Vec<&mut FileUsage> = cgroups
+        .iter_mut()
+        .flat_map(|c| c.files.iter_mut())
+        .filter(|f| f.cached_bytes > 0 && f.host_path.is_some() && !f.deleted)
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.cached_bytes));
+    let mut supported = true;
+    for file in files.into_iter().take(DIRTY_MEASURE_LIMIT) {
+        let Some(path) = file.host_path.as_deref() else {
+            continue;
+        };
+        let Ok(handle) = std::fs::File::open(path) else {
+            continue;
+        };
+        // Only the file we were told about: a path reused by another file measures nothing.
+        if handle.metadata().is_ok_and(|m| m.ino() != file.ino) {
+            continue;
+        }
+        match residency::cachestat(&handle) {
+            Ok(stat) => {
+                file.dirty_bytes = Some(stat.dirty * page_size);
+                file.writeback_bytes = Some(stat.writeback * page_size);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                supported = false;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    supported.then_some("cachestat")
+}
+
+/// A kernel `comm` as text.
+fn comm_text(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Copies a kernel-written event out of a ring buffer record.

@@ -8,7 +8,7 @@ use crate::{
     cli::{DoctorArgs, GlobalArgs},
     loader::{
         btf::{KernelBtf, VMLINUX_BTF},
-        preflight, Tracer,
+        error_chain, preflight, Tracer,
     },
     resolve::cgroups::Hierarchies,
 };
@@ -178,16 +178,4 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// An error and its sources on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

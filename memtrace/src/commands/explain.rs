@@ -1,20 +1,13 @@
 //! `memtrace explain TARGET`: one screen that says where a container's memory went.
 
-use std::{
-    collections::HashMap,
-    fs::{self, File},
-    io,
-    path::Path,
-    process::ExitCode,
-    time::Instant,
-};
+use std::{collections::HashMap, fs, io, path::Path, process::ExitCode, time::Instant};
 
 use anyhow::{anyhow, Context};
 
 use super::{drain_ticks, load_options, Shutdown};
 use crate::{
     cli::{ExplainArgs, GlobalArgs},
-    collector::{residency::cachestat, seed::SeedOptions, Collector},
+    collector::{seed::SeedOptions, Collector},
     model::{
         explain::{ExplainedFile, Explanation, Target, Writer},
         Report, SCHEMA_VERSION,
@@ -70,20 +63,18 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
         .sum();
     files.truncate(args.top);
     for file in &mut files {
-        if let Some(host) = file.host_path.as_deref().filter(|_| !file.deleted) {
-            if let Ok(stat) = File::open(host).and_then(|f| cachestat(&f)) {
-                file.dirty_bytes = Some(stat.dirty * second.page_size);
-                file.writeback_bytes = Some(stat.writeback * second.page_size);
-            }
-        }
-        file.writers = [&file.path, &file.host_path]
+        // Processes holding the file open for writing now (they may have written before
+        // memtrace started), after those the tracer saw write.
+        let holders = [&file.path, &file.host_path]
             .into_iter()
             .flatten()
             .filter_map(|p| writers.get(p.as_str()))
-            .flatten()
-            .cloned()
-            .collect();
-        file.writers.dedup();
+            .flatten();
+        for holder in holders {
+            if !file.writers.iter().any(|w| w.pid == holder.pid) {
+                file.writers.push(holder.clone());
+            }
+        }
     }
 
     let mut explanation = Explanation {
@@ -153,8 +144,8 @@ fn target_files(
                     path: f.path.clone(),
                     host_path: f.host_path.clone(),
                     cached_bytes: f.cached_bytes,
-                    dirty_bytes: None,
-                    writeback_bytes: None,
+                    dirty_bytes: f.dirty_bytes,
+                    writeback_bytes: f.writeback_bytes,
                     seeded_active_bytes: f.seeded_active_bytes,
                     seeded_bytes: f.seeded_bytes,
                     provenance: f.provenance,
@@ -165,7 +156,14 @@ fn target_files(
                     } else {
                         0.0
                     },
-                    writers: Vec::new(),
+                    writers: f
+                        .writers
+                        .iter()
+                        .map(|w| Writer {
+                            pid: w.pid,
+                            comm: w.comm.clone(),
+                        })
+                        .collect(),
                     cgroup_path: c.path.clone(),
                 }
             })

@@ -206,6 +206,11 @@ impl KernelBtf {
             dentry_alias: self.member_offset("dentry", "d_u.d_alias")?,
             dentry_parent: self.member_offset("dentry", "d_parent")?,
             dentry_name: self.member_offset("dentry", "d_name.name")?,
+            file_inode: self.member_offset("file", "f_inode")?,
+            task_cgroups: self.member_offset("task_struct", "cgroups")?,
+            css_set_memory: self.member_offset("css_set", "subsys")?
+                + 8 * self.enum_value("cgroup_subsys_id", "memory_cgrp_id")? as u32,
+            css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
         })
     }
 }

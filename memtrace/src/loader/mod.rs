@@ -8,10 +8,12 @@ pub mod preflight;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, FExit, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
-use memtrace_common::{names, CacheCounters, CacheKey, KernelOffsets, DEFAULT_CACHE_ENTRIES};
+use memtrace_common::{
+    names, CacheCounters, CacheKey, KernelOffsets, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
+};
 use serde::Serialize;
 
 use self::{
@@ -74,46 +76,95 @@ impl Default for LoadOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct Hook {
     pub name: &'static str,
+    /// `tp_btf` or `fexit`.
     pub kind: &'static str,
     pub attached: bool,
     pub purpose: &'static str,
+    /// Why it is not attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
-/// A BTF tracepoint program in the object.
-struct TracepointProgram {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgramKind {
+    TpBtf,
+    FExit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Without it memtrace cannot do its job.
+    Required,
+    /// Degrades what memtrace shows when missing.
+    Optional,
+    /// Attached only when the named hook could not be.
+    FallbackFor(&'static str),
+}
+
+/// A program in the object and the kernel function or tracepoint it attaches to.
+struct HookSpec {
     program: &'static str,
-    tracepoint: &'static str,
+    target: &'static str,
+    kind: ProgramKind,
     purpose: &'static str,
-    /// Without it memtrace cannot do its job; others degrade what it can show.
-    required: bool,
+    need: Need,
 }
 
-const TRACEPOINTS: &[TracepointProgram] = &[
-    TracepointProgram {
+const HOOKS: &[HookSpec] = &[
+    HookSpec {
         program: names::PROG_FILEMAP_ADD,
-        tracepoint: "mm_filemap_add_to_page_cache",
+        target: "mm_filemap_add_to_page_cache",
+        kind: ProgramKind::TpBtf,
         purpose: "page-cache insertions per (memcg, file)",
-        required: true,
+        need: Need::Required,
     },
-    TracepointProgram {
+    HookSpec {
         program: names::PROG_FILEMAP_DELETE,
-        tracepoint: "mm_filemap_delete_from_page_cache",
+        target: "mm_filemap_delete_from_page_cache",
+        kind: ProgramKind::TpBtf,
         purpose: "page-cache removals per (memcg, file)",
-        required: true,
+        need: Need::Required,
     },
-    TracepointProgram {
+    HookSpec {
         program: names::PROG_CGROUP_MKDIR,
-        tracepoint: "cgroup_mkdir",
+        target: "cgroup_mkdir",
+        kind: ProgramKind::TpBtf,
         purpose: "names of cgroups created while tracing",
-        required: false,
+        need: Need::Optional,
     },
-    TracepointProgram {
+    HookSpec {
         program: names::PROG_CGROUP_RMDIR,
-        tracepoint: "cgroup_rmdir",
+        target: "cgroup_rmdir",
+        kind: ProgramKind::TpBtf,
         purpose: "cgroups removed while tracing",
-        required: false,
+        need: Need::Optional,
+    },
+    HookSpec {
+        program: names::PROG_VFS_WRITE,
+        target: "vfs_write",
+        kind: ProgramKind::FExit,
+        purpose: "bytes written per (writer's memcg, file, process)",
+        need: Need::Optional,
+    },
+    HookSpec {
+        program: names::PROG_DIRTY_FOLIO,
+        target: "writeback_dirty_folio",
+        kind: ProgramKind::TpBtf,
+        purpose: "fallback for vfs_write: pages dirtied per (writer's memcg, file, process)",
+        need: Need::FallbackFor("vfs_write"),
     },
 ];
+
+/// Where per-file write figures come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WritesSource {
+    /// fexit on vfs_write: bytes written, exactly.
+    VfsWrite,
+    /// writeback_dirty_folio: bytes of pages turned dirty (rewrites of a dirty page are not
+    /// counted again).
+    DirtiedPages,
+}
 
 /// memtrace's programs, loaded and attached. Dropping it detaches everything.
 pub struct Tracer {
@@ -122,6 +173,8 @@ pub struct Tracer {
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
     pub(crate) file_events: RingBuf<MapData>,
+    pub(crate) writers: HashMap<MapData, WriterKey, WriterStats>,
+    pub writes_source: Option<WritesSource>,
     pub offsets: KernelOffsets,
     pub hooks: Vec<Hook>,
     pub max_entries: u32,
@@ -136,9 +189,9 @@ impl Tracer {
         preflight::raise_memlock_rlimit();
 
         let kernel_btf = KernelBtf::from_sys_fs()?;
-        for tp in TRACEPOINTS.iter().filter(|tp| tp.required) {
-            if !kernel_btf.has_tracepoint(tp.tracepoint) {
-                return Err(LoadError::MissingTracepoint(tp.tracepoint));
+        for hook in HOOKS.iter().filter(|h| h.need == Need::Required) {
+            if !kernel_btf.has_tracepoint(hook.target) {
+                return Err(LoadError::MissingTracepoint(hook.target));
             }
         }
         let offsets = kernel_btf.kernel_offsets()?;
@@ -152,28 +205,39 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(LoadError::Object)?;
 
-        let mut hooks = Vec::new();
-        for tp in TRACEPOINTS {
-            let attached = match attach_tracepoint(&mut ebpf, &aya_btf, tp) {
-                Ok(()) => true,
-                Err(err) if !tp.required => {
-                    log::warn!("optional hook {} not attached: {err}", tp.tracepoint);
-                    false
+        let mut hooks: Vec<Hook> = Vec::new();
+        for spec in HOOKS {
+            if let Need::FallbackFor(primary) = spec.need {
+                if hooks.iter().any(|h| h.name == primary && h.attached) {
+                    hooks
+                        .push(spec.hook(false, Some(format!("not needed: {primary} is attached"))));
+                    continue;
+                }
+            }
+            match attach(&mut ebpf, &aya_btf, spec) {
+                Ok(()) => hooks.push(spec.hook(true, None)),
+                Err(err) if spec.need != Need::Required => {
+                    let why = short_reason(&error_chain(&err));
+                    log::info!("hook {} not attached: {why}", spec.target);
+                    hooks.push(spec.hook(false, Some(why)));
                 }
                 Err(err) => return Err(err),
-            };
-            hooks.push(Hook {
-                name: tp.tracepoint,
-                kind: "tp_btf",
-                attached,
-                purpose: tp.purpose,
-            });
+            }
         }
+        let attached = |name: &str| hooks.iter().any(|h| h.name == name && h.attached);
+        let writes_source = if attached("vfs_write") {
+            Some(WritesSource::VfsWrite)
+        } else if attached("writeback_dirty_folio") {
+            Some(WritesSource::DirtiedPages)
+        } else {
+            None
+        };
 
         let page_cache = take_typed_map(&mut ebpf, names::CACHE_MAP)?;
         let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
         let file_events = take_typed_map(&mut ebpf, names::FILE_EVENTS)?;
+        let writers = take_typed_map(&mut ebpf, names::WRITERS_MAP)?;
 
         Ok(Self {
             _ebpf: ebpf,
@@ -181,6 +245,8 @@ impl Tracer {
             stats,
             cgroup_events,
             file_events,
+            writers,
+            writes_source,
             offsets,
             hooks,
             max_entries: options.max_entries,
@@ -197,21 +263,86 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tp: &TracepointProgram) -> Result<(), LoadError> {
+impl HookSpec {
+    fn hook(&self, attached: bool, detail: Option<String>) -> Hook {
+        let kind = match self.kind {
+            ProgramKind::TpBtf => "tp_btf",
+            ProgramKind::FExit => "fexit",
+        };
+        Hook {
+            name: self.target,
+            kind,
+            attached,
+            purpose: self.purpose,
+            detail,
+        }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, spec: &HookSpec) -> Result<(), LoadError> {
     let fail = |source: ProgramError| LoadError::Program {
-        program: tp.program,
-        hook: tp.tracepoint,
+        program: spec.program,
+        hook: spec.target,
         hint: program_error_hint(&source),
         source: Box::new(source),
     };
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(tp.program)
-        .ok_or(LoadError::MissingProgram(tp.program))?
-        .try_into()
-        .map_err(fail)?;
-    program.load(tp.tracepoint, btf).map_err(fail)?;
-    program.attach().map_err(fail)?;
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or(LoadError::MissingProgram(spec.program))?;
+    match spec.kind {
+        ProgramKind::TpBtf => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(fail)?;
+            program.load(spec.target, btf).map_err(fail)?;
+            program.attach().map_err(fail)?;
+        }
+        ProgramKind::FExit => {
+            let program: &mut FExit = program.try_into().map_err(fail)?;
+            program.load(spec.target, btf).map_err(fail)?;
+            program.attach().map_err(fail)?;
+        }
+    }
     Ok(())
+}
+
+/// A refusal in a line or two: the verifier's log is cut to its verdict.
+fn short_reason(chain: &str) -> String {
+    match chain.split_once("Verifier output:") {
+        Some((head, log)) => {
+            let verdict: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with(':')
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                        && !l.starts_with("processed ")
+                })
+                .collect();
+            let tail = verdict.len().saturating_sub(1);
+            format!(
+                "{}{}",
+                head.trim_end_matches([' ', '.']),
+                verdict[tail..]
+                    .iter()
+                    .map(|l| format!("; verifier: {l}"))
+                    .collect::<String>()
+            )
+        }
+        None => chain.to_owned(),
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// A short, actionable reading of a program error.

@@ -9,7 +9,7 @@ use memtrace_common::{CacheCounters, CacheKey};
 use serde::Serialize;
 
 use crate::{
-    loader::Hook,
+    loader::{Hook, WritesSource},
     resolve::{containers::Container, paths::Layer},
 };
 
@@ -49,17 +49,31 @@ pub struct SeededCache {
     pub baseline: CacheCounters,
 }
 
-/// What is known of one (memcg, file): traced counters and, if found at start, seeded cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A process that wrote a file, as the writers map counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WriterUsage {
+    pub pid: u32,
+    pub comm: String,
+    /// Bytes written (vfs_write) or bytes of pages dirtied (fallback): see `writes_source`.
+    pub bytes: u64,
+    /// write calls (vfs_write) or folios dirtied (fallback).
+    pub calls: u64,
+}
+
+/// What is known of one (memcg, file): traced counters, seeded cache if found at start, and
+/// the processes of that memcg that wrote the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub key: CacheKey,
     pub counters: CacheCounters,
     pub seeded: Option<SeededCache>,
+    pub writers: Vec<WriterUsage>,
 }
 
 impl Observation {
     pub fn traced(key: CacheKey, counters: CacheCounters) -> Self {
         Self {
+            writers: Vec::new(),
             key,
             counters,
             seeded: None,
@@ -94,6 +108,8 @@ pub struct KernelStats {
     pub uncharged: u64,
     /// Cgroup mkdir/rmdir notices dropped (a full ring buffer): some names may be missing.
     pub cgroup_events_lost: u64,
+    /// Writes not recorded because the writers map was full.
+    pub writers_map_full: u64,
     /// File path notices dropped (a full ring buffer): some files may show no path.
     pub file_events_lost: u64,
     /// Entries in the (memcg, file) map now, and its capacity.
@@ -110,12 +126,13 @@ impl KernelStats {
             + self.read_failed
             + self.cgroup_events_lost
             + self.file_events_lost
+            + self.writers_map_full
             + self.map_read_errors
     }
 }
 
 /// One file's page cache charged to one cgroup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileUsage {
     /// The path a process sees: inside its container for overlay files, else the host path.
     /// `null` when no name could be found.
@@ -145,10 +162,20 @@ pub struct FileUsage {
     pub seeded_active_bytes: u64,
     /// How `cached_bytes` was attributed to this cgroup.
     pub provenance: Provenance,
+    /// Written by processes of this cgroup since start (see the report's `writes_source`).
+    pub written_bytes: u64,
+    pub write_calls: u64,
+    /// Bytes per second written since the previous report (null in the first one).
+    pub write_rate_bytes_per_second: Option<f64>,
+    /// Largest first.
+    pub writers: Vec<WriterUsage>,
+    /// From cachestat(2) on the file (null when it could not be measured).
+    pub dirty_bytes: Option<u64>,
+    pub writeback_bytes: Option<u64>,
 }
 
 /// Page cache charged to one memory cgroup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CgroupUsage {
     /// Cgroup id: the inode number of its directory in its hierarchy.
     pub id: u64,
@@ -191,6 +218,11 @@ pub struct Report {
     pub traced_seconds: f64,
     pub page_size: u64,
     pub hooks: Vec<Hook>,
+    /// Where `files[].written_bytes` come from: `vfs_write` (exact bytes) or `dirtied_pages`
+    /// (the fallback where fentry/fexit is refused); null when neither hook is attached.
+    pub writes_source: Option<WritesSource>,
+    /// Where `files[].dirty_bytes` come from: `cachestat` (null before Linux 6.5).
+    pub dirty_source: Option<&'static str>,
     pub stats: KernelStats,
     pub totals: Totals,
     pub cgroups: Vec<CgroupUsage>,
@@ -209,11 +241,14 @@ pub fn aggregate(
 ) -> (Vec<CgroupUsage>, Totals) {
     let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = HashMap::new();
     for observation in observations {
+        let cached_bytes = observation.resident_pages().saturating_mul(page_size);
         let Observation {
             key,
             counters,
             seeded,
+            mut writers,
         } = observation;
+        writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
         let added = counters.pages_added.saturating_mul(page_size);
         let removed = counters.pages_removed.saturating_mul(page_size);
         by_cgroup
@@ -227,12 +262,18 @@ pub fn aggregate(
                 dev: format_dev(key.dev),
                 dev_raw: key.dev,
                 ino: key.ino,
-                cached_bytes: observation.resident_pages().saturating_mul(page_size),
+                cached_bytes,
                 added_bytes: added,
                 removed_bytes: removed,
                 seeded_bytes: seeded.map_or(0, |s| s.pages * page_size),
                 seeded_active_bytes: seeded.map_or(0, |s| s.active_pages * page_size),
                 provenance: seeded.map_or(Provenance::Traced, |s| s.provenance),
+                written_bytes: writers.iter().map(|w| w.bytes).sum(),
+                write_calls: writers.iter().map(|w| w.calls).sum(),
+                write_rate_bytes_per_second: None,
+                writers,
+                dirty_bytes: None,
+                writeback_bytes: None,
             });
     }
 
@@ -244,6 +285,7 @@ pub fn aggregate(
                 b.cached_bytes
                     .cmp(&a.cached_bytes)
                     .then(b.added_bytes.cmp(&a.added_bytes))
+                    .then(b.written_bytes.cmp(&a.written_bytes))
             });
             let cached_bytes = files.iter().map(|f| f.cached_bytes).sum();
             let added_bytes: u64 = files.iter().map(|f| f.added_bytes).sum();
@@ -395,10 +437,11 @@ mod tests {
             key: key(5, 9),
             counters: counters(50, 70),
             seeded: Some(seed),
+            writers: Vec::new(),
         };
         // 100 seeded + (50 − 30) added since − (70 − 0) removed since = 50.
         assert_eq!(observation.resident_pages(), 50);
-        let (cgroups, _) = aggregate(vec![observation], 4096);
+        let (cgroups, _) = aggregate(vec![observation.clone()], 4096);
         let file = &cgroups[0].files[0];
         assert_eq!(file.cached_bytes, 50 * 4096);
         assert_eq!(file.seeded_bytes, 100 * 4096);

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use super::{human_bytes, human_count};
 use crate::{
+    loader::WritesSource,
     model::{CgroupUsage, FileUsage, Report},
     resolve::{cgroups::Hierarchies, paths::Layer},
 };
@@ -52,17 +53,23 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
             stats.map_read_errors
         )?;
     }
-    if let Some(detached) = report.hooks.iter().find(|h| !h.attached) {
-        writeln!(
-            out,
-            "note: hook {} is not attached ({} unavailable)",
-            detached.name, detached.purpose
-        )?;
-    }
+    let writes = match report.writes_source {
+        Some(WritesSource::VfsWrite) => "written bytes from vfs_write (fexit)",
+        Some(WritesSource::DirtiedPages) => {
+            "written bytes = pages dirtied (writeback_dirty_folio; fexit on vfs_write is refused here)"
+        }
+        None => "written bytes unavailable (no write hook attached)",
+    };
+    let dirty = match report.dirty_source {
+        Some(source) => format!("dirty from {source}"),
+        None => "dirty unavailable (cachestat needs Linux 6.5+)".to_owned(),
+    };
+    writeln!(out, "{writes}; {dirty}")?;
+    let columns = ["CACHED", "DIRTY", "WRITTEN", "ADDED", "REMOVED"];
     writeln!(
         out,
-        "{:>10} {:>10} {:>10}  CGROUP / FILE",
-        "CACHED", "ADDED", "REMOVED"
+        "{:>10} {:>10} {:>10} {:>10} {:>10}  CGROUP / FILE",
+        columns[0], columns[1], columns[2], columns[3], columns[4]
     )?;
 
     let visible = report
@@ -71,10 +78,18 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         .filter(|c| options.show_idle || c.cached_bytes > 0)
         .take(options.max_cgroups);
     for cgroup in visible {
+        let dirty = cgroup
+            .files
+            .iter()
+            .filter_map(|f| f.dirty_bytes)
+            .reduce(|a, b| a + b);
+        let written: u64 = cgroup.files.iter().map(|f| f.written_bytes).sum();
         writeln!(
             out,
-            "{:>10} {:>10} {:>10}  {}",
+            "{:>10} {:>10} {:>10} {:>10} {:>10}  {}",
             human_bytes(cgroup.cached_bytes),
+            dirty.map_or_else(|| "-".to_owned(), human_bytes),
+            human_bytes(written),
             human_bytes(cgroup.added_bytes),
             human_bytes(cgroup.removed_bytes),
             cgroup_label(cgroup),
@@ -88,8 +103,10 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
             shown += 1;
             writeln!(
                 out,
-                "{:>10} {:>10} {:>10}    {}",
+                "{:>10} {:>10} {:>10} {:>10} {:>10}    {}",
                 human_bytes(file.cached_bytes),
+                file.dirty_bytes.map_or_else(|| "-".to_owned(), human_bytes),
+                human_bytes(file.written_bytes),
                 human_bytes(file.added_bytes),
                 human_bytes(file.removed_bytes),
                 file_label(file),
@@ -97,7 +114,7 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         }
         let hidden = files.count() - shown;
         if hidden > 0 {
-            writeln!(out, "{:>34}    ... {hidden} more files", "")?;
+            writeln!(out, "{:>56}    ... {hidden} more files", "")?;
         }
     }
     out.flush()
@@ -144,6 +161,13 @@ fn file_label(file: &FileUsage) -> String {
     };
     if file.deleted {
         label += " [deleted]";
+    }
+    if let Some(writer) = file.writers.first() {
+        label += &format!("  [writer {} pid {}", writer.comm, writer.pid);
+        if let Some(rate) = file.write_rate_bytes_per_second.filter(|r| *r > 0.0) {
+            label += &format!(", {}/s", human_bytes(rate as u64));
+        }
+        label += "]";
     }
     match (file.layer, &file.host_path) {
         (Some(Layer::Upper), Some(host)) => label += &format!("  (container layer {host})"),
