@@ -71,12 +71,32 @@ fn writer_shows_with_pid_comm_bytes_rate_and_dirty_then_fsync_cleans() {
     assert_eq!(after.written_bytes, writer.bytes);
     assert_eq!(report.writes_source, Some(source));
 
-    let dirty = after.dirty_bytes.expect("dirty bytes measured (cachestat)");
+    // Dirty pages age out to disk on their own (slowly here, within seconds in a small VM):
+    // a fast burst right before the look keeps the check about memtrace, not about timing.
+    let burst = 8 * MIB;
+    let status = cgroup
+        .spawn(Command::new(WRITER).arg(&log).args([
+            burst.to_string(),
+            MIB.to_string(),
+            "0".to_owned(),
+        ]))
+        .wait()
+        .unwrap();
+    assert!(status.success(), "burst writer failed");
+    let report = tracer.snapshot().expect("snapshot after the burst");
+    let after = file_in(cgroup_in(&report, cgroup.id).unwrap(), &file).unwrap();
+    let dirty = after.dirty_bytes.expect("dirty bytes measured");
+    eprintln!("dirty after the burst: {dirty} B");
     assert!(
-        dirty >= total / 2,
+        dirty >= burst / 2,
         "dirty bytes should rise after the writes: {dirty}"
     );
-    assert_eq!(report.dirty_source, Some("cachestat"));
+    // cachestat(2) from Linux 6.5, per-page flags before that.
+    assert!(
+        matches!(report.dirty_source, Some("cachestat" | "kpageflags")),
+        "{:?}",
+        report.dirty_source
+    );
 
     File::open(&log).unwrap().sync_all().unwrap();
     let report = tracer.snapshot().expect("snapshot after fsync");
@@ -90,7 +110,7 @@ fn writer_shows_with_pid_comm_bytes_rate_and_dirty_then_fsync_cleans() {
     assert_near(
         "cache stays after fsync",
         cleaned.cached_bytes,
-        total,
+        total + burst,
         2 * MIB,
     );
 }

@@ -2,6 +2,7 @@
 
 mod ebpf_build;
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -35,6 +36,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The integration suite on Debian's 6.1 and 6.12 kernels under qemu.
+    VmTest {
+        /// Only this kernel series (`6.1`, `6.12`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Lint, then run every test: unit and integration, on the real kernel, as root.
     Test {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`).
@@ -48,7 +55,7 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask sits in the workspace")
@@ -107,6 +114,12 @@ fn try_main() -> Result<()> {
             Err(cmd.args(args).exec()).context("cannot exec memtrace")
         }
         Task::Test { args } => test(&args),
+        Task::VmTest { only } => {
+            ensure(Needs::Build)?;
+            let tally = vm::vm_test(only.as_deref())?;
+            println!("vm tests: {} passed, {} failed", tally.passed, tally.failed);
+            Ok(())
+        }
     }
 }
 
@@ -144,13 +157,27 @@ fn test(args: &[String]) -> Result<()> {
             .args(args)
             .env("MEMTRACE_BIN", &binary),
     )?;
+    // Then the same suite on other kernels, under qemu; a failure there fails the run too.
+    let vm = vm::vm_test(None);
+    let (vm_passed, vm_failed) = match &vm {
+        Ok(t) => (t.passed, t.failed),
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            (0, 1)
+        }
+    };
+    println!(
+        "host: {} passed, {} failed, {} ignored; vm: {vm_passed} passed, {vm_failed} failed",
+        tally.passed, tally.failed, tally.ignored
+    );
     // One closing line for the whole run: cargo ends with the last crate's line, which may be
     // a crate without tests.
     println!(
-        "tests: {} passed, {} failed, {} ignored",
-        tally.passed, tally.failed, tally.ignored
+        "tests: {} passed, {} failed",
+        tally.passed + vm_passed,
+        tally.failed + vm_failed
     );
-    if tally.failed > 0 || !tally.success {
+    if tally.failed > 0 || !tally.success || vm.is_err() {
         bail!("tests failed");
     }
     if tally.passed == 0 {
@@ -160,11 +187,35 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 #[derive(Debug, Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    success: bool,
+pub(crate) struct Tally {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
+    pub(crate) ignored: u64,
+    pub(crate) success: bool,
+}
+
+impl Tally {
+    /// Adds a libtest summary line (`test result: ok. 6 passed; 0 failed; 1 ignored; ...`).
+    pub(crate) fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Runs a `cargo test` command, passing its output through and adding up its result lines.
@@ -178,23 +229,7 @@ fn run_tests(cmd: &mut Command) -> Result<Tally> {
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading test output")?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let mut words = part.split_whitespace().rev();
-                let (Some(label), Some(count)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let Ok(count) = count.parse::<u64>() else {
-                    continue;
-                };
-                match label {
-                    "passed" => tally.passed += count,
-                    "failed" => tally.failed += count,
-                    "ignored" => tally.ignored += count,
-                    _ => {}
-                }
-            }
-        }
+        tally.add_line(&line);
     }
     tally.success = child.wait().context("waiting for cargo test")?.success();
     Ok(tally)

@@ -268,8 +268,9 @@ impl Collector {
 /// Most files whose dirty and writeback bytes are measured per snapshot (largest first).
 const DIRTY_MEASURE_LIMIT: usize = 5_000;
 
-/// Dirty and writeback bytes of resident files, by cachestat(2) on their host path. Returns the
-/// source name, or `None` where cachestat is missing (before Linux 6.5).
+/// Dirty and writeback bytes of resident files, measured on their host path: by cachestat(2)
+/// (Linux 6.5+), else from each page's flags in /proc/kpageflags (root; slower, so it is the
+/// fallback). Returns the source used, or `None` when neither is available.
 fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static str> {
     let mut files: Vec<&mut FileUsage> = cgroups
         .iter_mut()
@@ -277,7 +278,8 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         .filter(|f| f.cached_bytes > 0 && f.host_path.is_some() && !f.deleted)
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.cached_bytes));
-    let mut supported = true;
+    let mut source: Option<&'static str> = Some("cachestat");
+    let mut page_flags: Option<residency::PageOwnerReader> = None;
     for file in files.into_iter().take(DIRTY_MEASURE_LIMIT) {
         let Some(path) = file.host_path.as_deref() else {
             continue;
@@ -289,19 +291,29 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         if handle.metadata().is_ok_and(|m| m.ino() != file.ino) {
             continue;
         }
-        match residency::cachestat(&handle) {
-            Ok(stat) => {
-                file.dirty_bytes = Some(stat.dirty * page_size);
-                file.writeback_bytes = Some(stat.writeback * page_size);
+        if source == Some("cachestat") {
+            match residency::cachestat(&handle) {
+                Ok(stat) => {
+                    file.dirty_bytes = Some(stat.dirty * page_size);
+                    file.writeback_bytes = Some(stat.writeback * page_size);
+                    continue;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                    page_flags = residency::PageOwnerReader::open()
+                        .ok()
+                        .filter(|r| r.has_page_flags());
+                    source = page_flags.as_ref().map(|_| "kpageflags");
+                }
+                Err(_) => continue,
             }
-            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                supported = false;
-                break;
-            }
-            Err(_) => {}
+        }
+        let Some(reader) = &page_flags else { break };
+        if let Ok(owners) = reader.owners(&handle) {
+            file.dirty_bytes = Some(owners.dirty * page_size);
+            file.writeback_bytes = Some(owners.writeback * page_size);
         }
     }
-    supported.then_some("cachestat")
+    source
 }
 
 /// A kernel `comm` as text.

@@ -110,8 +110,10 @@ impl Drop for Mapping {
     }
 }
 
-/// `KPF_ACTIVE` in /proc/kpageflags (include/uapi/linux/kernel-page-flags.h).
+/// Bits of /proc/kpageflags (include/uapi/linux/kernel-page-flags.h).
+const KPF_DIRTY: u64 = 4;
 const KPF_ACTIVE: u64 = 6;
+const KPF_WRITEBACK: u64 = 8;
 
 /// Pages per chunk: mapped, read and released together.
 const CHUNK_PAGES: usize = 512;
@@ -128,6 +130,9 @@ pub struct PageOwners {
     /// Resident pages on the active LRU list (they count toward kubelet's working set), from
     /// /proc/kpageflags.
     pub active: u64,
+    /// Resident pages marked dirty, and under writeback, from /proc/kpageflags.
+    pub dirty: u64,
+    pub writeback: u64,
     /// The file's real identity, from the mapping: (major, minor, inode). For an overlay file
     /// this is the layer's file, whose pages these are.
     pub identity: Option<(u32, u32, u64)>,
@@ -161,6 +166,11 @@ impl PageOwnerReader {
     /// Whether exact ownership is available.
     pub fn exact(&self) -> bool {
         self.kpagecgroup.is_some()
+    }
+
+    /// Whether per-page flags (active, dirty, writeback) are readable.
+    pub fn has_page_flags(&self) -> bool {
+        self.kpageflags.is_some()
     }
 
     /// Residency and ownership of every page of `file`.
@@ -216,10 +226,11 @@ impl PageOwnerReader {
                         .or_default() += 1;
                     let mut flags = [0u8; 8];
                     if let Some(kpageflags) = &self.kpageflags {
-                        if kpageflags.read_exact_at(&mut flags, pfn * 8).is_ok()
-                            && u64::from_ne_bytes(flags) >> KPF_ACTIVE & 1 == 1
-                        {
-                            owners.active += 1;
+                        if kpageflags.read_exact_at(&mut flags, pfn * 8).is_ok() {
+                            let flags = u64::from_ne_bytes(flags);
+                            owners.active += flags >> KPF_ACTIVE & 1;
+                            owners.dirty += flags >> KPF_DIRTY & 1;
+                            owners.writeback += flags >> KPF_WRITEBACK & 1;
                         }
                     }
                 } else {

@@ -1,0 +1,543 @@
+//! `cargo xtask vm-test`: the integration suite on other kernels, under qemu.
+//!
+//! For each kernel series it looks up Debian's newest build by name, downloads and unpacks it
+//! once (cached under target/vm), builds an initramfs with busybox, the test binaries, their
+//! shared libraries and the modules for a virtio ext4 disk, boots it under TCG with cgroup v2
+//! and the memory controller, and reads the results from the serial console.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    io::Write,
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    setup::{apt_install, run},
+    workspace, Tally,
+};
+
+/// Kernel series and the package-name pattern of Debian's builds of it.
+pub const SERIES: &[(&str, &str)] = &[
+    ("6.1", r"^linux-image-6\.1\.0-[0-9]+-amd64$"),
+    ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$"),
+];
+
+/// Integration test binaries run in the guest (the ones that need neither bpftool, runc nor
+/// setpriv, which the guest lacks).
+const GUEST_TESTS: &[&str] = &["attribution", "writers"];
+/// Modules the guest loads for its disk: virtio block over PCI, and ext4 (which wants crc32c).
+const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Runs the guest suite on every series (or `only` one); prints a pass/fail line per kernel and
+/// returns the guests' test counts. Fails when any kernel fails.
+pub fn vm_test(only: Option<&str>) -> Result<Tally> {
+    ensure_tools()?;
+    let cache = workspace().join("target/vm");
+    fs::create_dir_all(&cache)?;
+    let binaries = build_guest_binaries()?;
+    let mut failed = Vec::new();
+    let mut total = Tally {
+        success: true,
+        ..Tally::default()
+    };
+    for (series, pattern) in SERIES.iter().filter(|(s, _)| only.is_none_or(|o| o == *s)) {
+        let started = Instant::now();
+        let outcome = run_series(series, pattern, &cache, &binaries);
+        let seconds = started.elapsed().as_secs();
+        if let Ok(result) = &outcome {
+            total.passed += result.tests_passed;
+            total.failed += result.tests_failed;
+        }
+        match outcome {
+            Ok(result) if result.passed => {
+                println!(
+                    "vm {series} ({}): PASS, {} tests passed, {seconds}s",
+                    result.release, result.tests_passed
+                )
+            }
+            Ok(result) => {
+                println!(
+                    "vm {series} ({}): FAIL, {} passed, {} failed, {seconds}s; log: {}",
+                    result.release,
+                    result.tests_passed,
+                    result.tests_failed,
+                    result.log.display()
+                );
+                failed.push(series.to_string());
+            }
+            Err(err) => {
+                println!("vm {series}: FAIL: {err:#}");
+                failed.push(series.to_string());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "VM tests failed on {} ({} guest tests passed, {} failed)",
+            failed.join(", "),
+            total.passed,
+            total.failed
+        );
+    }
+    Ok(total)
+}
+
+fn ensure_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("cpio", "cpio"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("xz", "xz-utils"),
+        ("zstd", "zstd"),
+    ] {
+        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            eprintln!("xtask: installing {package}: the VM tests need {tool}");
+            missing.push(package);
+        }
+    }
+    if !Path::new("/bin/busybox").exists() && !Path::new("/usr/bin/busybox").exists() {
+        eprintln!("xtask: installing busybox-static: the guest's userland");
+        missing.push("busybox-static");
+    }
+    apt_install(&missing)
+}
+
+/// Test binaries plus helpers they name by absolute path, built for the host (the guest runs
+/// the same x86-64 userland, with the libraries copied in).
+struct GuestBinaries {
+    tests: Vec<(String, PathBuf)>,
+    /// Files the tests run by compile-time path (`CARGO_BIN_EXE_*`): copied to the same path.
+    helpers: Vec<PathBuf>,
+}
+
+fn build_guest_binaries() -> Result<GuestBinaries> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace())
+        .args([
+            "test",
+            "--locked",
+            "--no-run",
+            "-p",
+            "memtrace-tests",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit());
+    for test in GUEST_TESTS {
+        cmd.args(["--test", test]);
+    }
+    let out = cmd.output().context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(executable)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) else {
+            continue;
+        };
+        if GUEST_TESTS.contains(&name) && message["profile"]["test"] == true {
+            tests.push((name.to_owned(), PathBuf::from(executable)));
+        }
+    }
+    if tests.len() != GUEST_TESTS.len() {
+        bail!(
+            "expected test binaries {GUEST_TESTS:?}, found {:?}",
+            tests.iter().map(|t| &t.0).collect::<Vec<_>>()
+        );
+    }
+    let helpers = vec![workspace().join("target/debug/rate-writer")];
+    for helper in &helpers {
+        if !helper.exists() {
+            bail!("helper {} was not built", helper.display());
+        }
+    }
+    Ok(GuestBinaries { tests, helpers })
+}
+
+struct SeriesResult {
+    release: String,
+    passed: bool,
+    tests_passed: u64,
+    tests_failed: u64,
+    log: PathBuf,
+}
+
+fn run_series(
+    series: &str,
+    pattern: &str,
+    cache: &Path,
+    binaries: &GuestBinaries,
+) -> Result<SeriesResult> {
+    let package =
+        newest_package(pattern).with_context(|| format!("finding Debian's {series} kernel"))?;
+    let root = fetch_kernel(&package, cache)?;
+    let release = fs::read_dir(root.join("lib/modules"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("kernel package has no lib/modules")?;
+    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+    let work = cache.join(format!("run-{series}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let initramfs = work.join("initramfs.gz");
+    build_initramfs(&root, &release, binaries, &work.join("stage"), &initramfs)?;
+    let disk = work.join("disk.img");
+    run(Command::new("truncate").args(["-s", "2G"]).arg(&disk))?;
+    // No metadata checksums: the guest has no modprobe to load crc32c on demand.
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^metadata_csum"])
+        .arg(&disk))?;
+
+    let log = work.join("console.log");
+    eprintln!("xtask: booting {release} under qemu (TCG)");
+    let console = fs::File::create(&log)?;
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = qemu.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let mut tally = Tally::default();
+    for line in text.lines() {
+        tally.add_line(line);
+    }
+    let (tests_passed, tests_failed) = (tally.passed, tally.failed);
+    // Echo the guest's test output, so a failure can be read where it happened.
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("test ") || l.contains("MEMTRACE-VM") || l.contains("panicked"))
+    {
+        println!("  [{series}] {line}");
+    }
+    let passed = status.is_some()
+        && text.contains("MEMTRACE-VM: PASS")
+        && tests_failed == 0
+        && tests_passed > 0;
+    if status.is_none() {
+        println!(
+            "  [{series}] qemu timed out after {}s",
+            BOOT_TIMEOUT.as_secs()
+        );
+    }
+    Ok(SeriesResult {
+        release,
+        passed,
+        tests_passed,
+        tests_failed,
+        log,
+    })
+}
+
+/// The newest package whose name matches `pattern`, by Debian version order.
+fn newest_package(pattern: &str) -> Result<String> {
+    let search = |update: bool| -> Result<Vec<String>> {
+        if update {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+        }
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", pattern])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    };
+    let mut names = search(false)?;
+    if names.is_empty() {
+        names = search(true)?;
+    }
+    names.sort_by_key(|name| version_key(name));
+    names
+        .pop()
+        .with_context(|| format!("no package matches {pattern}"))
+}
+
+/// Numbers in a package name, for ordering `6.1.0-9` before `6.1.0-50`.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Downloads and unpacks `package` once; returns the unpacked root.
+fn fetch_kernel(package: &str, cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("kernels").join(package);
+    let done = root.join(".unpacked");
+    if done.exists() {
+        return Ok(root);
+    }
+    let download = cache.join("debs");
+    fs::create_dir_all(&download)?;
+    eprintln!(
+        "xtask: downloading {package} (Debian's kernel, cached in {})",
+        cache.display()
+    );
+    run(Command::new("apt-get")
+        .args(["download", package])
+        .current_dir(&download))?;
+    let deb = fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        })
+        .context("downloaded .deb not found")?;
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root)?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    fs::remove_file(&deb)?;
+    fs::write(&done, package)?;
+    Ok(root)
+}
+
+/// Every module of the kernel by name, with its file.
+fn module_index(modules: &Path) -> HashMap<String, PathBuf> {
+    let mut index = HashMap::new();
+    let mut pending = vec![modules.join("kernel")];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                if let Some(stem) = name.split(".ko").next().filter(|_| name.contains(".ko")) {
+                    index.insert(stem.replace('-', "_"), path);
+                }
+            }
+        }
+    }
+    index
+}
+
+/// A module's bytes, decompressed (busybox insmod passes them to init_module as they are).
+fn module_bytes(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some("xz")
+    } else if name.ends_with(".zst") {
+        Some("zstd")
+    } else {
+        None
+    };
+    match tool {
+        Some(tool) => {
+            let out = Command::new(tool).arg("-dc").arg(path).output()?;
+            if !out.status.success() {
+                bail!("{tool} -dc {} failed", path.display());
+            }
+            Ok(out.stdout)
+        }
+        None => Ok(fs::read(path)?),
+    }
+}
+
+/// `depends=` of a module, from its .modinfo strings.
+fn module_depends(bytes: &[u8]) -> Vec<String> {
+    let needle = b"depends=";
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| {
+            let rest = &bytes[at + needle.len()..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end])
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes the wanted modules and their dependencies into `dir`, returning the load order.
+fn stage_modules(modules: &Path, wanted: &[&str], dir: &Path) -> Result<Vec<String>> {
+    let index = module_index(modules);
+    let mut order = Vec::new();
+    let mut visiting = BTreeSet::new();
+    fn visit(
+        name: &str,
+        index: &HashMap<String, PathBuf>,
+        dir: &Path,
+        order: &mut Vec<String>,
+        visiting: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        if order.iter().any(|o| o == name) || !visiting.insert(name.to_owned()) {
+            return Ok(());
+        }
+        // Built into this kernel: nothing to load.
+        let Some(path) = index.get(name) else {
+            return Ok(());
+        };
+        let bytes = module_bytes(path)?;
+        for dep in module_depends(&bytes) {
+            visit(&dep, index, dir, order, visiting)?;
+        }
+        fs::write(dir.join(format!("{name}.ko")), bytes)?;
+        order.push(name.to_owned());
+        Ok(())
+    }
+    fs::create_dir_all(dir)?;
+    for name in wanted {
+        visit(name, &index, dir, &mut order, &mut visiting)?;
+    }
+    Ok(order)
+}
+
+/// Shared libraries a binary needs, from ldd.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect())
+}
+
+fn copy_into(stage: &Path, file: &Path) -> Result<()> {
+    let target = stage.join(file.strip_prefix("/").unwrap_or(file));
+    fs::create_dir_all(target.parent().context("path has a parent")?)?;
+    fs::copy(file, &target).with_context(|| format!("copying {}", file.display()))?;
+    Ok(())
+}
+
+fn build_initramfs(
+    root: &Path,
+    release: &str,
+    binaries: &GuestBinaries,
+    stage: &Path,
+    out: &Path,
+) -> Result<()> {
+    let _ = fs::remove_dir_all(stage);
+    for dir in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "var/tmp", "root", "tests", "modules", "etc",
+    ] {
+        fs::create_dir_all(stage.join(dir))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .context("busybox")?;
+    fs::copy(busybox, stage.join("bin/busybox"))?;
+    symlink("busybox", stage.join("bin/sh"))?;
+
+    let mut files: Vec<PathBuf> = binaries.helpers.clone();
+    for (name, path) in &binaries.tests {
+        fs::copy(path, stage.join("tests").join(name))?;
+        files.extend(shared_libraries(path)?);
+    }
+    for helper in &binaries.helpers {
+        files.extend(shared_libraries(helper)?);
+    }
+    files.sort();
+    files.dedup();
+    for file in &files {
+        copy_into(stage, file)?;
+    }
+
+    let order = stage_modules(
+        &root.join("lib/modules").join(release),
+        GUEST_MODULES,
+        &stage.join("modules"),
+    )?;
+    fs::write(stage.join("modules/order"), order.join("\n") + "\n")?;
+    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+
+    let init = stage.join("init");
+    let mut script = fs::File::create(&init)?;
+    script.write_all(INIT.as_bytes())?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            stage.display(),
+            out.display()
+        ))
+        .status()?;
+    if !cpio.success() {
+        bail!("packing the initramfs failed");
+    }
+    Ok(())
+}
+
+/// The guest's PID 1: mounts, cgroup v2 with the memory controller, an ext4 disk for the
+/// tests' files, then the tests, then power off.
+const INIT: &str = r#"#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+memory" > /sys/fs/cgroup/cgroup.subtree_control
+for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "MEMTRACE-VM: insmod $m failed"; done
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+mount -t ext4 /dev/vda /var/tmp || { echo "MEMTRACE-VM: no ext4 disk"; cat /proc/partitions; dmesg | grep -iE "virtio|vda|ext4|module" | tail -20; }
+echo "MEMTRACE-VM: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+status=0
+for t in /tests/*; do
+  echo "MEMTRACE-VM: running $(basename $t)"
+  RUST_BACKTRACE=1 $t --test-threads=1 || status=1
+done
+if [ $status = 0 ]; then echo "MEMTRACE-VM: PASS"; else echo "MEMTRACE-VM: FAIL"; fi
+sync
+poweroff -f
+"#;
