@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each installs what it needs first.
 
+mod bench;
 mod ebpf_build;
 mod setup;
 mod vm;
@@ -35,6 +36,21 @@ enum Task {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Overhead of memtrace against no tracer and against bpftrace, as interleaved runs.
+    Bench {
+        /// Interleaved rounds per workload.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Files in the many-files workload.
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        /// Cgroups the files are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        cgroups: usize,
     },
     /// The integration suite on Debian's 6.1 and 6.12 kernels under qemu.
     VmTest {
@@ -114,6 +130,23 @@ fn try_main() -> Result<()> {
             Err(cmd.args(args).exec()).context("cannot exec memtrace")
         }
         Task::Test { args } => test(&args),
+        Task::Bench {
+            rounds,
+            seconds,
+            files,
+            cgroups,
+        } => {
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and creates cgroups: run `sudo -E cargo xtask bench`");
+            }
+            ensure(Needs::Build)?;
+            bench::bench(&bench::BenchOptions {
+                rounds,
+                seconds,
+                files,
+                cgroups,
+            })
+        }
         Task::VmTest { only } => {
             ensure(Needs::Build)?;
             let tally = vm::vm_test(only.as_deref())?;

@@ -161,6 +161,7 @@ impl Collector {
 
     /// Reads every (memcg, file) entry, names what it can, keeps what `filter` asks for.
     pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
+        let began = Instant::now();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
         let mut observations: HashMap<CacheKey, Observation> = HashMap::new();
@@ -230,6 +231,7 @@ impl Collector {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             traced_seconds: self.started.elapsed().as_secs_f64(),
+            snapshot_seconds: began.elapsed().as_secs_f64(),
             page_size: self.page_size,
             hooks: self.tracer.hooks.clone(),
             writes_source: self.tracer.writes_source,

@@ -216,6 +216,8 @@ pub struct Report {
     pub timestamp: f64,
     /// Seconds since the programs were attached.
     pub traced_seconds: f64,
+    /// Seconds this snapshot took to build (read the maps, name, filter, measure dirty).
+    pub snapshot_seconds: f64,
     pub page_size: u64,
     pub hooks: Vec<Hook>,
     /// Where `files[].written_bytes` come from: `vfs_write` (exact bytes) or `dirtied_pages`

@@ -1,0 +1,437 @@
+//! `cargo xtask bench`: what memtrace costs, measured as ratios of interleaved runs.
+//!
+//! Each round runs every workload with no tracer, with memtrace, and with a bpftrace script
+//! aggregating the same tracepoints per (cgroup, dev, ino), in a rotating order so machine
+//! noise lands on all three alike. Results go to target/bench/report.{md,json}.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    setup::{apt_install, run},
+    workspace,
+};
+
+/// The bpftrace a user would otherwise reach for: the same two tracepoints, aggregated in the
+/// kernel per (cgroup, dev, ino).
+const BPFTRACE_SCRIPT: &str = "tracepoint:filemap:mm_filemap_add_to_page_cache { @added[cgroup, args->s_dev, args->i_ino] = count(); } \
+tracepoint:filemap:mm_filemap_delete_from_page_cache { @removed[cgroup, args->s_dev, args->i_ino] = count(); }";
+
+const WORK_DIR: &str = "/var/tmp/memtrace-bench";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracer {
+    None,
+    Memtrace,
+    Bpftrace,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Memtrace => "memtrace",
+            Self::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+pub struct BenchOptions {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub files: usize,
+    pub cgroups: usize,
+}
+
+/// A running tracer, stopped on drop.
+struct Running {
+    child: Child,
+    cpu_ticks_at_start: u64,
+}
+
+impl Running {
+    fn cpu_ticks(&self) -> u64 {
+        cpu_ticks(self.child.id())
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may contain spaces: utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Whether `pid` holds at least `count` BPF links (memtrace attaches its programs as links).
+fn bpf_links(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf_link"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Running>> {
+    let child = match tracer {
+        Tracer::None => return Ok(None),
+        Tracer::Memtrace => {
+            let mut child = Command::new(memtrace)
+                .args(["watch", "--json", "--interval", interval])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting memtrace")?;
+            let pid = child.id();
+            let started = Instant::now();
+            while bpf_links(pid) < 5 {
+                if child.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(30) {
+                    bail!("memtrace did not attach its programs");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            child
+        }
+        Tracer::Bpftrace => {
+            let mut child = Command::new("bpftrace")
+                .args(["-e", BPFTRACE_SCRIPT])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace")?;
+            let stdout = child.stdout.take().context("bpftrace stdout")?;
+            let (ready_tx, ready_rx) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.starts_with("Attaching") {
+                        let _ = ready_tx.send(());
+                    }
+                }
+            });
+            ready_rx
+                .recv_timeout(Duration::from_secs(60))
+                .context("bpftrace did not attach")?;
+            // "Attaching" is printed before the last probe is in: give it a moment.
+            thread::sleep(Duration::from_millis(300));
+            child
+        }
+    };
+    let cpu_ticks_at_start = cpu_ticks(child.id());
+    Ok(Some(Running {
+        child,
+        cpu_ticks_at_start,
+    }))
+}
+
+fn workload(churn: &Path, args: &[&str]) -> Result<Value> {
+    let out = Command::new(churn)
+        .args(args)
+        .output()
+        .context("running page-churn")?;
+    if !out.status.success() {
+        bail!(
+            "page-churn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("page-churn output")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+struct Sample {
+    tracer: Tracer,
+    pages_per_second: f64,
+    /// memtrace's own CPU time over the run, as a fraction of one core.
+    tracer_cpu: Option<f64>,
+}
+
+pub fn bench(options: &BenchOptions) -> Result<()> {
+    if !Path::new("/usr/bin/bpftrace").exists() && !Path::new("/usr/sbin/bpftrace").exists() {
+        eprintln!("xtask: installing bpftrace: the benchmark compares memtrace with it");
+        apt_install(&["bpftrace"])?;
+    }
+    if fs::read_dir("/sys/kernel/tracing")
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+    {
+        // bpftrace resolves tracepoint formats through tracefs.
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status();
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(&cargo).current_dir(workspace()).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "memtrace",
+        "-p",
+        "memtrace-tests",
+        "--bin",
+        "memtrace",
+        "--bin",
+        "page-churn",
+    ]))?;
+    let memtrace = workspace().join("target/release/memtrace");
+    let churn = workspace().join("target/release/page-churn");
+    let work = PathBuf::from(WORK_DIR);
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let dir = work.to_string_lossy().into_owned();
+    let seconds = options.seconds.to_string();
+
+    let tracers = [Tracer::None, Tracer::Memtrace, Tracer::Bpftrace];
+    let mut results = serde_json::Map::new();
+    let mut markdown = String::from(
+        "| workload | tracer | pages/s (median) | throughput vs none | ns added per page event | tracer CPU (1 core) |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    for (name, events_per_page) in [("churn", 2.0), ("read-churn", 2.0)] {
+        let mut samples: Vec<Vec<Sample>> = Vec::new();
+        for round in 0..options.rounds {
+            let mut this_round = Vec::new();
+            for i in 0..tracers.len() {
+                let tracer = tracers[(i + round) % tracers.len()];
+                let running = start(tracer, &memtrace, "2s")?;
+                let began = Instant::now();
+                let result = workload(&churn, &[name, &dir, &seconds])?;
+                let wall = began.elapsed().as_secs_f64();
+                let tracer_cpu = running
+                    .as_ref()
+                    .filter(|_| tracer == Tracer::Memtrace)
+                    .map(|r| {
+                        (r.cpu_ticks() - r.cpu_ticks_at_start) as f64 / ticks_per_second() / wall
+                    });
+                drop(running);
+                let pages_per_second = result["pages_per_second"].as_f64().unwrap_or(0.0);
+                eprintln!(
+                    "bench {name} round {round} {:>8}: {pages_per_second:.0} pages/s",
+                    tracer.name()
+                );
+                this_round.push(Sample {
+                    tracer,
+                    pages_per_second,
+                    tracer_cpu,
+                });
+            }
+            samples.push(this_round);
+        }
+        let rate = |round: &[Sample], t: Tracer| {
+            round
+                .iter()
+                .find(|s| s.tracer == t)
+                .map_or(f64::NAN, |s| s.pages_per_second)
+        };
+        let base = median(samples.iter().map(|r| rate(r, Tracer::None)).collect());
+        let mut entry = serde_json::Map::new();
+        entry.insert("none_pages_per_second".into(), json!(base));
+        for tracer in [Tracer::Memtrace, Tracer::Bpftrace] {
+            // Paired ratios: each round's run against the same round's baseline.
+            let ratio = median(
+                samples
+                    .iter()
+                    .map(|r| rate(r, tracer) / rate(r, Tracer::None))
+                    .collect(),
+            );
+            let added_ns = median(
+                samples
+                    .iter()
+                    .map(|r| {
+                        (1.0 / rate(r, tracer) - 1.0 / rate(r, Tracer::None)) / events_per_page
+                            * 1e9
+                    })
+                    .collect(),
+            );
+            let cpu = median(
+                samples
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.tracer == tracer)
+                    .filter_map(|s| s.tracer_cpu)
+                    .collect(),
+            );
+            let pages = median(samples.iter().map(|r| rate(r, tracer)).collect());
+            entry.insert(
+                tracer.name().into(),
+                json!({ "pages_per_second": pages, "throughput_ratio": ratio, "ns_added_per_event": added_ns,
+                        "cpu_fraction_of_one_core": if cpu.is_nan() { Value::Null } else { json!(cpu) } }),
+            );
+            markdown += &format!(
+                "| {name} | {} | {pages:.0} | {:.1}% | {added_ns:.1} | {} |\n",
+                tracer.name(),
+                ratio * 100.0,
+                if cpu.is_nan() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}%", cpu * 100.0)
+                }
+            );
+        }
+        markdown += &format!("| {name} | none | {base:.0} | 100% | - | - |\n");
+        results.insert(name.into(), Value::Object(entry));
+    }
+
+    let many = many_files(options, &memtrace, &churn, &work)?;
+    markdown += &format!(
+        "\n| many files ({} files, {} cgroups) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| memtrace snapshot latency | {:.0} ms |\n| memtrace peak RSS | {:.1} MiB |\n| files in the snapshot | {} |\n",
+        options.files,
+        options.cgroups,
+        many["none_files_per_second"].as_f64().unwrap_or(0.0),
+        many["memtrace_files_per_second"].as_f64().unwrap_or(0.0),
+        many["throughput_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+        many["snapshot_ms"].as_f64().unwrap_or(0.0),
+        many["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        many["files_in_snapshot"].as_u64().unwrap_or(0),
+    );
+    results.insert("many_files".into(), many);
+    results.insert(
+        "machine".into(),
+        json!({ "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                "rounds": options.rounds, "seconds_per_run": options.seconds }),
+    );
+
+    let out_dir = workspace().join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_vec_pretty(&Value::Object(results))?,
+    )?;
+    fs::write(out_dir.join("report.md"), &markdown)?;
+    println!("{markdown}");
+    println!("written to {}", out_dir.display());
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// 100,000 small files across 1,000 cgroups: throughput with and without memtrace, then
+/// memtrace's snapshot latency and peak RSS with all of them tracked.
+fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path) -> Result<Value> {
+    let memory_root = Path::new("/sys/fs/cgroup/memory");
+    let cgroup_root = if memory_root.join("cgroup.procs").exists() {
+        memory_root.join("memtrace-bench")
+    } else {
+        Path::new("/sys/fs/cgroup/memtrace-bench").to_path_buf()
+    };
+    let mut rates = Vec::new();
+    let mut snapshot_ms = f64::NAN;
+    let mut peak_rss_mib = f64::NAN;
+    let mut files_in_snapshot = 0;
+    for tracer in [Tracer::None, Tracer::Memtrace] {
+        let dir = work.join(format!("many-{}", tracer.name()));
+        fs::create_dir_all(&dir)?;
+        let cgroups = cgroup_root.join(tracer.name());
+        fs::create_dir_all(&cgroups)?;
+        let running = start(tracer, memtrace, "1s")?;
+        let result = workload(
+            churn,
+            &[
+                "many-files",
+                &dir.to_string_lossy(),
+                &cgroups.to_string_lossy(),
+                &options.files.to_string(),
+                &options.cgroups.to_string(),
+            ],
+        )?;
+        rates.push(result["pages_per_second"].as_f64().unwrap_or(0.0));
+        if let Some(mut running) = running {
+            // Reports come every second; the third after the files exist has them all named.
+            let stdout = running.child.stdout.take().context("memtrace stdout")?;
+            let mut lines = BufReader::new(stdout).lines();
+            let mut seen = 0;
+            while let Some(Ok(line)) = lines.next() {
+                let report: Value = serde_json::from_str(&line)?;
+                let files = report["totals"]["files"].as_u64().unwrap_or(0);
+                seen += 1;
+                if files >= options.files as u64 && seen >= 3 {
+                    snapshot_ms = report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
+                    files_in_snapshot = files;
+                    break;
+                }
+                if seen > 60 {
+                    bail!("memtrace never reported the {} files", options.files);
+                }
+            }
+            peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
+        }
+        let _ = fs::remove_dir_all(&dir);
+        remove_cgroups(&cgroups);
+    }
+    let _ = fs::remove_dir(&cgroup_root);
+    Ok(json!({
+        "files": options.files, "cgroups": options.cgroups,
+        "none_files_per_second": rates[0], "memtrace_files_per_second": rates[1],
+        "throughput_ratio": rates[1] / rates[0],
+        "snapshot_ms": snapshot_ms, "peak_rss_mib": peak_rss_mib, "files_in_snapshot": files_in_snapshot,
+    }))
+}
+
+fn remove_cgroups(root: &Path) {
+    if let Ok(entries) = fs::read_dir(root) {
+        for entry in entries.flatten() {
+            if entry.metadata().is_ok_and(|m| m.is_dir() && m.ino() != 0) {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(root);
+}
