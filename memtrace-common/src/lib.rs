@@ -11,6 +11,7 @@ pub mod names {
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
     pub const FILE_EVENTS: &str = "FILE_EVENTS";
     pub const WRITERS_MAP: &str = "WRITERS";
+    pub const MEMCG_EPOCH: &str = "MEMCG_EPOCH";
     pub const PROG_VFS_WRITE: &str = "vfs_write_exit";
     pub const PROG_DIRTY_FOLIO: &str = "dirty_folio";
     pub const OFFSETS_GLOBAL: &str = "OFFSETS";

@@ -1,14 +1,17 @@
 //! Memory cgroup identity, and cgroup lifecycle notices for userspace's id → path table.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes},
+    macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use memtrace_common::{CgroupEvent, CgroupEventKind, Stat};
 
 use crate::{
-    kernel::{read, read_ptr, ReadFailed},
-    maps::{count, offsets, CGROUP_EVENTS},
+    kernel::{atomic_add, load, load_ptr, read, read_ptr, ReadFailed},
+    maps::{
+        count, offsets, MemcgCacheEntry, CGROUP_EVENTS, MEMCG_CACHE, MEMCG_CACHE_SLOTS, MEMCG_EPOCH,
+    },
 };
 
 pub struct MemcgIdentity {
@@ -16,33 +19,76 @@ pub struct MemcgIdentity {
     pub hierarchy: u32,
 }
 
-/// `memcg->css.cgroup->kn->id` and `->root->hierarchy_id`.
+/// `memcg->css.cgroup->kn->id` and `->root->hierarchy_id`, for a memcg pointer decoded from
+/// `folio.memcg_data` (a plain number to the verifier, so every read is a helper call). A
+/// per-CPU cache keyed by the pointer makes the usual case free of helper calls; entries from
+/// an older epoch (see `MEMCG_EPOCH`) are walked again, so a reused address is never trusted.
 #[inline(always)]
 pub fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
-    let cgroup = read_ptr(memcg, offsets().memcg_cgroup)?;
-    cgroup_identity(cgroup)
-}
-
-/// The memcg of the current task: `current->cgroups->subsys[memory_cgrp_id]->cgroup`. On v2
-/// that css is the nearest ancestor with memory enabled, which is the task's memcg.
-#[inline(always)]
-pub fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
+    let epoch = current_epoch();
+    let slot = ((memcg >> 10) ^ (memcg >> 20)) as u32 % MEMCG_CACHE_SLOTS;
+    let cached = MEMCG_CACHE.get_ptr_mut(slot);
+    if let Some(entry) = cached {
+        // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+        let entry = unsafe { &*entry };
+        if entry.memcg == memcg && entry.epoch == epoch {
+            return Ok(MemcgIdentity {
+                cgroup_id: entry.cgroup_id,
+                hierarchy: entry.hierarchy,
+            });
+        }
+    }
     let off = offsets();
-    // SAFETY: the helper returns the current task pointer; it is only read through probes.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    let css_set = read_ptr(task, off.task_cgroups)?;
-    let css = read_ptr(css_set, off.css_set_memory)?;
-    let cgroup = read_ptr(css, off.css_cgroup)?;
-    cgroup_identity(cgroup)
-}
-
-#[inline(always)]
-fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
-    let off = offsets();
+    let cgroup = read_ptr(memcg, off.memcg_cgroup)?;
     let kn = read_ptr(cgroup, off.cgroup_kn)?;
     let cgroup_id: u64 = read(kn, off.kernfs_id)?;
     let root = read_ptr(cgroup, off.cgroup_root)?;
     let hierarchy: i32 = read(root, off.root_hierarchy_id)?;
+    if let Some(entry) = cached {
+        // SAFETY: as above.
+        unsafe {
+            *entry = MemcgCacheEntry {
+                memcg,
+                epoch,
+                cgroup_id,
+                hierarchy: hierarchy as u32,
+                _pad: 0,
+            }
+        };
+    }
+    Ok(MemcgIdentity {
+        cgroup_id,
+        hierarchy: hierarchy as u32,
+    })
+}
+
+#[inline(always)]
+fn current_epoch() -> u64 {
+    MEMCG_EPOCH.get(0).copied().unwrap_or(0)
+}
+
+/// The memcg of the current task: `current->cgroups->subsys[memory_cgrp_id]->cgroup`. On v2
+/// that css is the nearest ancestor with memory enabled, which is the task's memcg. The task
+/// pointer is BTF-typed, so the whole walk is plain loads.
+#[inline(always)]
+pub fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
+    let off = offsets();
+    // SAFETY: the helper returns the current task as a BTF-typed pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let css_set = load_ptr(task, off.task_cgroups)?;
+    let css = load_ptr(css_set, off.css_set_memory)?;
+    let cgroup = load_ptr(css, off.css_cgroup)?;
+    cgroup_identity(cgroup)
+}
+
+/// Identity of a cgroup reached through BTF-typed pointers.
+#[inline(always)]
+fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
+    let off = offsets();
+    let kn = load_ptr(cgroup, off.cgroup_kn)?;
+    let cgroup_id: u64 = load(kn, off.kernfs_id);
+    let root = load_ptr(cgroup, off.cgroup_root)?;
+    let hierarchy: i32 = load(root, off.root_hierarchy_id);
     Ok(MemcgIdentity {
         cgroup_id,
         hierarchy: hierarchy as u32,
@@ -51,6 +97,11 @@ fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
 
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    // A new memcg may sit where a freed one was: cached identities must be checked again.
+    if let Some(epoch) = MEMCG_EPOCH.get_ptr_mut(0) {
+        // SAFETY: a live array slot; CPUs bump it concurrently, hence the atomic add.
+        unsafe { atomic_add(epoch, 1) };
+    }
     notify(&ctx, CgroupEventKind::Created);
     0
 }

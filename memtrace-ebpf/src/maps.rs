@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
     CacheCounters, CacheKey, KernelOffsets, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
@@ -17,6 +17,32 @@ pub static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
 /// Bytes written per (writer's memcg, file, process).
 #[map(name = "WRITERS")]
 pub static WRITERS: HashMap<WriterKey, WriterStats> = HashMap::with_max_entries(WRITER_ENTRIES, 0);
+
+/// One remembered memcg → cgroup identity, per cache slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MemcgCacheEntry {
+    pub memcg: u64,
+    pub epoch: u64,
+    pub cgroup_id: u64,
+    pub hierarchy: u32,
+    pub _pad: u32,
+}
+
+/// Slots of the per-CPU memcg identity cache.
+pub const MEMCG_CACHE_SLOTS: u32 = 256;
+
+/// memcg pointer → (cgroup id, hierarchy), per CPU: the walk from a memcg to its cgroup id
+/// takes five helper calls, and nearly every event names a memcg seen just before.
+#[map(name = "MEMCG_CACHE")]
+pub static MEMCG_CACHE: PerCpuArray<MemcgCacheEntry> =
+    PerCpuArray::with_max_entries(MEMCG_CACHE_SLOTS, 0);
+
+/// Bumped on every cgroup creation (by `cgroup_mkdir`) and by userspace at each snapshot: a
+/// memcg address can only be reused by a memcg created later, so a cache entry from an older
+/// epoch is checked again before use.
+#[map(name = "MEMCG_EPOCH")]
+pub static MEMCG_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU event and loss counters, indexed by `Stat`.
 #[map(name = "STATS")]

@@ -5,7 +5,7 @@ use memtrace_common::{CacheCounters, CacheKey, Stat};
 
 use crate::{
     cgroups::{memcg_identity, MemcgIdentity},
-    kernel::{atomic_add, read, read_ptr, ReadFailed},
+    kernel::{atomic_add, load, load_ptr, ReadFailed},
     maps::{count, offsets, PAGE_CACHE},
     paths::report_file,
 };
@@ -52,15 +52,17 @@ fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
 #[inline(always)]
 fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
     let off = offsets();
-    let mapping = read_ptr(folio, off.folio_mapping)?;
-    let inode = read_ptr(mapping, off.mapping_host)?;
-    let ino: u64 = read(inode, off.inode_ino)?;
-    let sb = read_ptr(inode, off.inode_sb)?;
-    let dev: u32 = read(sb, off.sb_dev)?;
+    // The folio is a typed tracepoint argument: every load down to the superblock is a plain,
+    // verifier-checked load.
+    let mapping = load_ptr(folio, off.folio_mapping)?;
+    let inode = load_ptr(mapping, off.mapping_host)?;
+    let ino: u64 = load(inode, off.inode_ino);
+    let sb = load_ptr(inode, off.inode_sb)?;
+    let dev: u32 = load(sb, off.sb_dev);
 
     // The charge lives on the folio, not on the current task: reclaim and writeback run in
     // kernel threads that were never charged for these pages.
-    let memcg = read::<u64>(folio, off.folio_memcg_data)? & !MEMCG_DATA_FLAGS_MASK;
+    let memcg = load::<u64>(folio, off.folio_memcg_data) & !MEMCG_DATA_FLAGS_MASK;
     let MemcgIdentity {
         cgroup_id,
         hierarchy,
@@ -74,9 +76,9 @@ fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
         memcg_identity(memcg)?
     };
 
-    let flags: u64 = read(folio, off.folio_flags)?;
+    let flags: u64 = load(folio, off.folio_flags);
     let pages = if flags & (1u64 << (off.pg_head_bit & 63)) != 0 {
-        let order: u8 = read(folio, off.folio_order)?;
+        let order: u8 = load(folio, off.folio_order);
         1u64 << (order & 31)
     } else {
         1

@@ -10,7 +10,7 @@ use memtrace_common::{
 };
 
 use crate::{
-    kernel::{read, read_ptr},
+    kernel::{load, read_ptr},
     maps::{count, offsets, FILE_EVENTS},
 };
 
@@ -26,9 +26,9 @@ pub fn report_file(inode: u64, dev: u32, ino: u64) {
     unsafe {
         (*event).ino = ino;
         (*event).dev = dev;
-        (*event).mode = u32::from(read::<u16>(inode, off.inode_mode).unwrap_or(0));
-        (*event).nlink = read::<u32>(inode, off.inode_nlink).unwrap_or(0);
-        (*event).rdev = read::<u32>(inode, off.inode_rdev).unwrap_or(0);
+        (*event).mode = u32::from(load::<u16>(inode, off.inode_mode));
+        (*event).nlink = load::<u32>(inode, off.inode_nlink);
+        (*event).rdev = load::<u32>(inode, off.inode_rdev);
         let (depth, flags) = walk(inode, &mut (*event).names);
         (*event).depth = depth;
         (*event).flags = flags;

@@ -15,7 +15,7 @@ use memtrace_common::{Stat, WriterKey, WriterStats};
 
 use crate::{
     cgroups::{current_memcg_identity, MemcgIdentity},
-    kernel::{atomic_add, read, read_ptr, ReadFailed},
+    kernel::{atomic_add, load, load_ptr, ReadFailed},
     maps::{count, offsets, WRITERS},
 };
 
@@ -29,7 +29,7 @@ pub fn vfs_write_exit(ctx: FExitContext) -> i32 {
     let written: i64 = ctx.arg(4);
     if written > 0 {
         let off = offsets();
-        if let Ok(inode) = read_ptr(file, off.file_inode) {
+        if let Ok(inode) = load_ptr(file, off.file_inode) {
             record(inode, written as u64);
         }
     }
@@ -46,14 +46,12 @@ pub fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let off = offsets();
-    let Ok(inode) = read_ptr(mapping, off.mapping_host) else {
+    let Ok(inode) = load_ptr(mapping, off.mapping_host) else {
         return 0;
     };
-    let Ok(flags) = read::<u64>(folio, off.folio_flags) else {
-        return 0;
-    };
+    let flags: u64 = load(folio, off.folio_flags);
     let pages = if flags & (1u64 << (off.pg_head_bit & 63)) != 0 {
-        1u64 << (read::<u8>(folio, off.folio_order).unwrap_or(0) & 31)
+        1u64 << (load::<u8>(folio, off.folio_order) & 31)
     } else {
         1
     };
@@ -72,14 +70,14 @@ fn record(inode: u64, bytes: u64) {
 #[inline(always)]
 fn writer_key(inode: u64) -> Result<WriterKey, ReadFailed> {
     let off = offsets();
-    let mode: u16 = read(inode, off.inode_mode)?;
+    let mode: u16 = load(inode, off.inode_mode);
     if mode & S_IFMT != S_IFREG {
         // Not an error: nothing to record.
         return Ok(WriterKey::default());
     }
-    let ino: u64 = read(inode, off.inode_ino)?;
-    let sb = read_ptr(inode, off.inode_sb)?;
-    let dev: u32 = read(sb, off.sb_dev)?;
+    let ino: u64 = load(inode, off.inode_ino);
+    let sb = load_ptr(inode, off.inode_sb)?;
+    let dev: u32 = load(sb, off.sb_dev);
     let MemcgIdentity {
         cgroup_id,
         hierarchy,
@@ -102,12 +100,11 @@ fn add(key: &WriterKey, bytes: u64) {
     }
     if let Some(stats) = WRITERS.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent writers of one file add atomically.
+        // The name is taken when the process first writes the file: a helper call per write
+        // would cost more than the rest of the program.
         unsafe {
             atomic_add(&raw mut (*stats).bytes, bytes);
             atomic_add(&raw mut (*stats).calls, 1);
-            if let Ok(comm) = bpf_get_current_comm() {
-                (*stats).comm = comm;
-            }
         }
         return;
     }

@@ -87,6 +87,21 @@ pub struct FilterArgs {
     pub top: Option<usize>,
 }
 
+/// Files and cgroups a table lists when `--top` is not given.
+pub const TABLE_TOP: usize = 10;
+
+impl OutputArgs {
+    /// The filter to snapshot with. A table shows the ten largest unless told otherwise, so
+    /// only those are named; JSON gets everything the filters keep.
+    pub fn to_filter(&self) -> crate::model::Filter {
+        let mut filter = self.filter.to_filter();
+        if !self.json && filter.top.is_none() {
+            filter.top = Some(TABLE_TOP);
+        }
+        filter
+    }
+}
+
 impl FilterArgs {
     pub fn to_filter(&self) -> crate::model::Filter {
         crate::model::Filter {

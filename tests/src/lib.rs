@@ -70,7 +70,7 @@ pub fn file_in<'a>(cgroup: &'a CgroupUsage, file: &files::FileId) -> Option<&'a 
     cgroup
         .files
         .iter()
-        .find(|f| f.ino == file.ino && f.dev == file.dev)
+        .find(|f| f.ino == file.ino && f.dev == file.dev.as_str())
 }
 
 /// Cached bytes memtrace charges `file` to cgroup `id` (0 when absent).

@@ -123,21 +123,8 @@ fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Runni
     let child = match tracer {
         Tracer::None => return Ok(None),
         Tracer::Memtrace => {
-            let mut child = Command::new(memtrace)
-                .args(["watch", "--json", "--interval", interval])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting memtrace")?;
-            let pid = child.id();
-            let started = Instant::now();
-            while bpf_links(pid) < 5 {
-                if child.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(30) {
-                    bail!("memtrace did not attach its programs");
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            child
+            return start_memtrace_with(memtrace, &["watch", "--json", "--interval", interval])
+                .map(Some);
         }
         Tracer::Bpftrace => {
             let mut child = Command::new("bpftrace")
@@ -331,16 +318,18 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     }
 
     let many = many_files(options, &memtrace, &churn, &work)?;
+    let mode = |name: &str, key: &str| many[name][key].as_f64().unwrap_or(f64::NAN);
     markdown += &format!(
-        "\n| many files ({} files, {} cgroups) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| memtrace snapshot latency | {:.0} ms |\n| memtrace peak RSS | {:.1} MiB |\n| files in the snapshot | {} |\n",
+        "\n| many files ({} files, {} cgroups) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| snapshot latency, `watch` (10 largest named) | {:.0} ms |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot latency, `watch --json` (every file named) | {:.0} ms |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
         options.files,
         options.cgroups,
         many["none_files_per_second"].as_f64().unwrap_or(0.0),
         many["memtrace_files_per_second"].as_f64().unwrap_or(0.0),
         many["throughput_ratio"].as_f64().unwrap_or(0.0) * 100.0,
-        many["snapshot_ms"].as_f64().unwrap_or(0.0),
-        many["peak_rss_mib"].as_f64().unwrap_or(0.0),
-        many["files_in_snapshot"].as_u64().unwrap_or(0),
+        mode("table_mode", "snapshot_ms"),
+        mode("table_mode", "peak_rss_mib"),
+        mode("json_all_mode", "snapshot_ms"),
+        mode("json_all_mode", "peak_rss_mib"),
     );
     results.insert("many_files".into(), many);
     results.insert(
@@ -364,7 +353,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 }
 
 /// 100,000 small files across 1,000 cgroups: throughput with and without memtrace, then
-/// memtrace's snapshot latency and peak RSS with all of them tracked.
+/// memtrace's snapshot latency and peak RSS with all of them tracked, both as `watch` shows
+/// them (the ten largest named) and as `watch --json` streams them (every file named).
 fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path) -> Result<Value> {
     let memory_root = Path::new("/sys/fs/cgroup/memory");
     let cgroup_root = if memory_root.join("cgroup.procs").exists() {
@@ -372,16 +362,27 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
     } else {
         Path::new("/sys/fs/cgroup/memtrace-bench").to_path_buf()
     };
-    let mut rates = Vec::new();
-    let mut snapshot_ms = f64::NAN;
-    let mut peak_rss_mib = f64::NAN;
-    let mut files_in_snapshot = 0;
-    for tracer in [Tracer::None, Tracer::Memtrace] {
-        let dir = work.join(format!("many-{}", tracer.name()));
+    let mut none_rates = Vec::new();
+    let mut traced_rates = Vec::new();
+    let mut modes = serde_json::Map::new();
+    // Interleaved, and each run starts from dropped caches: thousands of dying memcgs left by
+    // the previous run slow cgroup work down for everyone, which would bias the order.
+    for (run, mode) in [(0, None), (1, Some("top")), (2, Some("all")), (3, None)] {
+        sync_and_drop_caches();
+        let dir = work.join(format!("many-{run}"));
         fs::create_dir_all(&dir)?;
-        let cgroups = cgroup_root.join(tracer.name());
+        let cgroups = cgroup_root.join(format!("run-{run}"));
         fs::create_dir_all(&cgroups)?;
-        let running = start(tracer, memtrace, "1s")?;
+        let running = match mode {
+            None => None,
+            Some(mode) => {
+                let mut args = vec!["watch", "--json", "--interval", "1s"];
+                if mode == "top" {
+                    args.extend(["--top", "10"]);
+                }
+                Some(start_memtrace_with(memtrace, &args)?)
+            }
+        };
         let result = workload(
             churn,
             &[
@@ -392,37 +393,79 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                 &options.cgroups.to_string(),
             ],
         )?;
-        rates.push(result["pages_per_second"].as_f64().unwrap_or(0.0));
-        if let Some(mut running) = running {
+        let rate = result["pages_per_second"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "bench many-files run {run} {}: {rate:.0} files/s",
+            mode.unwrap_or("none")
+        );
+        if let (Some(mode), Some(mut running)) = (mode, running) {
+            traced_rates.push(rate);
             // Reports come every second; the third after the files exist has them all named.
             let stdout = running.child.stdout.take().context("memtrace stdout")?;
             let mut lines = BufReader::new(stdout).lines();
-            let mut seen = 0;
+            let (mut seen, mut snapshot_ms, mut files) = (0, f64::NAN, 0);
             while let Some(Ok(line)) = lines.next() {
                 let report: Value = serde_json::from_str(&line)?;
-                let files = report["totals"]["files"].as_u64().unwrap_or(0);
+                files = report["totals"]["files"].as_u64().unwrap_or(0);
                 seen += 1;
                 if files >= options.files as u64 && seen >= 3 {
                     snapshot_ms = report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
-                    files_in_snapshot = files;
                     break;
                 }
                 if seen > 60 {
                     bail!("memtrace never reported the {} files", options.files);
                 }
             }
-            peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
+            modes.insert(
+                mode.into(),
+                json!({ "snapshot_ms": snapshot_ms, "peak_rss_mib": running.peak_rss_kib() as f64 / 1024.0, "files_tracked": files }),
+            );
+            // Keep reading while it stops, so a report in flight does not block it.
+            thread::spawn(move || lines.for_each(drop));
+        } else {
+            none_rates.push(rate);
         }
         let _ = fs::remove_dir_all(&dir);
         remove_cgroups(&cgroups);
     }
     let _ = fs::remove_dir(&cgroup_root);
+    sync_and_drop_caches();
+    let none = median(none_rates);
+    let traced = median(traced_rates);
     Ok(json!({
         "files": options.files, "cgroups": options.cgroups,
-        "none_files_per_second": rates[0], "memtrace_files_per_second": rates[1],
-        "throughput_ratio": rates[1] / rates[0],
-        "snapshot_ms": snapshot_ms, "peak_rss_mib": peak_rss_mib, "files_in_snapshot": files_in_snapshot,
+        "none_files_per_second": none, "memtrace_files_per_second": traced,
+        "throughput_ratio": traced / none,
+        "table_mode": modes.get("top"), "json_all_mode": modes.get("all"),
     }))
+}
+
+fn sync_and_drop_caches() {
+    // SAFETY: sync has no memory effects.
+    unsafe { libc::sync() };
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn start_memtrace_with(memtrace: &Path, args: &[&str]) -> Result<Running> {
+    let mut child = Command::new(memtrace)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting memtrace")?;
+    let pid = child.id();
+    let started = Instant::now();
+    while bpf_links(pid) < 5 {
+        if child.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(30) {
+            bail!("memtrace did not attach its programs");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let cpu_ticks_at_start = cpu_ticks(pid);
+    Ok(Running {
+        child,
+        cpu_ticks_at_start,
+    })
 }
 
 fn remove_cgroups(root: &Path) {

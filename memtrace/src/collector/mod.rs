@@ -5,16 +5,18 @@ pub mod seed;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt};
+use std::os::unix::fs::MetadataExt;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
 
 use self::seed::{SeedOptions, SeedSummary};
 use crate::{
-    loader::{LoadError, LoadOptions, Tracer},
+    loader::{read_all, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, apply_filter, CgroupUsage, FileUsage, Filter, KernelStats, Observation, Report,
-        SeededCache, WriterUsage, SCHEMA_VERSION,
+        aggregate, filter_cgroups, filter_paths, keep_top, totals_of, CgroupUsage, Comm, FileUsage,
+        Filter, KernelStats, Observation, Report, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
     resolve::Resolvers,
 };
@@ -51,7 +53,7 @@ impl Collector {
             resolvers: Resolvers::new(),
             started,
             page_size: page_size(),
-            seeds: HashMap::new(),
+            seeds: HashMap::default(),
             seed_summary: None,
             last_written: None,
         })
@@ -162,41 +164,40 @@ impl Collector {
     /// Reads every (memcg, file) entry, names what it can, keeps what `filter` asks for.
     pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
         let began = Instant::now();
+        self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let mut observations: HashMap<CacheKey, Observation> = HashMap::new();
-        for entry in self.tracer.page_cache.iter() {
-            match entry {
-                Ok((key, counters)) => {
-                    let seeded = self.seeds.get(&key).copied();
-                    let writers = Vec::new();
-                    observations.insert(
-                        key,
-                        Observation {
-                            key,
-                            counters,
-                            seeded,
-                            writers,
-                        },
-                    );
-                }
-                Err(_) => stats.map_read_errors += 1,
-            }
+        let drained = began.elapsed();
+        let entries = read_all(&self.tracer.page_cache, &mut stats.map_read_errors);
+        let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
+        log::debug!(
+            "snapshot: drain {drained:?}, batch reads {:?}",
+            began.elapsed() - drained
+        );
+        let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
+        for (key, counters) in entries {
+            let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
+            let writers = Vec::new();
+            observations.insert(
+                key,
+                Observation {
+                    key,
+                    counters,
+                    seeded,
+                    writers,
+                },
+            );
         }
         stats.map_entries = observations.len() as u64;
         for (key, seeded) in &self.seeds {
             observations.entry(*key).or_insert(Observation {
                 key: *key,
                 counters: seeded.baseline,
-                seeded: Some(*seeded),
+                seeded: Some(Box::new(*seeded)),
                 writers: Vec::new(),
             });
         }
-        for entry in self.tracer.writers.iter() {
-            let Ok((writer, written)) = entry else {
-                stats.map_read_errors += 1;
-                continue;
-            };
+        for (writer, written) in writer_entries {
             let key = CacheKey {
                 cgroup_id: writer.cgroup_id,
                 ino: writer.ino,
@@ -211,20 +212,47 @@ impl Collector {
                 seeded: None,
                 writers: Vec::new(),
             });
+            // Most files have one writer: no room for four.
+            observation.writers.reserve_exact(1);
             observation.writers.push(WriterUsage {
                 pid: writer.tgid,
-                comm: comm_text(&written.comm),
+                comm: Comm(written.comm),
                 bytes: written.bytes,
                 calls: written.calls,
             });
         }
 
-        let (mut cgroups, mut totals) = aggregate(observations.into_values(), self.page_size);
+        let read = began.elapsed();
+        let observations: Vec<Observation> = observations.into_values().collect();
+        let (mut cgroups, mut totals) = aggregate(observations, self.page_size);
+        let aggregated = began.elapsed();
         self.resolvers.refresh();
-        self.resolvers.annotate(&mut cgroups);
-        apply_filter(&mut cgroups, &mut totals, filter);
+        self.resolvers.name_cgroups(&mut cgroups);
+        filter_cgroups(&mut cgroups, filter);
+        // File names are looked up only for files that will be shown: with a path filter every
+        // file needs one; otherwise the `top` cut comes first.
+        if filter.path_prefix.is_some() {
+            self.resolvers.name_files(&mut cgroups);
+            filter_paths(&mut cgroups, filter);
+        }
+        if !filter.is_empty() {
+            totals = totals_of(&cgroups);
+        }
+        if let Some(top) = filter.top {
+            keep_top(&mut cgroups, top);
+        }
+        if filter.path_prefix.is_none() {
+            self.resolvers.name_files(&mut cgroups);
+        }
+        let named = began.elapsed();
         self.rate_writes(&mut cgroups);
         let dirty_source = measure_dirty(&mut cgroups, self.page_size);
+        log::debug!(
+            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, filter+rates+dirty {:?}",
+            aggregated - read,
+            named - aggregated,
+            began.elapsed() - named
+        );
         Ok(Report {
             schema_version: SCHEMA_VERSION,
             timestamp: SystemTime::now()
@@ -248,10 +276,10 @@ impl Collector {
     fn rate_writes(&mut self, cgroups: &mut [CgroupUsage]) {
         let now = Instant::now();
         let previous = self.last_written.take();
-        let mut current = HashMap::new();
+        let mut current = HashMap::default();
         for cgroup in cgroups.iter_mut() {
             for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
-                let key = (cgroup.id, file.dev_raw, file.ino);
+                let key = (cgroup.id, file.dev.0, file.ino);
                 current.insert(key, file.written_bytes);
                 if let Some((then, written)) = &previous {
                     let seconds = now.duration_since(*then).as_secs_f64();
@@ -316,12 +344,6 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         }
     }
     source
-}
-
-/// A kernel `comm` as text.
-fn comm_text(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Copies a kernel-written event out of a ring buffer record.

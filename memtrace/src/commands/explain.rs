@@ -10,7 +10,7 @@ use crate::{
     collector::{seed::SeedOptions, Collector},
     model::{
         explain::{ExplainedFile, Explanation, Target, Writer},
-        Report, SCHEMA_VERSION,
+        Dev, Report, SCHEMA_VERSION,
     },
     resolve::{cgroups::UNIFIED_HIERARCHY, memstat::read_memory},
     view,
@@ -68,7 +68,7 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
         let holders = [&file.path, &file.host_path]
             .into_iter()
             .flatten()
-            .filter_map(|p| writers.get(p.as_str()))
+            .filter_map(|p| writers.get(&**p))
             .flatten();
         for holder in holders {
             if !file.writers.iter().any(|w| w.pid == holder.pid) {
@@ -121,13 +121,13 @@ fn target_files(
     let under = |p: &str| {
         p == path || p.strip_prefix(path).is_some_and(|r| r.starts_with('/')) || path == "/"
     };
-    let earlier: HashMap<(u64, &str, u64), u64> = before
+    let earlier: HashMap<(u64, Dev, u64), u64> = before
         .cgroups
         .iter()
         .flat_map(|c| {
             c.files
                 .iter()
-                .map(move |f| ((c.id, f.dev.as_str(), f.ino), f.cached_bytes))
+                .map(move |f| ((c.id, f.dev, f.ino), f.cached_bytes))
         })
         .collect();
     let mut files: Vec<ExplainedFile> = now
@@ -136,10 +136,7 @@ fn target_files(
         .filter(|c| c.hierarchy == hierarchy && c.path.as_deref().is_some_and(under))
         .flat_map(|c| {
             c.files.iter().filter(|f| f.cached_bytes > 0).map(|f| {
-                let was = earlier
-                    .get(&(c.id, f.dev.as_str(), f.ino))
-                    .copied()
-                    .unwrap_or(0);
+                let was = earlier.get(&(c.id, f.dev, f.ino)).copied().unwrap_or(0);
                 ExplainedFile {
                     path: f.path.clone(),
                     host_path: f.host_path.clone(),
@@ -161,7 +158,7 @@ fn target_files(
                         .iter()
                         .map(|w| Writer {
                             pid: w.pid,
-                            comm: w.comm.clone(),
+                            comm: w.comm.to_string(),
                         })
                         .collect(),
                     cgroup_path: c.path.clone(),

@@ -27,10 +27,10 @@ pub(crate) fn emit(out: &mut impl Write, report: &Report, output: &OutputArgs) -
     if output.json {
         json::write_line(out, report)
     } else {
-        let defaults = table::TableOptions::default();
+        let top = output.filter.top.unwrap_or(crate::cli::TABLE_TOP);
         let options = table::TableOptions {
-            files_per_cgroup: output.filter.top.unwrap_or(defaults.files_per_cgroup),
-            max_cgroups: output.filter.top.unwrap_or(defaults.max_cgroups),
+            files_per_cgroup: top,
+            max_cgroups: top,
             show_idle: output.all,
         };
         table::write(out, report, options)

@@ -53,7 +53,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         }
     };
 
-    let filter = args.output.filter.to_filter();
+    let filter = args.output.to_filter();
     let report = collector.snapshot_filtered(&filter)?;
     if let (Some(wanted), true) = (&filter.container, report.cgroups.is_empty()) {
         // The container may have come and gone with the command: say so rather than print

@@ -21,7 +21,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let mut collector = Collector::start(&load_options(global))?;
-    let filter = args.output.filter.to_filter();
+    let filter = args.output.to_filter();
     if let Some(wanted) = &filter.container {
         let known = collector.resolvers.known_containers();
         if !known.iter().any(|c| container_matches(c, wanted)) {

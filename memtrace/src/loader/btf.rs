@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Backend, Btf, BtfType, Type};
 use memtrace_common::KernelOffsets;
 
 /// Where the kernel publishes its own BTF.
@@ -41,9 +41,12 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Unreadable {
-            path: path.display().to_string(),
-            source,
+        // Mapped, not parsed whole: vmlinux BTF parsed up front costs tens of MiB of memory.
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap).map_err(|source| {
+            BtfError::Unreadable {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Ok(Self { btf })
     }

@@ -3,6 +3,7 @@
 //! Order matters and every step names what failed: privileges, BTF, kernel version, struct
 //! offsets, tracepoints, then load and attach.
 
+pub mod batch;
 pub mod btf;
 pub mod preflight;
 
@@ -174,6 +175,7 @@ pub struct Tracer {
     pub(crate) cgroup_events: RingBuf<MapData>,
     pub(crate) file_events: RingBuf<MapData>,
     pub(crate) writers: HashMap<MapData, WriterKey, WriterStats>,
+    memcg_epoch: aya::maps::Array<MapData, u64>,
     pub writes_source: Option<WritesSource>,
     pub offsets: KernelOffsets,
     pub hooks: Vec<Hook>,
@@ -238,6 +240,7 @@ impl Tracer {
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
         let file_events = take_typed_map(&mut ebpf, names::FILE_EVENTS)?;
         let writers = take_typed_map(&mut ebpf, names::WRITERS_MAP)?;
+        let memcg_epoch = take_typed_map(&mut ebpf, names::MEMCG_EPOCH)?;
 
         Ok(Self {
             _ebpf: ebpf,
@@ -246,6 +249,7 @@ impl Tracer {
             cgroup_events,
             file_events,
             writers,
+            memcg_epoch,
             writes_source,
             offsets,
             hooks,
@@ -255,6 +259,22 @@ impl Tracer {
 }
 
 /// Takes map `name` out of the object as the typed map `T`.
+impl Tracer {
+    /// Makes the kernel re-check its cached memcg identities. Cgroup creation already does;
+    /// this also covers memcgs created without a mkdir (a controller enabled on an existing v2
+    /// cgroup), within one snapshot interval.
+    pub fn bump_memcg_epoch(&mut self) {
+        let next = self
+            .memcg_epoch
+            .get(&0, 0)
+            .unwrap_or(0)
+            .wrapping_add(1 << 32);
+        if let Err(err) = self.memcg_epoch.set(0, next, 0) {
+            log::debug!("cannot bump the memcg epoch: {err}");
+        }
+    }
+}
+
 fn take_typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -357,5 +377,24 @@ fn program_error_hint(err: &ProgramError) -> String {
             ": the verifier rejected it; please report this kernel version with `memtrace doctor` output".to_owned()
         }
         _ => String::new(),
+    }
+}
+
+/// All entries of a hash map: batched where the kernel can, key by key otherwise. Entries
+/// that vanish mid-walk are counted in `errors`.
+pub(crate) fn read_all<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    errors: &mut u64,
+) -> Vec<(K, V)> {
+    match batch::dump(map) {
+        Ok(entries) => entries,
+        Err(err) => {
+            if err.kind() != std::io::ErrorKind::Unsupported {
+                log::debug!("batch lookup failed ({err}); reading key by key");
+            }
+            map.iter()
+                .filter_map(|entry| entry.map_err(|_| *errors += 1).ok())
+                .collect()
+        }
     }
 }

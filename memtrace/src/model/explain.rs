@@ -1,6 +1,8 @@
 //! The answer to "where did this container's memory go": the kernel's figures for one memory
 //! cgroup, reconciled with what memtrace attributes, and a verdict in plain language.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::{KernelStats, Provenance};
@@ -32,8 +34,8 @@ pub struct Writer {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ExplainedFile {
-    pub path: Option<String>,
-    pub host_path: Option<String>,
+    pub path: Option<Arc<str>>,
+    pub host_path: Option<Arc<str>>,
     pub cached_bytes: u64,
     /// From cachestat(2) on the file, when it can still be opened.
     pub dirty_bytes: Option<u64>,

@@ -3,7 +3,7 @@
 
 pub mod explain;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use memtrace_common::{CacheCounters, CacheKey};
 use serde::Serialize;
@@ -49,11 +49,41 @@ pub struct SeededCache {
     pub baseline: CacheCounters,
 }
 
+/// A task's command name as the kernel keeps it: 16 bytes, NUL-padded. Kept inline (a node
+/// can have a writer entry per file) and serialized as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A process that wrote a file, as the writers map counts it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WriterUsage {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Bytes written (vfs_write) or bytes of pages dirtied (fallback): see `writes_source`.
     pub bytes: u64,
     /// write calls (vfs_write) or folios dirtied (fallback).
@@ -66,7 +96,8 @@ pub struct WriterUsage {
 pub struct Observation {
     pub key: CacheKey,
     pub counters: CacheCounters,
-    pub seeded: Option<SeededCache>,
+    /// Boxed: most observations have none, and there can be hundreds of thousands.
+    pub seeded: Option<Box<SeededCache>>,
     pub writers: Vec<WriterUsage>,
 }
 
@@ -82,7 +113,7 @@ impl Observation {
 
     /// Resident pages: seeded + traced since the seed (or since start), never below zero.
     pub fn resident_pages(&self) -> u64 {
-        let (base, start) = match &self.seeded {
+        let (base, start) = match self.seeded.as_deref() {
             Some(seed) => (seed.pages, seed.baseline),
             None => (0, CacheCounters::default()),
         };
@@ -136,19 +167,16 @@ impl KernelStats {
 pub struct FileUsage {
     /// The path a process sees: inside its container for overlay files, else the host path.
     /// `null` when no name could be found.
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     /// The file on the host (for a container's files, the file in its overlay layer).
-    pub host_path: Option<String>,
+    pub host_path: Option<Arc<str>>,
     /// Unlinked while its pages stay cached (a rotated log still held open).
     pub deleted: bool,
     /// `upper` (a container's writable layer) or `lower` (an image layer) for overlay files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<Layer>,
     /// Device of the file's filesystem, `MAJ:MIN` as in /proc/self/mountinfo.
-    pub dev: String,
-    /// The kernel's device number, for lookups.
-    #[serde(skip)]
-    pub dev_raw: u32,
+    pub dev: Dev,
     pub ino: u64,
     /// Resident bytes: cache found at start (if any) plus pages added since, minus pages
     /// removed since; never below 0.
@@ -230,18 +258,59 @@ pub struct Report {
     pub cgroups: Vec<CgroupUsage>,
 }
 
-/// Encodes a kernel `s_dev` (`MAJOR << 20 | MINOR`) as `MAJ:MIN`.
+/// A kernel device number (`s_dev`: `MAJOR << 20 | MINOR`), shown and serialized as `MAJ:MIN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dev(pub u32);
+
+impl Dev {
+    pub fn major(self) -> u32 {
+        self.0 >> 20
+    }
+
+    pub fn minor(self) -> u32 {
+        self.0 & 0xf_ffff
+    }
+}
+
+impl std::fmt::Display for Dev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major(), self.minor())
+    }
+}
+
+impl Serialize for Dev {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl PartialEq<&str> for Dev {
+    fn eq(&self, other: &&str) -> bool {
+        other.split_once(':').is_some_and(|(major, minor)| {
+            major.parse() == Ok(self.major()) && minor.parse() == Ok(self.minor())
+        })
+    }
+}
+
+/// Encodes a kernel `s_dev` as `MAJ:MIN`.
 pub fn format_dev(dev: u32) -> String {
-    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+    Dev(dev).to_string()
 }
 
 /// Groups (memcg, file) observations into cgroups with their files, largest first. Names are
 /// left empty for the resolvers.
-pub fn aggregate(
-    observations: impl IntoIterator<Item = Observation>,
-    page_size: u64,
-) -> (Vec<CgroupUsage>, Totals) {
-    let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = HashMap::new();
+pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupUsage>, Totals) {
+    // Sized exactly up front: with 100,000 files, doubling growth would hold twice the room.
+    let mut per_cgroup: HashMap<(u32, u64), usize> = HashMap::new();
+    for observation in &observations {
+        *per_cgroup
+            .entry((observation.key.hierarchy, observation.key.cgroup_id))
+            .or_default() += 1;
+    }
+    let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = per_cgroup
+        .into_iter()
+        .map(|(cgroup, files)| (cgroup, Vec::with_capacity(files)))
+        .collect();
     for observation in observations {
         let cached_bytes = observation.resident_pages().saturating_mul(page_size);
         let Observation {
@@ -261,15 +330,16 @@ pub fn aggregate(
                 host_path: None,
                 deleted: false,
                 layer: None,
-                dev: format_dev(key.dev),
-                dev_raw: key.dev,
+                dev: Dev(key.dev),
                 ino: key.ino,
                 cached_bytes,
                 added_bytes: added,
                 removed_bytes: removed,
-                seeded_bytes: seeded.map_or(0, |s| s.pages * page_size),
-                seeded_active_bytes: seeded.map_or(0, |s| s.active_pages * page_size),
-                provenance: seeded.map_or(Provenance::Traced, |s| s.provenance),
+                seeded_bytes: seeded.as_deref().map_or(0, |s| s.pages * page_size),
+                seeded_active_bytes: seeded.as_deref().map_or(0, |s| s.active_pages * page_size),
+                provenance: seeded
+                    .as_deref()
+                    .map_or(Provenance::Traced, |s| s.provenance),
                 written_bytes: writers.iter().map(|w| w.bytes).sum(),
                 write_calls: writers.iter().map(|w| w.calls).sum(),
                 write_rate_bytes_per_second: None,
@@ -361,12 +431,23 @@ fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Keeps what `filter` asks for; totals are recomputed over what is kept. A cgroup's own
-/// figures stay whole even when only some of its files are listed.
+/// Keeps what `filter` asks for. Totals describe what the filters keep, before the `top` cut
+/// (which only limits what is listed). A cgroup's own figures stay whole even when only some of
+/// its files are listed.
 pub fn apply_filter(cgroups: &mut Vec<CgroupUsage>, totals: &mut Totals, filter: &Filter) {
     if filter.is_empty() {
         return;
     }
+    filter_cgroups(cgroups, filter);
+    filter_paths(cgroups, filter);
+    *totals = totals_of(cgroups);
+    if let Some(top) = filter.top {
+        keep_top(cgroups, top);
+    }
+}
+
+/// Keeps the cgroups `filter` names by container or cgroup path (needs cgroup names only).
+pub fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
     cgroups.retain(|c| {
         let container_ok = filter.container.as_deref().is_none_or(|wanted| {
             c.container
@@ -379,30 +460,40 @@ pub fn apply_filter(cgroups: &mut Vec<CgroupUsage>, totals: &mut Totals, filter:
             .is_none_or(|prefix| c.path.as_deref().is_some_and(|p| under(p, prefix)));
         container_ok && cgroup_ok
     });
-    if let Some(prefix) = filter.path_prefix.as_deref() {
-        for cgroup in cgroups.iter_mut() {
-            cgroup.files.retain(|f| {
-                [&f.path, &f.host_path]
-                    .into_iter()
-                    .flatten()
-                    .any(|p| under(p, prefix))
-            });
-        }
-        cgroups.retain(|c| !c.files.is_empty());
+}
+
+/// Keeps the files under `filter.path_prefix` (needs file names), and the cgroups with any.
+pub fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+    let Some(prefix) = filter.path_prefix.as_deref() else {
+        return;
+    };
+    for cgroup in cgroups.iter_mut() {
+        cgroup.files.retain(|f| {
+            [&f.path, &f.host_path]
+                .into_iter()
+                .flatten()
+                .any(|p| under(p, prefix))
+        });
     }
-    if let Some(top) = filter.top {
-        cgroups.truncate(top);
-        for cgroup in cgroups.iter_mut() {
-            cgroup.files.truncate(top);
-        }
+    cgroups.retain(|c| !c.files.is_empty());
+}
+
+/// Keeps the `top` largest cgroups and the `top` largest files in each (they are sorted).
+pub fn keep_top(cgroups: &mut Vec<CgroupUsage>, top: usize) {
+    cgroups.truncate(top);
+    for cgroup in cgroups.iter_mut() {
+        cgroup.files.truncate(top);
     }
-    *totals = Totals {
+}
+
+pub fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
+    Totals {
         cached_bytes: cgroups.iter().map(|c| c.cached_bytes).sum(),
         added_bytes: cgroups.iter().map(|c| c.added_bytes).sum(),
         removed_bytes: cgroups.iter().map(|c| c.removed_bytes).sum(),
         cgroups: cgroups.len(),
         files: cgroups.iter().map(|c| c.file_count).sum(),
-    };
+    }
 }
 
 #[cfg(test)]
@@ -438,7 +529,7 @@ mod tests {
         let observation = Observation {
             key: key(5, 9),
             counters: counters(50, 70),
-            seeded: Some(seed),
+            seeded: Some(Box::new(seed)),
             writers: Vec::new(),
         };
         // 100 seeded + (50 − 30) added since − (70 − 0) removed since = 50.
@@ -500,8 +591,8 @@ mod tests {
                 ..Container::default()
             });
             for f in &mut c.files {
-                f.path = Some(format!("/tmp/f{}.log", f.ino));
-                f.host_path = Some(format!("/var/lib/upper/tmp/f{}.log", f.ino));
+                f.path = Some(format!("/tmp/f{}.log", f.ino).into());
+                f.host_path = Some(format!("/var/lib/upper/tmp/f{}.log", f.ino).into());
             }
         }
         cgroups

@@ -156,6 +156,12 @@ impl Resolvers {
 
     /// Fills in names: cgroup paths, containers, units, file paths.
     pub fn annotate(&mut self, cgroups: &mut [CgroupUsage]) {
+        self.name_cgroups(cgroups);
+        self.name_files(cgroups);
+    }
+
+    /// Cgroup paths, containers and units.
+    pub fn name_cgroups(&mut self, cgroups: &mut [CgroupUsage]) {
         for cgroup in cgroups.iter_mut() {
             if let Some(name) = self.cgroups.lookup(cgroup.hierarchy, cgroup.id) {
                 cgroup.path = Some(name.path.clone());
@@ -171,8 +177,14 @@ impl Resolvers {
                     cgroup.unit = systemd_unit(path);
                 }
             }
+        }
+    }
+
+    /// File paths (looked up lazily: call it after cutting what will not be shown).
+    pub fn name_files(&mut self, cgroups: &mut [CgroupUsage]) {
+        for cgroup in cgroups.iter_mut() {
             for file in cgroup.files.iter_mut() {
-                let resolved = self.paths.resolve(file.dev_raw, file.ino);
+                let resolved = self.paths.resolve(file.dev.0, file.ino);
                 file.path = resolved.path;
                 file.host_path = resolved.host_path;
                 file.deleted = resolved.deleted;

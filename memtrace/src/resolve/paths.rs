@@ -7,14 +7,15 @@
 //! directory is marked deleted (its cache can only outlive the unlink while it is held open).
 
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use memtrace_common::{FileEvent, NAME_LEN, PATH_NO_DENTRY, PATH_READ_FAILED, PATH_TOO_DEEP};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::mounts::{read_mountinfo, Mount};
@@ -28,8 +29,9 @@ const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// What the kernel said about a file when it first saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelPath {
-    /// Components from the filesystem root to the file.
-    pub components: Vec<String>,
+    /// The path from the filesystem root, `/a/b/c`: one allocation per file, not one per
+    /// component (a node can have hundreds of thousands of files).
+    pub fs_path: Box<str>,
     /// The leaf name was cut to fit: look it up by inode.
     pub leaf_truncated: bool,
     /// The walk did not reach the root (too deep, or a read failed).
@@ -45,20 +47,20 @@ impl KernelPath {
     pub fn from_event(event: &FileEvent) -> Self {
         let depth = (event.depth as usize).min(event.names.len());
         let mut leaf_truncated = false;
-        let mut components: Vec<String> = event.names[..depth]
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| {
-                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-                if i == 0 && end >= NAME_LEN - 1 {
-                    leaf_truncated = true;
-                }
-                String::from_utf8_lossy(&raw[..end]).into_owned()
-            })
-            .collect();
-        components.reverse();
+        let mut fs_path = String::new();
+        for (i, raw) in event.names[..depth].iter().enumerate().rev() {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            if i == 0 && end >= NAME_LEN - 1 {
+                leaf_truncated = true;
+            }
+            fs_path.push('/');
+            fs_path.push_str(&String::from_utf8_lossy(&raw[..end]));
+        }
+        if fs_path.is_empty() {
+            fs_path.push('/');
+        }
         Self {
-            components,
+            fs_path: fs_path.into(),
             leaf_truncated,
             incomplete: event.flags & (PATH_TOO_DEEP | PATH_READ_FAILED) != 0,
             no_dentry: event.flags & PATH_NO_DENTRY != 0,
@@ -66,11 +68,6 @@ impl KernelPath {
             rdev: event.rdev,
             nlink: event.nlink,
         }
-    }
-
-    /// The path from the filesystem root, `/a/b/c`.
-    pub fn fs_path(&self) -> String {
-        format!("/{}", self.components.join("/"))
     }
 
     pub fn is_block_device(&self) -> bool {
@@ -162,17 +159,17 @@ fn split_unescaped(text: &str, separator: char) -> Vec<String> {
     parts
 }
 
-/// A file's names, as reported.
+/// A file's names, as reported. Shared, not copied, into every report that names the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvedPath {
     /// The path a process sees: inside its container for overlay files, else the host path.
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     /// The path on the host (for overlay files, the layer's file).
-    pub host_path: Option<String>,
+    pub host_path: Option<Arc<str>>,
     pub deleted: bool,
     pub layer: Option<Layer>,
     /// Mount point of the overlay the file belongs to (a container's root filesystem).
-    pub overlay_root: Option<String>,
+    pub overlay_root: Option<Arc<str>>,
 }
 
 struct Checked {
@@ -193,11 +190,11 @@ pub struct SeenName {
 /// Every file the kernel has named, and the mounts to place them.
 #[derive(Default)]
 pub struct PathTable {
-    kernel: HashMap<(u32, u64), KernelPath>,
-    seen: HashMap<(u32, u64), SeenName>,
+    kernel: FxHashMap<(u32, u64), KernelPath>,
+    seen: FxHashMap<(u32, u64), SeenName>,
     mounts: Vec<Mount>,
     overlays: Vec<Overlay>,
-    checked: HashMap<(u32, u64), Checked>,
+    checked: FxHashMap<(u32, u64), Checked>,
 }
 
 impl PathTable {
@@ -237,29 +234,43 @@ impl PathTable {
         &self.overlays
     }
 
-    pub fn knows(&self, dev: u32, ino: u64) -> bool {
-        self.kernel.contains_key(&(dev, ino))
-    }
-
-    /// The names of file (dev, ino), checked against the filesystem now and then.
+    /// The names of file (dev, ino), checked against the filesystem now and then. What the
+    /// kernel or a scan said is turned into names once and then dropped: only the names stay.
     pub fn resolve(&mut self, dev: u32, ino: u64) -> ResolvedPath {
         let key = (dev, ino);
-        if let Some(checked) = self.checked.get(&key) {
-            if checked.at.elapsed() < RECHECK_AFTER {
-                return checked.resolved.clone();
+        let resolved = if let Some(kernel) = self.kernel.remove(&key) {
+            self.resolve_kernel_path(dev, ino, &kernel)
+        } else if let Some(seen) = self.seen.remove(&key) {
+            if seen.on_host {
+                self.resolve_host_path(seen.path, ino, seen.deleted)
+            } else {
+                ResolvedPath {
+                    path: Some(seen.path.to_string_lossy().into()),
+                    deleted: seen.deleted,
+                    ..ResolvedPath::default()
+                }
             }
-        }
-        let resolved = match (self.kernel.get(&key), self.seen.get(&key)) {
-            (Some(kernel), _) => self.resolve_kernel_path(dev, ino, kernel),
-            (None, Some(seen)) if seen.on_host => {
-                self.resolve_host_path(seen.path.clone(), ino, seen.deleted)
+        } else {
+            match self.checked.get(&key) {
+                None => return ResolvedPath::default(),
+                Some(checked) if checked.at.elapsed() < RECHECK_AFTER => {
+                    return checked.resolved.clone();
+                }
+                // A live file on the host may have been renamed or deleted since: look again.
+                Some(Checked {
+                    resolved:
+                        ResolvedPath {
+                            host_path: Some(host),
+                            deleted: false,
+                            ..
+                        },
+                    ..
+                }) => {
+                    let host = PathBuf::from(&**host);
+                    self.resolve_host_path(host, ino, false)
+                }
+                Some(checked) => checked.resolved.clone(),
             }
-            (None, Some(seen)) => ResolvedPath {
-                path: Some(seen.path.to_string_lossy().into_owned()),
-                deleted: seen.deleted,
-                ..ResolvedPath::default()
-            },
-            (None, None) => ResolvedPath::default(),
         };
         self.checked.insert(
             key,
@@ -278,18 +289,18 @@ impl PathTable {
                 crate::model::format_dev(kernel.rdev)
             );
             return ResolvedPath {
-                path: Some(name),
+                path: Some(name.into()),
                 ..ResolvedPath::default()
             };
         }
         if kernel.no_dentry {
             return ResolvedPath::default();
         }
-        let fs_path = kernel.fs_path();
+        let fs_path = kernel.fs_path.to_string();
         let Some(host) = self.host_path(dev, &fs_path) else {
             // Not mounted anywhere we can see: the filesystem-relative path is the best name.
             return ResolvedPath {
-                path: Some(fs_path),
+                path: Some(fs_path.into()),
                 deleted: kernel.nlink == 0,
                 ..ResolvedPath::default()
             };
@@ -311,14 +322,14 @@ impl PathTable {
             .overlays
             .iter()
             .find_map(|o| o.locate(&host).map(|(layer, path)| (o, layer, path)));
-        let host_path = host.to_string_lossy().into_owned();
+        let host_path: Arc<str> = host.to_string_lossy().into();
         match overlay {
             Some((overlay, layer, container_path)) => ResolvedPath {
-                path: Some(container_path),
+                path: Some(container_path.into()),
                 host_path: Some(host_path),
                 deleted,
                 layer: Some(layer),
-                overlay_root: Some(overlay.mount_point.to_string_lossy().into_owned()),
+                overlay_root: Some(overlay.mount_point.to_string_lossy().into()),
             },
             None => ResolvedPath {
                 path: Some(host_path.clone()),
@@ -398,7 +409,7 @@ mod tests {
     #[test]
     fn kernel_path_reverses_components() {
         let kp = KernelPath::from_event(&event(&["spring.log", "tmp", "upper"], 1, 2));
-        assert_eq!(kp.fs_path(), "/upper/tmp/spring.log");
+        assert_eq!(&*kp.fs_path, "/upper/tmp/spring.log");
         assert!(!kp.leaf_truncated);
     }
 

@@ -42,15 +42,20 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         human_count(stats.add_events),
         human_count(stats.delete_events),
     )?;
-    if stats.lost() > 0 {
+    let counts_lost =
+        stats.map_full + stats.read_failed + stats.writers_map_full + stats.map_read_errors;
+    if counts_lost > 0 {
         writeln!(
             out,
-            "WARNING: lost {} (map full {}, unreadable {}, cgroup notices {}, map read errors {}); raise --max-entries if the map is full",
-            stats.lost(),
-            stats.map_full,
-            stats.read_failed,
-            stats.cgroup_events_lost,
-            stats.map_read_errors
+            "WARNING: {counts_lost} events not counted (map full {}, unreadable {}, writers map full {}, map read errors {}); raise --max-entries if a map is full",
+            stats.map_full, stats.read_failed, stats.writers_map_full, stats.map_read_errors
+        )?;
+    }
+    if stats.file_events_lost + stats.cgroup_events_lost > 0 {
+        writeln!(
+            out,
+            "note: names not captured for {} new files and {} cgroups (notice ring full); their bytes are counted, they show by device and inode",
+            stats.file_events_lost, stats.cgroup_events_lost
         )?;
     }
     let writes = match report.writes_source {
@@ -112,7 +117,7 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
                 file_label(file),
             )?;
         }
-        let hidden = files.count() - shown;
+        let hidden = cgroup.file_count.saturating_sub(shown);
         if hidden > 0 {
             writeln!(out, "{:>56}    ... {hidden} more files", "")?;
         }
@@ -156,7 +161,7 @@ fn cgroup_label(cgroup: &CgroupUsage) -> String {
 /// `/tmp/spring.log [deleted]  (upper layer /var/lib/.../tmp/spring.log)`
 fn file_label(file: &FileUsage) -> String {
     let mut label = match &file.path {
-        Some(path) => path.clone(),
+        Some(path) => path.to_string(),
         None => format!("dev {} ino {}", file.dev, file.ino),
     };
     if file.deleted {

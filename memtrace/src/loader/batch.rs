@@ -1,0 +1,97 @@
+//! Reading a whole BPF hash map in a few syscalls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+).
+//!
+//! Iterating key by key costs two syscalls an entry: 200,000 for a map of 100,000 files. aya
+//! 0.14 has no batch API, so this is the one raw `bpf(2)` call memtrace makes.
+
+use std::{
+    io,
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    maps::{HashMap, IterableMap, MapData},
+    Pod,
+};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per call; a hash bucket larger than this makes the kernel say ENOSPC,
+/// and the next call asks for more.
+const CHUNK: u32 = 8192;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of `map`. `Unsupported` when the kernel has no batch lookup for it.
+pub fn dump<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
+    let fd = IterableMap::map(map).fd().as_fd().as_raw_fd();
+    let mut entries = Vec::new();
+    let mut chunk = CHUNK;
+    // The cursor is an opaque bucket index (u32 for hash maps); 8 bytes leaves room.
+    let mut cursor_in = 0u64;
+    let mut cursor_out = 0u64;
+    let mut first = true;
+    loop {
+        let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(chunk as usize);
+        let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(chunk as usize);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw mut cursor_in as u64 },
+            out_batch: &raw mut cursor_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the kernel writes at most `count` keys and values into buffers with that
+        // capacity, and the cursor into `cursor_out`; all outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(io::Error::last_os_error);
+        let filled = attr.count as usize;
+        // SAFETY: the kernel filled `filled` entries of each buffer.
+        unsafe {
+            keys.set_len(filled);
+            values.set_len(filled);
+        }
+        entries.extend(
+            keys.into_iter()
+                .zip(values)
+                // SAFETY: initialized by the kernel (see above).
+                .map(|(k, v)| unsafe { (k.assume_init(), v.assume_init()) }),
+        );
+        match err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 20) => {
+                chunk *= 2;
+                continue;
+            }
+            Some(e)
+                if first && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+            {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, e));
+            }
+            Some(e) => return Err(e),
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}
