@@ -380,7 +380,7 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                 if mode == "top" {
                     args.extend(["--top", "10"]);
                 }
-                Some(start_memtrace_with(memtrace, &args)?)
+                Some(start_memtrace_with(memtrace, &args, Stdio::piped())?)
             }
         };
         let result = workload(
@@ -446,10 +446,12 @@ fn sync_and_drop_caches() {
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-fn start_memtrace_with(memtrace: &Path, args: &[&str]) -> Result<Running> {
+/// Starts memtrace and waits until its programs are attached. Its reports go to `stdout`:
+/// null unless the caller reads them (a full pipe would block it).
+fn start_memtrace_with(memtrace: &Path, args: &[&str], stdout: Stdio) -> Result<Running> {
     let mut child = Command::new(memtrace)
         .args(args)
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting memtrace")?;
