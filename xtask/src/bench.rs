@@ -123,8 +123,8 @@ fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Runni
     let child = match tracer {
         Tracer::None => return Ok(None),
         Tracer::Memtrace => {
-            return start_memtrace_with(memtrace, &["watch", "--json", "--interval", interval])
-                .map(Some);
+            let args = ["watch", "--json", "--interval", interval];
+            return start_memtrace_with(memtrace, &args, Stdio::null()).map(Some);
         }
         Tracer::Bpftrace => {
             let mut child = Command::new("bpftrace")
