@@ -28,6 +28,12 @@ use crate::{
 const BPFTRACE_SCRIPT: &str = "tracepoint:filemap:mm_filemap_add_to_page_cache { @added[cgroup, args->s_dev, args->i_ino] = count(); } \
 tracepoint:filemap:mm_filemap_delete_from_page_cache { @removed[cgroup, args->s_dev, args->i_ino] = count(); }";
 
+/// The floor: empty programs on the tracepoints memtrace attaches on a host where fentry is
+/// refused (add, delete, and the writeback_dirty_folio writer fallback). What attaching
+/// anything there costs, before any work is done.
+const EMPTY_PROBES: &str = "tracepoint:filemap:mm_filemap_add_to_page_cache { } \
+tracepoint:filemap:mm_filemap_delete_from_page_cache { } tracepoint:writeback:writeback_dirty_folio { }";
+
 const WORK_DIR: &str = "/var/tmp/memtrace-bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +41,7 @@ enum Tracer {
     None,
     Memtrace,
     Bpftrace,
+    EmptyProbes,
 }
 
 impl Tracer {
@@ -43,6 +50,7 @@ impl Tracer {
             Self::None => "none",
             Self::Memtrace => "memtrace",
             Self::Bpftrace => "bpftrace",
+            Self::EmptyProbes => "empty probes",
         }
     }
 }
@@ -126,9 +134,14 @@ fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Runni
             let args = ["watch", "--json", "--interval", interval];
             return start_memtrace_with(memtrace, &args, Stdio::null()).map(Some);
         }
-        Tracer::Bpftrace => {
+        Tracer::Bpftrace | Tracer::EmptyProbes => {
+            let script = if tracer == Tracer::Bpftrace {
+                BPFTRACE_SCRIPT
+            } else {
+                EMPTY_PROBES
+            };
             let mut child = Command::new("bpftrace")
-                .args(["-e", BPFTRACE_SCRIPT])
+                .args(["-e", script])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -227,7 +240,12 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     let dir = work.to_string_lossy().into_owned();
     let seconds = options.seconds.to_string();
 
-    let tracers = [Tracer::None, Tracer::Memtrace, Tracer::Bpftrace];
+    let tracers = [
+        Tracer::None,
+        Tracer::Memtrace,
+        Tracer::Bpftrace,
+        Tracer::EmptyProbes,
+    ];
     let mut results = serde_json::Map::new();
     let mut markdown = String::from(
         "| workload | tracer | pages/s (median) | throughput vs none | ns added per page event | tracer CPU (1 core) |\n|---|---|---:|---:|---:|---:|\n",
@@ -271,7 +289,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let base = median(samples.iter().map(|r| rate(r, Tracer::None)).collect());
         let mut entry = serde_json::Map::new();
         entry.insert("none_pages_per_second".into(), json!(base));
-        for tracer in [Tracer::Memtrace, Tracer::Bpftrace] {
+        for tracer in [Tracer::Memtrace, Tracer::Bpftrace, Tracer::EmptyProbes] {
             // Paired ratios: each round's run against the same round's baseline.
             let ratio = median(
                 samples
