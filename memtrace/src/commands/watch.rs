@@ -25,18 +25,9 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     if let Some(wanted) = &filter.container {
         let known = collector.resolvers.known_containers();
         if !known.iter().any(|c| container_matches(c, wanted)) {
-            let mut names: Vec<String> = known
-                .iter()
-                .map(|c| {
-                    c.name
-                        .clone()
-                        .unwrap_or_else(|| c.id.chars().take(12).collect())
-                })
-                .collect();
-            names.sort();
             bail!(
                 "no container matches `{wanted}`; give a name, an id or an id prefix of one running here: {}",
-                if names.is_empty() { "(none found)".to_owned() } else { names.join(", ") }
+                collector.resolvers.container_list()
             );
         }
     }

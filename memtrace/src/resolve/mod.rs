@@ -47,6 +47,25 @@ impl Resolvers {
         self.cgroups.begin_lookups();
     }
 
+    /// The containers running here, by name (or short id), for error messages.
+    pub fn container_list(&self) -> String {
+        let mut names: Vec<String> = self
+            .known_containers()
+            .iter()
+            .map(|c| {
+                c.name
+                    .clone()
+                    .unwrap_or_else(|| c.id.chars().take(12).collect())
+            })
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            "(none found)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+
     /// Every container visible now: from runtime state and from cgroup paths.
     pub fn known_containers(&self) -> Vec<Container> {
         let mut found: Vec<Container> = self.runtime.containers().cloned().collect();
@@ -102,22 +121,10 @@ impl Resolvers {
         // shortest match only when paths nest; otherwise more than one is ambiguous.
         matches.sort_by_key(|(path, _)| path.len());
         match matches.len() {
-            0 => {
-                let mut names: Vec<String> = self
-                    .known_containers()
-                    .iter()
-                    .map(|c| {
-                        c.name
-                            .clone()
-                            .unwrap_or_else(|| c.id.chars().take(12).collect())
-                    })
-                    .collect();
-                names.sort();
-                Err(format!(
-                    "`{query}` is not a pid, a cgroup path or a container running here; containers: {}",
-                    if names.is_empty() { "(none found)".to_owned() } else { names.join(", ") }
-                ))
-            }
+            0 => Err(format!(
+                "`{query}` is not a pid, a cgroup path or a container running here; containers: {}",
+                self.container_list()
+            )),
             1 => {
                 let (path, container) = matches.remove(0);
                 Ok(("container", hierarchy, path, Some(container)))
