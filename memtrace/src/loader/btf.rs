@@ -42,12 +42,13 @@ impl KernelBtf {
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         // Mapped, not parsed whole: vmlinux BTF parsed up front costs tens of MiB of memory.
-        let btf = Btf::from_file_with_backend(path, Backend::Mmap).map_err(|source| {
-            BtfError::Unreadable {
+        // Older kernels (6.1, 6.12) refuse to mmap it (ENODEV): parse it there.
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
+            .map_err(|source| BtfError::Unreadable {
                 path: path.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self { btf })
     }
 

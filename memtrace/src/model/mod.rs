@@ -690,7 +690,11 @@ mod tests {
         });
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].id, 20);
-        assert_eq!(t.cgroups, 1);
+        assert_eq!(c[0].files.len(), 1);
+        assert_eq!(
+            t.cgroups, 2,
+            "totals describe what the filters keep, not the top cut"
+        );
     }
 
     #[test]
