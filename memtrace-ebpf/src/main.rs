@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 
 mod cgroups;
+mod floor;
 mod kernel;
 mod maps;
 mod page_cache;

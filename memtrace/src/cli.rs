@@ -40,6 +40,10 @@ pub enum Command {
     /// Where did this container's memory go: page cache by file, reconciled with memory.stat,
     /// including cache that existed before memtrace started.
     Explain(ExplainArgs),
+    /// Attach empty programs to memtrace's tracepoints until Ctrl-C: the cost floor that
+    /// `cargo xtask bench` measures memtrace against.
+    #[command(hide = true)]
+    Calibrate,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => commands::watch::watch(&cli.global, args).await,
             Command::Doctor(args) => commands::doctor::doctor(&cli.global, &args),
             Command::Explain(args) => commands::explain::explain(&cli.global, args).await,
+            Command::Calibrate => commands::calibrate().await,
         }
     });
     match result {

@@ -42,6 +42,7 @@ enum Tracer {
     Memtrace,
     Bpftrace,
     EmptyProbes,
+    EmptyBtfProbes,
 }
 
 impl Tracer {
@@ -51,6 +52,7 @@ impl Tracer {
             Self::Memtrace => "memtrace",
             Self::Bpftrace => "bpftrace",
             Self::EmptyProbes => "empty probes",
+            Self::EmptyBtfProbes => "empty tp_btf",
         }
     }
 }
@@ -132,7 +134,10 @@ fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Runni
         Tracer::None => return Ok(None),
         Tracer::Memtrace => {
             let args = ["watch", "--json", "--interval", interval];
-            return start_memtrace_with(memtrace, &args, Stdio::null()).map(Some);
+            return start_memtrace_with(memtrace, &args, Stdio::null(), 5).map(Some);
+        }
+        Tracer::EmptyBtfProbes => {
+            return start_memtrace_with(memtrace, &["calibrate"], Stdio::null(), 3).map(Some);
         }
         Tracer::Bpftrace | Tracer::EmptyProbes => {
             let script = if tracer == Tracer::Bpftrace {
@@ -289,7 +294,12 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let base = median(samples.iter().map(|r| rate(r, Tracer::None)).collect());
         let mut entry = serde_json::Map::new();
         entry.insert("none_pages_per_second".into(), json!(base));
-        for tracer in [Tracer::Memtrace, Tracer::Bpftrace, Tracer::EmptyProbes] {
+        for tracer in [
+            Tracer::Memtrace,
+            Tracer::Bpftrace,
+            Tracer::EmptyProbes,
+            Tracer::EmptyBtfProbes,
+        ] {
             // Paired ratios: each round's run against the same round's baseline.
             let ratio = median(
                 samples
@@ -398,7 +408,7 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                 if mode == "top" {
                     args.extend(["--top", "10"]);
                 }
-                Some(start_memtrace_with(memtrace, &args, Stdio::piped())?)
+                Some(start_memtrace_with(memtrace, &args, Stdio::piped(), 5)?)
             }
         };
         let result = workload(
@@ -466,7 +476,12 @@ fn sync_and_drop_caches() {
 
 /// Starts memtrace and waits until its programs are attached. Its reports go to `stdout`:
 /// null unless the caller reads them (a full pipe would block it).
-fn start_memtrace_with(memtrace: &Path, args: &[&str], stdout: Stdio) -> Result<Running> {
+fn start_memtrace_with(
+    memtrace: &Path,
+    args: &[&str],
+    stdout: Stdio,
+    links: usize,
+) -> Result<Running> {
     let mut child = Command::new(memtrace)
         .args(args)
         .stdout(stdout)
@@ -475,7 +490,7 @@ fn start_memtrace_with(memtrace: &Path, args: &[&str], stdout: Stdio) -> Result<
         .context("starting memtrace")?;
     let pid = child.id();
     let started = Instant::now();
-    while bpf_links(pid) < 5 {
+    while bpf_links(pid) < links {
         if child.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(30) {
             bail!("memtrace did not attach its programs");
         }

@@ -66,3 +66,15 @@ impl Shutdown {
         }
     }
 }
+
+/// `memtrace calibrate`: empty programs attached until SIGINT/SIGTERM.
+pub async fn calibrate() -> anyhow::Result<std::process::ExitCode> {
+    let mut shutdown = Shutdown::install()?;
+    let floor = crate::loader::Floor::load()?;
+    eprintln!(
+        "memtrace calibrate: empty programs attached to {}",
+        floor.hooks.join(", ")
+    );
+    shutdown.recv().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -259,6 +259,45 @@ impl Tracer {
 }
 
 /// Takes map `name` out of the object as the typed map `T`.
+/// Empty programs on the tracepoints memtrace uses (`calibrate`): the floor of what tracing
+/// these hooks costs here. Dropping it detaches them.
+pub struct Floor {
+    _ebpf: Ebpf,
+    pub hooks: Vec<&'static str>,
+}
+
+impl Floor {
+    pub fn load() -> Result<Self, LoadError> {
+        preflight::check_privileges()?;
+        preflight::check_btf()?;
+        preflight::raise_memlock_rlimit();
+        let offsets = KernelBtf::from_sys_fs()?.kernel_offsets()?;
+        let aya_btf = Btf::from_sys_fs().map_err(LoadError::AyaBtf)?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(names::OFFSETS_GLOBAL, &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Object)?;
+        let mut hooks = Vec::new();
+        for (program, target) in [
+            ("floor_add", "mm_filemap_add_to_page_cache"),
+            ("floor_delete", "mm_filemap_delete_from_page_cache"),
+            ("floor_dirty", "writeback_dirty_folio"),
+        ] {
+            let spec = HookSpec {
+                program,
+                target,
+                kind: ProgramKind::TpBtf,
+                purpose: "",
+                need: Need::Required,
+            };
+            attach(&mut ebpf, &aya_btf, &spec)?;
+            hooks.push(target);
+        }
+        Ok(Self { _ebpf: ebpf, hooks })
+    }
+}
+
 impl Tracer {
     /// Makes the kernel re-check its cached memcg identities. Cgroup creation already does;
     /// this also covers memcgs created without a mkdir (a controller enabled on an existing v2
