@@ -250,6 +250,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         Tracer::Memtrace,
         Tracer::Bpftrace,
         Tracer::EmptyProbes,
+        Tracer::EmptyBtfProbes,
     ];
     let mut results = serde_json::Map::new();
     let mut markdown = String::from(
