@@ -147,6 +147,24 @@ fn watch_streams_ndjson_and_stops_after_count() {
 }
 
 #[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    require_root();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} watch --json --interval 200ms | head -n 1 >/dev/null",
+            memtrace_tests::memtrace_bin().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("Broken pipe"),
+        "a closed pipe is not an error: {err}"
+    );
+}
+
+#[test]
 fn sigterm_detaches_and_prints_the_final_report() {
     require_root();
     for (args, expect_json_lines) in [

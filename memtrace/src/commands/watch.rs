@@ -54,7 +54,12 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             // Clear the screen and home the cursor, so the table redraws in place.
             write!(out, "\x1b[2J\x1b[H")?;
         }
-        emit(&mut out, &report, &args.output).context("cannot write to stdout")?;
+        match emit(&mut out, &report, &args.output) {
+            Ok(()) => {}
+            // The reader went away (`memtrace watch --json | head -1`): that ends the watch.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
+        }
         printed += 1;
         if last || args.count.is_some_and(|n| printed >= n) {
             return Ok(ExitCode::SUCCESS);
