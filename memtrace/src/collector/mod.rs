@@ -15,8 +15,8 @@ use self::seed::{SeedOptions, SeedSummary};
 use crate::{
     loader::{read_all, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, filter_cgroups, filter_paths, keep_top, totals_of, CgroupUsage, Comm, FileUsage,
-        Filter, KernelStats, Observation, Report, SeededCache, WriterUsage, SCHEMA_VERSION,
+        aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
+        Report, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
     resolve::Resolvers,
 };
@@ -174,13 +174,8 @@ impl Collector {
         self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let drained = began.elapsed();
         let entries = read_all(&self.tracer.page_cache, &mut stats.map_read_errors);
         let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
-        log::debug!(
-            "snapshot: drain {drained:?}, batch reads {:?}",
-            began.elapsed() - drained
-        );
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
@@ -235,27 +230,15 @@ impl Collector {
         let aggregated = began.elapsed();
         self.resolvers.refresh();
         self.resolvers.name_cgroups(&mut cgroups);
-        filter_cgroups(&mut cgroups, filter);
-        // File names are looked up only for files that will be shown: with a path filter every
-        // file needs one; otherwise the `top` cut comes first.
-        if filter.path_prefix.is_some() {
-            self.resolvers.name_files(&mut cgroups);
-            filter_paths(&mut cgroups, filter);
-        }
-        if !filter.is_empty() {
-            totals = totals_of(&cgroups);
-        }
-        if let Some(top) = filter.top {
-            keep_top(&mut cgroups, top);
-        }
-        if filter.path_prefix.is_none() {
-            self.resolvers.name_files(&mut cgroups);
-        }
+        let resolvers = &mut self.resolvers;
+        apply_filter(&mut cgroups, &mut totals, filter, |shown| {
+            resolvers.name_files(shown)
+        });
         let named = began.elapsed();
         self.rate_writes(&mut cgroups);
         let dirty_source = measure_dirty(&mut cgroups, self.page_size);
         log::debug!(
-            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, filter+rates+dirty {:?}",
+            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, rates+dirty {:?}",
             aggregated - read,
             named - aggregated,
             began.elapsed() - named

@@ -18,7 +18,7 @@ use memtrace_common::CacheKey;
 use serde::Serialize;
 
 use super::residency::{cachestat, PageOwnerReader};
-pub use crate::model::Provenance;
+use crate::model::Provenance;
 use crate::resolve::paths::SeenName;
 
 /// Cache found at start for one (memcg, file).

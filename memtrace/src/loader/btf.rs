@@ -79,11 +79,6 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
-    /// Whether `strukt` has a member at `path`.
-    pub fn has_member(&self, strukt: &str, path: &str) -> bool {
-        self.member_offset(strukt, path).is_ok()
-    }
-
     /// Value of enumerator `name` in `enum enum_name`.
     pub fn enum_value(&self, enum_name: &str, name: &str) -> Result<u64, BtfError> {
         let types =

@@ -150,18 +150,6 @@ pub struct KernelStats {
     pub map_read_errors: u64,
 }
 
-impl KernelStats {
-    /// Events or entries that were lost somewhere, for a warning line.
-    pub fn lost(&self) -> u64 {
-        self.map_full
-            + self.read_failed
-            + self.cgroup_events_lost
-            + self.file_events_lost
-            + self.writers_map_full
-            + self.map_read_errors
-    }
-}
-
 /// One file's page cache charged to one cgroup.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileUsage {
@@ -290,11 +278,6 @@ impl PartialEq<&str> for Dev {
             major.parse() == Ok(self.major()) && minor.parse() == Ok(self.minor())
         })
     }
-}
-
-/// Encodes a kernel `s_dev` as `MAJ:MIN`.
-pub fn format_dev(dev: u32) -> String {
-    Dev(dev).to_string()
 }
 
 /// Groups (memcg, file) observations into cgroups with their files, largest first. Names are
@@ -434,20 +417,33 @@ fn under(path: &str, prefix: &str) -> bool {
 /// Keeps what `filter` asks for. Totals describe what the filters keep, before the `top` cut
 /// (which only limits what is listed). A cgroup's own figures stay whole even when only some of
 /// its files are listed.
-pub fn apply_filter(cgroups: &mut Vec<CgroupUsage>, totals: &mut Totals, filter: &Filter) {
-    if filter.is_empty() {
-        return;
-    }
+///
+/// `name_files` fills in file paths; it is called only for the files that can still be
+/// shown: with a path filter every file needs a name, otherwise the `top` cut comes first.
+pub fn apply_filter(
+    cgroups: &mut Vec<CgroupUsage>,
+    totals: &mut Totals,
+    filter: &Filter,
+    mut name_files: impl FnMut(&mut [CgroupUsage]),
+) {
     filter_cgroups(cgroups, filter);
-    filter_paths(cgroups, filter);
-    *totals = totals_of(cgroups);
+    if filter.path_prefix.is_some() {
+        name_files(cgroups);
+        filter_paths(cgroups, filter);
+    }
+    if !filter.is_empty() {
+        *totals = totals_of(cgroups);
+    }
     if let Some(top) = filter.top {
         keep_top(cgroups, top);
+    }
+    if filter.path_prefix.is_none() {
+        name_files(cgroups);
     }
 }
 
 /// Keeps the cgroups `filter` names by container or cgroup path (needs cgroup names only).
-pub fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
     cgroups.retain(|c| {
         let container_ok = filter.container.as_deref().is_none_or(|wanted| {
             c.container
@@ -463,7 +459,7 @@ pub fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
 }
 
 /// Keeps the files under `filter.path_prefix` (needs file names), and the cgroups with any.
-pub fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
     let Some(prefix) = filter.path_prefix.as_deref() else {
         return;
     };
@@ -479,14 +475,14 @@ pub fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
 }
 
 /// Keeps the `top` largest cgroups and the `top` largest files in each (they are sorted).
-pub fn keep_top(cgroups: &mut Vec<CgroupUsage>, top: usize) {
+fn keep_top(cgroups: &mut Vec<CgroupUsage>, top: usize) {
     cgroups.truncate(top);
     for cgroup in cgroups.iter_mut() {
         cgroup.files.truncate(top);
     }
 }
 
-pub fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
+fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
     Totals {
         cached_bytes: cgroups.iter().map(|c| c.cached_bytes).sum(),
         added_bytes: cgroups.iter().map(|c| c.added_bytes).sum(),
@@ -609,7 +605,7 @@ mod tests {
         let all = named(all);
         let run = |filter: Filter| {
             let (mut cgroups, mut totals) = (all.clone(), all_totals.clone());
-            apply_filter(&mut cgroups, &mut totals, &filter);
+            apply_filter(&mut cgroups, &mut totals, &filter, |_| {});
             (cgroups, totals)
         };
 
@@ -699,7 +695,7 @@ mod tests {
 
     #[test]
     fn formats_kernel_dev_numbers() {
-        assert_eq!(format_dev((8 << 20) | 17), "8:17");
-        assert_eq!(format_dev(0x2d), "0:45");
+        assert_eq!(Dev((8 << 20) | 17).to_string(), "8:17");
+        assert_eq!(Dev(0x2d).to_string(), "0:45");
     }
 }

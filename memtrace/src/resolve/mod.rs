@@ -161,12 +161,6 @@ impl Resolvers {
         layers
     }
 
-    /// Fills in names: cgroup paths, containers, units, file paths.
-    pub fn annotate(&mut self, cgroups: &mut [CgroupUsage]) {
-        self.name_cgroups(cgroups);
-        self.name_files(cgroups);
-    }
-
     /// Cgroup paths, containers and units.
     pub fn name_cgroups(&mut self, cgroups: &mut [CgroupUsage]) {
         for cgroup in cgroups.iter_mut() {

@@ -286,7 +286,7 @@ impl PathTable {
         if kernel.is_block_device() {
             let name = format!(
                 "[metadata of block device {}]",
-                crate::model::format_dev(kernel.rdev)
+                crate::model::Dev(kernel.rdev)
             );
             return ResolvedPath {
                 path: Some(name.into()),

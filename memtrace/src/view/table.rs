@@ -20,16 +20,6 @@ pub struct TableOptions {
     pub show_idle: bool,
 }
 
-impl Default for TableOptions {
-    fn default() -> Self {
-        Self {
-            files_per_cgroup: 10,
-            max_cgroups: 20,
-            show_idle: false,
-        }
-    }
-}
-
 pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io::Result<()> {
     let stats = &report.stats;
     writeln!(
