@@ -13,7 +13,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    names, CacheCounters, CacheKey, KernelOffsets, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
+    names, CacheCounters, CacheKey, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
 };
 use serde::Serialize;
 
@@ -177,7 +177,6 @@ pub struct Tracer {
     pub(crate) writers: HashMap<MapData, WriterKey, WriterStats>,
     memcg_epoch: aya::maps::Array<MapData, u64>,
     pub writes_source: Option<WritesSource>,
-    pub offsets: KernelOffsets,
     pub hooks: Vec<Hook>,
     pub max_entries: u32,
 }
@@ -185,27 +184,7 @@ pub struct Tracer {
 impl Tracer {
     /// Runs the pre-flight checks, resolves offsets, loads and attaches the programs.
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
-        preflight::check_privileges()?;
-        preflight::check_btf()?;
-        preflight::check_kernel_version()?;
-        preflight::raise_memlock_rlimit();
-
-        let kernel_btf = KernelBtf::from_sys_fs()?;
-        for hook in HOOKS.iter().filter(|h| h.need == Need::Required) {
-            if !kernel_btf.has_tracepoint(hook.target) {
-                return Err(LoadError::MissingTracepoint(hook.target));
-            }
-        }
-        let offsets = kernel_btf.kernel_offsets()?;
-        log::debug!("kernel offsets: {offsets:?}");
-
-        let aya_btf = Btf::from_sys_fs().map_err(LoadError::AyaBtf)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global(names::OFFSETS_GLOBAL, &offsets, true)
-            .map_max_entries(names::CACHE_MAP, options.max_entries)
-            .load(EBPF_OBJECT)
-            .map_err(LoadError::Object)?;
+        let (mut ebpf, aya_btf) = open_object(options.max_entries)?;
 
         let mut hooks: Vec<Hook> = Vec::new();
         for spec in HOOKS {
@@ -251,7 +230,6 @@ impl Tracer {
             writers,
             memcg_epoch,
             writes_source,
-            offsets,
             hooks,
             max_entries: options.max_entries,
         })
@@ -259,6 +237,33 @@ impl Tracer {
 }
 
 /// Takes map `name` out of the object as the typed map `T`.
+/// Runs the pre-flight checks, resolves this kernel's offsets and loads the object (maps
+/// created, programs not yet loaded). Returns it with the BTF the programs load against.
+fn open_object(max_entries: u32) -> Result<(Ebpf, Btf), LoadError> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    preflight::check_kernel_version()?;
+    preflight::raise_memlock_rlimit();
+
+    let kernel_btf = KernelBtf::from_sys_fs()?;
+    for hook in HOOKS.iter().filter(|h| h.need == Need::Required) {
+        if !kernel_btf.has_tracepoint(hook.target) {
+            return Err(LoadError::MissingTracepoint(hook.target));
+        }
+    }
+    let offsets = kernel_btf.kernel_offsets()?;
+    log::debug!("kernel offsets: {offsets:?}");
+
+    let aya_btf = Btf::from_sys_fs().map_err(LoadError::AyaBtf)?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global(names::OFFSETS_GLOBAL, &offsets, true)
+        .map_max_entries(names::CACHE_MAP, max_entries)
+        .load(EBPF_OBJECT)
+        .map_err(LoadError::Object)?;
+    Ok((ebpf, aya_btf))
+}
+
 /// Empty programs on the tracepoints memtrace uses (`calibrate`): the floor of what tracing
 /// these hooks costs here. Dropping it detaches them.
 pub struct Floor {
@@ -268,16 +273,7 @@ pub struct Floor {
 
 impl Floor {
     pub fn load() -> Result<Self, LoadError> {
-        preflight::check_privileges()?;
-        preflight::check_btf()?;
-        preflight::raise_memlock_rlimit();
-        let offsets = KernelBtf::from_sys_fs()?.kernel_offsets()?;
-        let aya_btf = Btf::from_sys_fs().map_err(LoadError::AyaBtf)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global(names::OFFSETS_GLOBAL, &offsets, true)
-            .load(EBPF_OBJECT)
-            .map_err(LoadError::Object)?;
+        let (mut ebpf, aya_btf) = open_object(DEFAULT_CACHE_ENTRIES)?;
         let mut hooks = Vec::new();
         for (program, target) in [
             ("floor_add", "mm_filemap_add_to_page_cache"),
