@@ -10,7 +10,7 @@ use crate::{
     collector::{seed::SeedOptions, Collector},
     model::{
         explain::{ExplainedFile, Explanation, Target, Writer},
-        Dev, Report, SCHEMA_VERSION,
+        under, Dev, Report, SCHEMA_VERSION,
     },
     resolve::{cgroups::UNIFIED_HIERARCHY, memstat::read_memory},
     view,
@@ -118,9 +118,6 @@ fn target_files(
     path: &str,
     seconds: f64,
 ) -> Vec<ExplainedFile> {
-    let under = |p: &str| {
-        p == path || p.strip_prefix(path).is_some_and(|r| r.starts_with('/')) || path == "/"
-    };
     let earlier: HashMap<(u64, Dev, u64), u64> = before
         .cgroups
         .iter()
@@ -133,7 +130,7 @@ fn target_files(
     let mut files: Vec<ExplainedFile> = now
         .cgroups
         .iter()
-        .filter(|c| c.hierarchy == hierarchy && c.path.as_deref().is_some_and(under))
+        .filter(|c| c.hierarchy == hierarchy && c.path.as_deref().is_some_and(|p| under(p, path)))
         .flat_map(|c| {
             c.files.iter().filter(|f| f.cached_bytes > 0).map(|f| {
                 let was = earlier.get(&(c.id, f.dev, f.ino)).copied().unwrap_or(0);

@@ -405,7 +405,7 @@ pub fn container_matches(container: &Container, wanted: &str) -> bool {
 }
 
 /// Whether `path` is `prefix` or lies below it, component-wise.
-fn under(path: &str, prefix: &str) -> bool {
+pub fn under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty()
         || path == prefix
