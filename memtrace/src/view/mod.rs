@@ -49,3 +49,6 @@ mod tests {
         assert_eq!(human_count(1_500_000), "1.5M");
     }
 }
+
+#[cfg(test)]
+mod golden_tests;
