@@ -19,6 +19,12 @@ pub mod names {
     pub const PROG_FILEMAP_DELETE: &str = "filemap_delete";
     pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
+    pub const FLOOR_FILEMAP_ADD: &str = "floor_add";
+    pub const FLOOR_FILEMAP_DELETE: &str = "floor_delete";
+    pub const FLOOR_CGROUP_MKDIR: &str = "floor_cgroup_mkdir";
+    pub const FLOOR_CGROUP_RMDIR: &str = "floor_cgroup_rmdir";
+    pub const FLOOR_VFS_WRITE: &str = "floor_vfs_write";
+    pub const FLOOR_DIRTY_FOLIO: &str = "floor_dirty";
 }
 
 /// Default capacity of the page-cache map: one entry per (memory cgroup, file) pair.
@@ -236,4 +242,11 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::WriterKey {}
     unsafe impl aya::Pod for super::WriterStats {}
+    unsafe impl aya::Pod for super::CgroupEvent {}
+    unsafe impl aya::Pod for super::FileEvent {}
+
+    // No padding: each size is the sum of its fields.
+    const _: () = assert!(size_of::<super::CgroupEvent>() == 8 + 4 + 4 + super::CGROUP_PATH_LEN);
+    const _: () =
+        assert!(size_of::<super::FileEvent>() == 8 + 6 * 4 + super::NAME_LEN * super::PATH_DEPTH);
 }

@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use memtrace_common::DEFAULT_CACHE_ENTRIES;
 
+use crate::{model::Filter, view::Format};
+
 /// Which files hold page cache, charged to which memory cgroup.
 ///
 /// memtrace attaches eBPF programs to the kernel's page-cache tracepoints and counts every
@@ -95,9 +97,19 @@ pub struct FilterArgs {
 pub const TABLE_TOP: usize = 10;
 
 impl OutputArgs {
+    /// The format asked for: a table unless `--json`, which writes `machine` (one document,
+    /// or one per line when streaming).
+    pub fn format(&self, machine: Format) -> Format {
+        if self.json {
+            machine
+        } else {
+            Format::Table
+        }
+    }
+
     /// The filter to snapshot with. A table shows the ten largest unless told otherwise, so
     /// only those are named; JSON gets everything the filters keep.
-    pub fn to_filter(&self) -> crate::model::Filter {
+    pub fn to_filter(&self) -> Filter {
         let mut filter = self.filter.to_filter();
         if !self.json && filter.top.is_none() {
             filter.top = Some(TABLE_TOP);
@@ -107,8 +119,8 @@ impl OutputArgs {
 }
 
 impl FilterArgs {
-    pub fn to_filter(&self) -> crate::model::Filter {
-        crate::model::Filter {
+    pub fn to_filter(&self) -> Filter {
+        Filter {
             container: self.container.clone(),
             cgroup: self.cgroup.clone(),
             path_prefix: self.path_prefix.clone(),

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use memtrace::resolve::cgroups::{Hierarchies, UNIFIED_HIERARCHY};
+use memtrace::{model::UNIFIED_HIERARCHY, resolve::cgroups::Hierarchies};
 
 /// Parent of every test cgroup, so a failed run leaves one place to clean.
 const TEST_PARENT: &str = "memtrace-tests";

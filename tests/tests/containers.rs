@@ -3,8 +3,8 @@
 
 use std::{fs::File, time::Duration};
 
+use memtrace::model::Layer;
 use memtrace::model::{FileUsage, Filter, Report};
-use memtrace::resolve::paths::Layer;
 use memtrace_tests::{
     assert_near, cgroup_in, container::OverlayContainer, files::resident_bytes, memtrace,
     require_root, start_tracer, MIB,

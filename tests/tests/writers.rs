@@ -3,7 +3,7 @@
 
 use std::{fs::File, process::Command, thread, time::Duration};
 
-use memtrace::loader::WritesSource;
+use memtrace::model::WritesSource;
 use memtrace_tests::{
     assert_near,
     cgroup::MemCgroup,

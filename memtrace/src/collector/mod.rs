@@ -1,5 +1,6 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
+mod naming;
 pub mod residency;
 pub mod seed;
 
@@ -11,14 +12,17 @@ use rustc_hash::FxHashMap as HashMap;
 
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
 
-use self::seed::{SeedOptions, SeedSummary};
+use self::{
+    naming::{name_cgroups, name_files},
+    seed::SeedOptions,
+};
 use crate::{
     loader::{read_all, LoadError, LoadOptions, Tracer},
     model::{
         aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
-        Report, SeededCache, WriterUsage, SCHEMA_VERSION,
+        Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
-    resolve::Resolvers,
+    resolve::{cgroups::memcg_path_of, Resolvers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +30,6 @@ pub enum CollectError {
     #[error("cannot read the kernel's event counters")]
     Stats(#[source] aya::maps::MapError),
 }
-
-/// Written bytes per (cgroup id, dev, ino).
-type WrittenSoFar = HashMap<(u64, u32, u64), u64>;
 
 /// Loaded programs plus the userspace state that names what they count.
 pub struct Collector {
@@ -38,8 +39,8 @@ pub struct Collector {
     page_size: u64,
     seeds: HashMap<CacheKey, SeededCache>,
     pub seed_summary: Option<SeedSummary>,
-    /// Written bytes per (cgroup, dev, ino) at the previous snapshot, for write rates.
-    last_written: Option<(Instant, WrittenSoFar)>,
+    /// The previous snapshot's figures, for rates.
+    last_sample: Option<Sample>,
 }
 
 impl Collector {
@@ -62,7 +63,7 @@ impl Collector {
             page_size: page_size(),
             seeds: HashMap::default(),
             seed_summary: None,
-            last_written: None,
+            last_sample: None,
         })
     }
 
@@ -141,7 +142,7 @@ impl Collector {
             options,
             memory_hierarchy,
             self.page_size,
-            |pid| seed::memcg_path_of(pid, memory_hierarchy).and_then(|path| memcg_id(&path)),
+            |pid| memcg_path_of(pid, memory_hierarchy).and_then(|path| memcg_id(&path)),
         );
         let summary = scan.summary;
         for ((dev, ino), name) in scan.names {
@@ -229,13 +230,13 @@ impl Collector {
         let (mut cgroups, mut totals) = aggregate(observations, self.page_size);
         let aggregated = began.elapsed();
         self.resolvers.refresh();
-        self.resolvers.name_cgroups(&mut cgroups);
+        name_cgroups(&mut self.resolvers, &mut cgroups);
         let resolvers = &mut self.resolvers;
         apply_filter(&mut cgroups, &mut totals, filter, |shown| {
-            resolvers.name_files(shown)
+            name_files(resolvers, shown)
         });
         let named = began.elapsed();
-        self.rate_writes(&mut cgroups);
+        self.rate(&mut cgroups);
         let dirty_source = measure_dirty(&mut cgroups, self.page_size);
         log::debug!(
             "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, rates+dirty {:?}",
@@ -262,26 +263,17 @@ impl Collector {
 }
 
 impl Collector {
-    /// Write rates since the previous snapshot, per (cgroup, file).
-    fn rate_writes(&mut self, cgroups: &mut [CgroupUsage]) {
-        let now = Instant::now();
-        let previous = self.last_written.take();
-        let mut current = HashMap::default();
-        for cgroup in cgroups.iter_mut() {
-            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
-                let key = (cgroup.id, file.dev.0, file.ino);
-                current.insert(key, file.written_bytes);
-                if let Some((then, written)) = &previous {
-                    let seconds = now.duration_since(*then).as_secs_f64();
-                    let before = written.get(&key).copied().unwrap_or(0);
-                    if seconds > 0.0 {
-                        file.write_rate_bytes_per_second =
-                            Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
-                    }
-                }
-            }
+    /// Rates since the previous snapshot; this one becomes the next one's reference.
+    fn rate(&mut self, cgroups: &mut [CgroupUsage]) {
+        let sample = Sample::of(cgroups, Instant::now());
+        if let Some(rates) = self
+            .last_sample
+            .as_ref()
+            .and_then(|last| Rates::between(last, &sample))
+        {
+            rates.apply_write_rates(cgroups);
         }
-        self.last_written = Some((now, current));
+        self.last_sample = Some(sample);
     }
 }
 
@@ -337,12 +329,12 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
 }
 
 /// Copies a kernel-written event out of a ring buffer record.
-fn read_event<T: Copy>(record: &[u8]) -> Option<T> {
+fn read_event<T: aya::Pod>(record: &[u8]) -> Option<T> {
     if record.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: the kernel wrote a whole T (checked length); every bit pattern is valid for these
-    // plain-data types, and read_unaligned copes with the record's alignment.
+    // SAFETY: the kernel wrote a whole T (checked length); `Pod` promises every bit pattern is
+    // a valid T, and read_unaligned copes with the record's alignment.
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }
 

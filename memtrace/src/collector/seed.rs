@@ -15,11 +15,12 @@ use std::{
 };
 
 use memtrace_common::CacheKey;
-use serde::Serialize;
 
 use super::residency::{cachestat, PageOwnerReader};
-use crate::model::Provenance;
-use crate::resolve::paths::SeenName;
+use crate::{
+    model::{Provenance, SeedSummary},
+    resolve::{paths::SeenName, procs::open_file_links},
+};
 
 /// Cache found at start for one (memcg, file).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,20 +53,6 @@ impl Default for SeedOptions {
     }
 }
 
-/// What the scan did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SeedSummary {
-    pub files_examined: usize,
-    pub files_cached: usize,
-    pub cached_bytes: u64,
-    pub exact: bool,
-    /// Resident pages whose memcg could be neither read nor inferred.
-    pub unattributed_bytes: u64,
-    /// The scan stopped at its file or time limit.
-    pub truncated: bool,
-    pub seconds: f64,
-}
-
 /// A file to look at, and who may own it if the pages cannot say.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -78,32 +65,14 @@ pub struct Candidate {
 
 /// Open and mapped files of every process, from /proc.
 pub fn open_files() -> Vec<Candidate> {
-    let mut found = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for proc in procs.flatten() {
-        let Some(pid) = proc
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        for sub in ["fd", "map_files"] {
-            let Ok(entries) = fs::read_dir(proc.path().join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                found.push(Candidate {
-                    path: entry.path(),
-                    holder_pid: Some(pid),
-                    location_memcg: None,
-                });
-            }
-        }
-    }
-    found
+    open_file_links()
+        .into_iter()
+        .map(|(pid, path)| Candidate {
+            path,
+            holder_pid: Some(pid),
+            location_memcg: None,
+        })
+        .collect()
 }
 
 /// Regular files below `root`, up to `limit`, staying on `root`'s filesystem: a walk of
@@ -144,23 +113,6 @@ pub fn files_below(
         }
     }
     found
-}
-
-/// The memory cgroup of a process: (hierarchy, cgroup path) from /proc/<pid>/cgroup.
-pub fn memcg_path_of(pid: u32, memory_hierarchy: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let id: u32 = parts.next()?.parse().ok()?;
-        let controllers = parts.next()?;
-        let path = parts.next()?;
-        let matches = if memory_hierarchy == 0 {
-            id == 0 && controllers.is_empty()
-        } else {
-            controllers.split(',').any(|c| c == "memory")
-        };
-        matches.then(|| path.to_owned())
-    })
 }
 
 /// Kernel `s_dev` encoding of a userspace (major, minor).
@@ -341,20 +293,6 @@ pub fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_memcg_paths_for_v1_and_v2() {
-        // Our own process: some memory cgroup path is always there on a memcg kernel.
-        let me = std::process::id();
-        let text = fs::read_to_string(format!("/proc/{me}/cgroup")).unwrap();
-        let v1 = text.lines().any(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
-        });
-        let found = memcg_path_of(me, if v1 { 4 } else { 0 });
-        assert!(found.is_some_and(|p| p.starts_with('/')));
-    }
 
     #[test]
     fn encodes_kernel_dev() {

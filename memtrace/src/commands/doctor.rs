@@ -2,35 +2,21 @@
 
 use std::{path::Path, process::ExitCode};
 
-use serde::Serialize;
-
 use crate::{
     cli::{DoctorArgs, GlobalArgs},
     loader::{
         btf::{KernelBtf, VMLINUX_BTF},
-        error_chain, preflight, Tracer,
+        error_chain, preflight, Need, ProgramKind, Tracer, HOOKS,
     },
+    model::doctor::{Check, DoctorReport},
     resolve::cgroups::Hierarchies,
+    view::{self, json},
 };
 
-use super::load_options;
-
-#[derive(Debug, Serialize)]
-struct Check {
-    name: String,
-    ok: bool,
-    detail: String,
-    /// Whether memtrace cannot work without it.
-    required: bool,
-}
+use super::{load_options, write_out};
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>, required: bool) -> Check {
-    Check {
-        name: name.into(),
-        ok,
-        detail: detail.into(),
-        required,
-    }
+    Check::new(name, ok, detail, required)
 }
 
 pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
@@ -71,13 +57,8 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
             Ok(offsets) => check("struct offsets", true, format!("{offsets:?}"), true),
             Err(err) => check("struct offsets", false, error_chain(&err), true),
         });
-        for (tracepoint, required) in [
-            ("mm_filemap_add_to_page_cache", true),
-            ("mm_filemap_delete_from_page_cache", true),
-            ("cgroup_mkdir", false),
-            ("cgroup_rmdir", false),
-            ("writeback_dirty_folio", false),
-        ] {
+        let tracepoints = HOOKS.iter().filter(|h| h.kind == ProgramKind::TpBtf);
+        for (tracepoint, required) in tracepoints.map(|h| (h.target, h.need == Need::Required)) {
             let present = btf.has_tracepoint(tracepoint);
             let detail = if present {
                 "declared in BTF"
@@ -149,29 +130,12 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
         });
     }
 
-    let healthy = checks.iter().all(|c| c.ok || !c.required);
+    let report = DoctorReport::new(checks);
+    let healthy = report.healthy;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "healthy": healthy, "checks": checks })
-        );
+        write_out(|out| json::write_line(out, &report))?;
     } else {
-        for c in &checks {
-            let mark = match (c.ok, c.required) {
-                (true, _) => "ok  ",
-                (false, true) => "FAIL",
-                (false, false) => "warn",
-            };
-            println!("{mark} {:<42} {}", c.name, c.detail);
-        }
-        println!(
-            "{}",
-            if healthy {
-                "memtrace can run here."
-            } else {
-                "memtrace cannot run here: fix the FAIL lines above."
-            }
-        );
+        write_out(|out| view::doctor::write(out, &report))?;
     }
     Ok(if healthy {
         ExitCode::SUCCESS

@@ -10,10 +10,10 @@ use std::io::{self, Write};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
-    cli::{GlobalArgs, OutputArgs},
+    cli::{GlobalArgs, OutputArgs, TABLE_TOP},
     loader::LoadOptions,
     model::Report,
-    view::{json, table},
+    view::{self, table::TableOptions, Format},
 };
 
 pub(crate) fn load_options(global: &GlobalArgs) -> LoadOptions {
@@ -22,18 +22,29 @@ pub(crate) fn load_options(global: &GlobalArgs) -> LoadOptions {
     }
 }
 
-/// Renders `report` as the user asked.
-pub(crate) fn emit(out: &mut impl Write, report: &Report, output: &OutputArgs) -> io::Result<()> {
-    if output.json {
-        json::write_line(out, report)
-    } else {
-        let top = output.filter.top.unwrap_or(crate::cli::TABLE_TOP);
-        let options = table::TableOptions {
-            files_per_cgroup: top,
-            max_cgroups: top,
-            show_idle: output.all,
-        };
-        table::write(out, report, options)
+/// Renders `report` in `format`, with the table cut the user asked for.
+pub(crate) fn emit(
+    out: &mut impl Write,
+    report: &Report,
+    format: Format,
+    output: &OutputArgs,
+) -> io::Result<()> {
+    let top = output.filter.top.unwrap_or(TABLE_TOP);
+    let options = TableOptions {
+        files_per_cgroup: top,
+        max_cgroups: top,
+        show_idle: output.all,
+    };
+    view::write_report(out, report, format, options)
+}
+
+/// Writes to stdout through `write`; a reader that went away (`| head`) is not an error.
+pub(crate) fn write_out(
+    write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>,
+) -> io::Result<()> {
+    match write(&mut io::stdout().lock()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
     }
 }
 

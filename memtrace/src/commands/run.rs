@@ -14,6 +14,7 @@ use super::{drain_ticks, emit, load_options, Shutdown};
 use crate::{
     cli::{GlobalArgs, RunArgs},
     collector::Collector,
+    view::Format,
 };
 
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +55,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
     };
 
     let filter = args.output.to_filter();
+    let format = args.output.format(Format::Json);
     let report = collector.snapshot_filtered(&filter)?;
     if let (Some(wanted), true) = (&filter.container, report.cgroups.is_empty()) {
         // The container may have come and gone with the command: say so rather than print
@@ -61,8 +63,8 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         eprintln!("memtrace: no page cache was charged to a container matching `{wanted}`");
     }
     match output_file {
-        Some(file) => emit(&mut BufWriter::new(file), &report, &args.output),
-        None => emit(&mut io::stdout().lock(), &report, &args.output),
+        Some(file) => emit(&mut BufWriter::new(file), &report, format, &args.output),
+        None => emit(&mut io::stdout().lock(), &report, format, &args.output),
     }
     .context("cannot write the report")?;
 

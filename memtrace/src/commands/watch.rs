@@ -13,7 +13,7 @@ use super::{drain_ticks, emit, load_options, Shutdown};
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
-    model::container_matches,
+    view::Format,
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -24,7 +24,7 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     let filter = args.output.to_filter();
     if let Some(wanted) = &filter.container {
         let known = collector.resolvers.known_containers();
-        if !known.iter().any(|c| container_matches(c, wanted)) {
+        if !known.iter().any(|c| c.matches(wanted)) {
             bail!(
                 "no container matches `{wanted}`; give a name, an id or an id prefix of one running here: {}",
                 collector.resolvers.container_list()
@@ -36,7 +36,8 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drain = drain_ticks();
-    let redraw = !args.output.json && io::stdout().is_terminal();
+    let format = args.output.format(Format::Ndjson);
+    let redraw = format == Format::Table && io::stdout().is_terminal();
     let mut printed = 0u64;
 
     loop {
@@ -54,7 +55,7 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             // Clear the screen and home the cursor, so the table redraws in place.
             write!(out, "\x1b[2J\x1b[H")?;
         }
-        match emit(&mut out, &report, &args.output) {
+        match emit(&mut out, &report, format, &args.output) {
             Ok(()) => {}
             // The reader went away (`memtrace watch --json | head -1`): that ends the watch.
             Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),

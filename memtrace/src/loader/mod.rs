@@ -7,6 +7,11 @@ pub mod batch;
 pub mod btf;
 pub mod preflight;
 
+use self::{
+    btf::{BtfError, KernelBtf},
+    preflight::PreflightError,
+};
+use crate::model::{Hook, WritesSource};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError},
@@ -14,12 +19,6 @@ use aya::{
 };
 use memtrace_common::{
     names, CacheCounters, CacheKey, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
-};
-use serde::Serialize;
-
-use self::{
-    btf::{BtfError, KernelBtf},
-    preflight::PreflightError,
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -73,27 +72,25 @@ impl Default for LoadOptions {
     }
 }
 
-/// One kernel hook and whether it is attached.
-#[derive(Clone, Debug, Serialize)]
-pub struct Hook {
-    pub name: &'static str,
-    /// `tp_btf` or `fexit`.
-    pub kind: &'static str,
-    pub attached: bool,
-    pub purpose: &'static str,
-    /// Why it is not attached.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
+/// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProgramKind {
+pub enum ProgramKind {
     TpBtf,
     FExit,
 }
 
+impl ProgramKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::FExit => "fexit",
+        }
+    }
+}
+
+/// Whether memtrace can do without a hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
+pub enum Need {
     /// Without it memtrace cannot do its job.
     Required,
     /// Degrades what memtrace shows when missing.
@@ -102,18 +99,24 @@ enum Need {
     FallbackFor(&'static str),
 }
 
-/// A program in the object and the kernel function or tracepoint it attaches to.
-struct HookSpec {
-    program: &'static str,
-    target: &'static str,
-    kind: ProgramKind,
-    purpose: &'static str,
-    need: Need,
+/// A kernel function or tracepoint memtrace hooks, the program that does the work there, and
+/// the empty program that measures the cost of hooking it at all.
+#[derive(Clone, Copy, Debug)]
+pub struct HookSpec {
+    pub program: &'static str,
+    pub floor_program: &'static str,
+    pub target: &'static str,
+    pub kind: ProgramKind,
+    pub purpose: &'static str,
+    pub need: Need,
 }
 
-const HOOKS: &[HookSpec] = &[
+/// Every hook memtrace uses: the one place a hook's name, kind, purpose and fallback are
+/// written. Loading, `doctor` and `calibrate` all read it; a fallback follows its primary.
+pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         program: names::PROG_FILEMAP_ADD,
+        floor_program: names::FLOOR_FILEMAP_ADD,
         target: "mm_filemap_add_to_page_cache",
         kind: ProgramKind::TpBtf,
         purpose: "page-cache insertions per (memcg, file)",
@@ -121,6 +124,7 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_FILEMAP_DELETE,
+        floor_program: names::FLOOR_FILEMAP_DELETE,
         target: "mm_filemap_delete_from_page_cache",
         kind: ProgramKind::TpBtf,
         purpose: "page-cache removals per (memcg, file)",
@@ -128,6 +132,7 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_CGROUP_MKDIR,
+        floor_program: names::FLOOR_CGROUP_MKDIR,
         target: "cgroup_mkdir",
         kind: ProgramKind::TpBtf,
         purpose: "names of cgroups created while tracing",
@@ -135,6 +140,7 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_CGROUP_RMDIR,
+        floor_program: names::FLOOR_CGROUP_RMDIR,
         target: "cgroup_rmdir",
         kind: ProgramKind::TpBtf,
         purpose: "cgroups removed while tracing",
@@ -142,6 +148,7 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_VFS_WRITE,
+        floor_program: names::FLOOR_VFS_WRITE,
         target: "vfs_write",
         kind: ProgramKind::FExit,
         purpose: "bytes written per (writer's memcg, file, process)",
@@ -149,6 +156,7 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         program: names::PROG_DIRTY_FOLIO,
+        floor_program: names::FLOOR_DIRTY_FOLIO,
         target: "writeback_dirty_folio",
         kind: ProgramKind::TpBtf,
         purpose: "fallback for vfs_write: pages dirtied per (writer's memcg, file, process)",
@@ -156,15 +164,13 @@ const HOOKS: &[HookSpec] = &[
     },
 ];
 
-/// Where per-file write figures come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WritesSource {
-    /// fexit on vfs_write: bytes written, exactly.
-    VfsWrite,
-    /// writeback_dirty_folio: bytes of pages turned dirty (rewrites of a dirty page are not
-    /// counted again).
-    DirtiedPages,
+/// Which of a hook's two programs to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Programs {
+    /// memtrace's own.
+    Working,
+    /// The empty ones, for `calibrate`.
+    Floor,
 }
 
 /// memtrace's programs, loaded and attached. Dropping it detaches everything.
@@ -186,25 +192,7 @@ impl Tracer {
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, aya_btf) = open_object(options.max_entries)?;
 
-        let mut hooks: Vec<Hook> = Vec::new();
-        for spec in HOOKS {
-            if let Need::FallbackFor(primary) = spec.need {
-                if hooks.iter().any(|h| h.name == primary && h.attached) {
-                    hooks
-                        .push(spec.hook(false, Some(format!("not needed: {primary} is attached"))));
-                    continue;
-                }
-            }
-            match attach(&mut ebpf, &aya_btf, spec) {
-                Ok(()) => hooks.push(spec.hook(true, None)),
-                Err(err) if spec.need != Need::Required => {
-                    let why = short_reason(&error_chain(&err));
-                    log::info!("hook {} not attached: {why}", spec.target);
-                    hooks.push(spec.hook(false, Some(why)));
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Working)?;
         let attached = |name: &str| hooks.iter().any(|h| h.name == name && h.attached);
         let writes_source = if attached("vfs_write") {
             Some(WritesSource::VfsWrite)
@@ -236,7 +224,6 @@ impl Tracer {
     }
 }
 
-/// Takes map `name` out of the object as the typed map `T`.
 /// Runs the pre-flight checks, resolves this kernel's offsets and loads the object (maps
 /// created, programs not yet loaded). Returns it with the BTF the programs load against.
 fn open_object(max_entries: u32) -> Result<(Ebpf, Btf), LoadError> {
@@ -274,24 +261,42 @@ pub struct Floor {
 impl Floor {
     pub fn load() -> Result<Self, LoadError> {
         let (mut ebpf, aya_btf) = open_object(DEFAULT_CACHE_ENTRIES)?;
-        let mut hooks = Vec::new();
-        for (program, target) in [
-            ("floor_add", "mm_filemap_add_to_page_cache"),
-            ("floor_delete", "mm_filemap_delete_from_page_cache"),
-            ("floor_dirty", "writeback_dirty_folio"),
-        ] {
-            let spec = HookSpec {
-                program,
-                target,
-                kind: ProgramKind::TpBtf,
-                purpose: "",
-                need: Need::Required,
-            };
-            attach(&mut ebpf, &aya_btf, &spec)?;
-            hooks.push(target);
-        }
+        let hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Floor)?;
+        let hooks = hooks
+            .iter()
+            .filter(|h| h.attached)
+            .map(|h| h.name)
+            .collect();
         Ok(Self { _ebpf: ebpf, hooks })
     }
+}
+
+/// Attaches one program per hook of [`HOOKS`], in order: a required hook that fails stops the
+/// load, an optional one is reported, and a fallback is attached only when its primary is not.
+fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf, programs: Programs) -> Result<Vec<Hook>, LoadError> {
+    let mut hooks: Vec<Hook> = Vec::new();
+    for spec in HOOKS {
+        if let Need::FallbackFor(primary) = spec.need {
+            if hooks.iter().any(|h| h.name == primary && h.attached) {
+                hooks.push(spec.hook(false, Some(format!("not needed: {primary} is attached"))));
+                continue;
+            }
+        }
+        let program = match programs {
+            Programs::Working => spec.program,
+            Programs::Floor => spec.floor_program,
+        };
+        match attach(ebpf, btf, spec, program) {
+            Ok(()) => hooks.push(spec.hook(true, None)),
+            Err(err) if spec.need != Need::Required => {
+                let why = short_reason(&error_chain(&err));
+                log::info!("hook {} not attached: {why}", spec.target);
+                hooks.push(spec.hook(false, Some(why)));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(hooks)
 }
 
 impl Tracer {
@@ -310,6 +315,7 @@ impl Tracer {
     }
 }
 
+/// Takes map `name` out of the object as the typed map `T`.
 fn take_typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -320,13 +326,9 @@ where
 
 impl HookSpec {
     fn hook(&self, attached: bool, detail: Option<String>) -> Hook {
-        let kind = match self.kind {
-            ProgramKind::TpBtf => "tp_btf",
-            ProgramKind::FExit => "fexit",
-        };
         Hook {
             name: self.target,
-            kind,
+            kind: self.kind.as_str(),
             attached,
             purpose: self.purpose,
             detail,
@@ -334,16 +336,21 @@ impl HookSpec {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, spec: &HookSpec) -> Result<(), LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    spec: &HookSpec,
+    program_name: &'static str,
+) -> Result<(), LoadError> {
     let fail = |source: ProgramError| LoadError::Program {
-        program: spec.program,
+        program: program_name,
         hook: spec.target,
         hint: program_error_hint(&source),
         source: Box::new(source),
     };
     let program = ebpf
-        .program_mut(spec.program)
-        .ok_or(LoadError::MissingProgram(spec.program))?;
+        .program_mut(program_name)
+        .ok_or(LoadError::MissingProgram(program_name))?;
     match spec.kind {
         ProgramKind::TpBtf => {
             let program: &mut BtfTracePoint = program.try_into().map_err(fail)?;

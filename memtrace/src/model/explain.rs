@@ -1,24 +1,32 @@
 //! The answer to "where did this container's memory go": the kernel's figures for one memory
 //! cgroup, reconciled with what memtrace attributes, and a verdict in plain language.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
-use super::{KernelStats, Provenance};
-use crate::{
-    collector::seed::SeedSummary,
-    resolve::{containers::Container, memstat::MemoryFigures, paths::Layer},
-    view::human_bytes,
+use super::{
+    filter::under,
+    format::human_bytes,
+    rates::Rates,
+    schema::{Container, KernelStats, Layer, MemoryFigures, Provenance, Report, SeedSummary},
 };
+
+/// What kind of thing the user named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Container,
+    Cgroup,
+    Pid,
+}
 
 /// What was asked about, and what it turned out to be.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     /// As the user gave it.
     pub query: String,
-    /// `container`, `cgroup` or `pid`.
-    pub kind: &'static str,
+    pub kind: TargetKind,
     pub cgroup_id: u64,
     pub hierarchy: u32,
     pub cgroup_path: String,
@@ -74,6 +82,70 @@ pub struct Explanation {
     pub stats: KernelStats,
     /// Plain-language lines: what holds the memory and what to do about it.
     pub verdict: Vec<String>,
+}
+
+/// The files charged to cgroup `path` (in `hierarchy`) or below it in `report`, largest first,
+/// with their growth from `rates` (none when there is no earlier sample).
+pub fn files_of_target(
+    report: &Report,
+    rates: Option<&Rates>,
+    hierarchy: u32,
+    path: &str,
+) -> Vec<ExplainedFile> {
+    let mut files: Vec<ExplainedFile> = report
+        .cgroups
+        .iter()
+        .filter(|c| c.hierarchy == hierarchy && c.path.as_deref().is_some_and(|p| under(p, path)))
+        .flat_map(|c| {
+            c.files
+                .iter()
+                .filter(|f| f.cached_bytes > 0)
+                .map(|f| ExplainedFile {
+                    path: f.path.clone(),
+                    host_path: f.host_path.clone(),
+                    cached_bytes: f.cached_bytes,
+                    dirty_bytes: f.dirty_bytes,
+                    writeback_bytes: f.writeback_bytes,
+                    seeded_active_bytes: f.seeded_active_bytes,
+                    seeded_bytes: f.seeded_bytes,
+                    provenance: f.provenance,
+                    deleted: f.deleted,
+                    layer: f.layer,
+                    growth_bytes_per_second: rates
+                        .and_then(|r| r.of(&(c.hierarchy, c.id, f.dev, f.ino)))
+                        .map_or(0.0, |r| r.cached),
+                    writers: f
+                        .writers
+                        .iter()
+                        .map(|w| Writer {
+                            pid: w.pid,
+                            comm: w.comm.to_string(),
+                        })
+                        .collect(),
+                    cgroup_path: c.path.clone(),
+                })
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.cached_bytes));
+    files
+}
+
+/// Adds the processes holding each file open for writing now (they may have written before
+/// memtrace started), after those the tracer saw write. `holders` maps a path, as a process
+/// sees it, to its writers.
+pub fn add_holders(files: &mut [ExplainedFile], holders: &HashMap<String, Vec<Writer>>) {
+    for file in files {
+        let found = [&file.path, &file.host_path]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| holders.get(&**p))
+            .flatten();
+        for holder in found {
+            if !file.writers.iter().any(|w| w.pid == holder.pid) {
+                file.writers.push(holder.clone());
+            }
+        }
+    }
 }
 
 impl Explanation {
@@ -193,12 +265,12 @@ mod tests {
             schema_version: 1,
             target: Target {
                 query: "spring".into(),
-                kind: "container",
+                kind: TargetKind::Container,
                 cgroup_id: 7,
                 hierarchy: 4,
                 cgroup_path: "/pods/spring".into(),
                 container: Some(Container {
-                    runtime: "runc".into(),
+                    runtime: crate::model::Runtime::Runc,
                     id: "spring".into(),
                     name: Some("spring".into()),
                     ..Container::default()

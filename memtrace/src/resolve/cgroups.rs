@@ -15,9 +15,7 @@ use memtrace_common::{CgroupEvent, CgroupEventKind};
 use serde::Serialize;
 
 use super::mounts::{read_mountinfo, Mount};
-
-/// The v2 (unified) hierarchy's id in `cgroup_root.hierarchy_id`.
-pub const UNIFIED_HIERARCHY: u32 = 0;
+use crate::model::UNIFIED_HIERARCHY;
 
 /// Where each cgroup hierarchy that can hold memcgs is mounted.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -79,21 +77,30 @@ impl Hierarchies {
         }
     }
 
-    /// Human name of a hierarchy for output.
-    pub fn describe(hierarchy: u32) -> &'static str {
-        if hierarchy == UNIFIED_HIERARCHY {
-            "v2"
-        } else {
-            "v1 memory"
-        }
-    }
-
     /// The host directory of a cgroup path, for reading its memory.stat.
     pub fn directory_of(&self, hierarchy: u32, path: &str) -> Option<PathBuf> {
         let mount = self.mount_of(hierarchy)?;
         let relative = Path::new(path).strip_prefix(&mount.root).ok()?;
         Some(mount.mount_point.join(relative))
     }
+}
+
+/// The memory cgroup path of a process, from /proc/<pid>/cgroup, in hierarchy
+/// `memory_hierarchy` (0: v2).
+pub fn memcg_path_of(pid: u32, memory_hierarchy: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let id: u32 = parts.next()?.parse().ok()?;
+        let controllers = parts.next()?;
+        let path = parts.next()?;
+        let matches = if memory_hierarchy == UNIFIED_HIERARCHY {
+            id == 0 && controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == "memory")
+        };
+        matches.then(|| path.to_owned())
+    })
 }
 
 /// What memtrace knows of one cgroup.
@@ -210,6 +217,20 @@ impl CgroupTable {
 mod tests {
     use super::*;
     use crate::resolve::mounts::parse_mountinfo;
+
+    #[test]
+    fn reads_memcg_paths_for_v1_and_v2() {
+        // Our own process: some memory cgroup path is always there on a memcg kernel.
+        let me = std::process::id();
+        let text = fs::read_to_string(format!("/proc/{me}/cgroup")).unwrap();
+        let v1 = text.lines().any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
+        });
+        let found = memcg_path_of(me, if v1 { 4 } else { 0 });
+        assert!(found.is_some_and(|p| p.starts_with('/')));
+    }
 
     const HYBRID_MOUNTS: &str = "\
 35 22 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory

@@ -4,7 +4,7 @@
 //! Kubernetes, the pod UID and QoS class). Names come from runtime state: runc's state
 //! directories (used by runc, containerd, Docker and CRI-O alike) lead to each container's OCI
 //! bundle, whose annotations carry Kubernetes pod and container names; Docker's and podman's
-//! own stores carry theirs.
+//! own stores carry theirs. What each runtime leaves where is written once, in [`RUNTIMES`].
 
 use std::{
     collections::HashMap,
@@ -12,38 +12,86 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use crate::model::{Container, Pod, Runtime};
 
-/// A container, as far as the node's files tell.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Container {
-    /// `containerd`, `cri-o`, `docker`, `podman`, `runc`.
-    pub runtime: String,
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
-    /// Root filesystem on the host (an overlay mount point, usually).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rootfs: Option<String>,
+/// Where a runtime's container names come from, besides OCI annotations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NameSource {
+    /// Only the bundle's Kubernetes annotations.
+    Annotations,
+    /// Docker's `config.v2.json`.
+    DockerConfig,
+    /// podman's `containers.json`.
+    PodmanStore,
+    /// Plain runc: the id it was started with is the only name.
+    Id,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub uid: String,
-    /// Kubernetes QoS class: `guaranteed`, `burstable` or `besteffort`.
-    pub qos: String,
+/// What one runtime leaves on a node.
+struct RuntimeSpec {
+    runtime: Runtime,
+    /// Prefixes of its leaf cgroup (`<prefix><id>[.scope]`), as the systemd driver names them.
+    leaf_prefixes: &'static [&'static str],
+    /// runc-style state directories (`<dir>/<id>/state.json`); `/*` expands one level.
+    state_roots: &'static [&'static str],
+    names: NameSource,
+}
+
+/// Every runtime memtrace recognizes. Longer leaf prefixes come first (`crio-conmon-` before
+/// `crio-`).
+const RUNTIMES: &[RuntimeSpec] = &[
+    RuntimeSpec {
+        runtime: Runtime::Containerd,
+        leaf_prefixes: &["cri-containerd-"],
+        state_roots: &["/run/containerd/runc/*"],
+        names: NameSource::Annotations,
+    },
+    RuntimeSpec {
+        runtime: Runtime::CriOConmon,
+        leaf_prefixes: &["crio-conmon-"],
+        state_roots: &[],
+        names: NameSource::Annotations,
+    },
+    RuntimeSpec {
+        runtime: Runtime::CriO,
+        leaf_prefixes: &["crio-"],
+        state_roots: &[],
+        names: NameSource::Annotations,
+    },
+    RuntimeSpec {
+        runtime: Runtime::Docker,
+        leaf_prefixes: &["docker-"],
+        state_roots: &["/run/docker/runtime-runc/*"],
+        names: NameSource::DockerConfig,
+    },
+    RuntimeSpec {
+        runtime: Runtime::PodmanConmon,
+        leaf_prefixes: &["libpod-conmon-"],
+        state_roots: &[],
+        names: NameSource::PodmanStore,
+    },
+    RuntimeSpec {
+        runtime: Runtime::Podman,
+        leaf_prefixes: &["libpod-"],
+        state_roots: &[],
+        names: NameSource::PodmanStore,
+    },
+    RuntimeSpec {
+        runtime: Runtime::Runc,
+        leaf_prefixes: &[],
+        state_roots: &["/run/runc", "/run/crun"],
+        names: NameSource::Id,
+    },
+];
+
+fn spec_of(runtime: Runtime) -> Option<&'static RuntimeSpec> {
+    RUNTIMES.iter().find(|s| s.runtime == runtime)
 }
 
 /// What a cgroup path alone says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathInfo {
-    pub runtime: &'static str,
+    pub runtime: Runtime,
     pub id: String,
     pub pod: Option<(String, String)>, // (uid, qos)
 }
@@ -67,25 +115,20 @@ pub fn parse_cgroup_path(path: &str) -> Option<PathInfo> {
 }
 
 /// The runtime and id a leaf cgroup name encodes.
-fn container_leaf<'a>(leaf: &'a str, parent: Option<&str>) -> Option<(&'static str, &'a str)> {
+fn container_leaf<'a>(leaf: &'a str, parent: Option<&str>) -> Option<(Runtime, &'a str)> {
     let scope = leaf.strip_suffix(".scope").unwrap_or(leaf);
-    for (prefix, runtime) in [
-        ("cri-containerd-", "containerd"),
-        ("crio-conmon-", "cri-o-conmon"),
-        ("crio-", "cri-o"),
-        ("docker-", "docker"),
-        ("libpod-conmon-", "podman-conmon"),
-        ("libpod-", "podman"),
-    ] {
-        if let Some(id) = scope.strip_prefix(prefix) {
-            return is_container_id(id).then_some((runtime, id));
+    for spec in RUNTIMES {
+        for prefix in spec.leaf_prefixes {
+            if let Some(id) = scope.strip_prefix(prefix) {
+                return is_container_id(id).then_some((spec.runtime, id));
+            }
         }
     }
     // cgroupfs drivers name the leaf by the bare id.
     if is_container_id(leaf) {
         let runtime = match parent {
-            Some("docker") => "docker",
-            Some(p) if p.starts_with("pod") || p.starts_with("kubepods") => "kubernetes",
+            Some("docker") => Runtime::Docker,
+            Some(p) if p.starts_with("pod") || p.starts_with("kubepods") => Runtime::Kubernetes,
             _ => return None,
         };
         return Some((runtime, leaf));
@@ -131,30 +174,25 @@ pub struct RuntimeState {
     by_id: HashMap<String, Container>,
 }
 
-/// Where runc-compatible runtimes keep `<id>/state.json`, and the runtime each implies.
-const RUNC_ROOTS: &[(&str, &str)] = &[
-    ("/run/runc", "runc"),
-    ("/run/containerd/runc/*", "containerd"),
-    ("/run/docker/runtime-runc/*", "docker"),
-    ("/run/crun", "runc"),
-];
-
 impl RuntimeState {
     /// Reads every runtime's state on this node. Unreadable entries are skipped.
     pub fn scan() -> Self {
         let mut state = Self::default();
-        for (root, runtime) in RUNC_ROOTS {
-            for dir in expand(root) {
-                let Ok(entries) = fs::read_dir(&dir) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    if let Some((container, cgroup_dirs)) = read_runc_state(&entry.path(), runtime)
-                    {
-                        for dir in cgroup_dirs {
-                            state.by_cgroup_dir.insert(dir, container.clone());
+        for spec in RUNTIMES {
+            for root in spec.state_roots {
+                for dir in expand(root) {
+                    let Ok(entries) = fs::read_dir(&dir) else {
+                        continue;
+                    };
+                    for entry in entries.flatten() {
+                        if let Some((container, cgroup_dirs)) =
+                            read_runc_state(&entry.path(), spec.runtime)
+                        {
+                            for dir in cgroup_dirs {
+                                state.by_cgroup_dir.insert(dir, container.clone());
+                            }
+                            state.by_id.insert(container.id.clone(), container);
                         }
-                        state.by_id.insert(container.id.clone(), container);
                     }
                 }
             }
@@ -195,7 +233,7 @@ fn expand(pattern: &str) -> Vec<PathBuf> {
 }
 
 /// A runc `state.json`: the container, and its memory cgroup directories (v1 and v2).
-fn read_runc_state(dir: &Path, runtime: &str) -> Option<(Container, Vec<PathBuf>)> {
+fn read_runc_state(dir: &Path, runtime: Runtime) -> Option<(Container, Vec<PathBuf>)> {
     let text = fs::read_to_string(dir.join("state.json")).ok()?;
     let state: serde_json::Value = serde_json::from_str(&text).ok()?;
     let id = state["id"].as_str()?.to_owned();
@@ -216,22 +254,30 @@ fn read_runc_state(dir: &Path, runtime: &str) -> Option<(Container, Vec<PathBuf>
             .map(PathBuf::from)
     });
     let mut container = Container {
-        runtime: runtime.to_owned(),
-        id: id.clone(),
+        runtime,
+        id,
         rootfs: config["rootfs"].as_str().map(str::to_owned),
         ..Container::default()
     };
     if let Some(bundle) = bundle {
         apply_annotations(&mut container, &bundle.join("config.json"));
     }
-    if container.name.is_none() && runtime == "docker" {
-        container.name = docker_name(&id);
-    }
-    if container.name.is_none() && runtime == "runc" {
-        // Plain runc has no other name than the id it was started with.
-        container.name = Some(id);
-    }
+    // By the state directory's runtime: CRI-O keeps its state where plain runc does.
+    name_from_runtime(&mut container, runtime);
     Some((container, cgroup_dirs))
+}
+
+/// Fills a missing name from `runtime`'s own store.
+fn name_from_runtime(container: &mut Container, runtime: Runtime) {
+    if container.name.is_some() {
+        return;
+    }
+    container.name = match spec_of(runtime).map(|s| s.names) {
+        Some(NameSource::DockerConfig) => docker_name(&container.id),
+        Some(NameSource::PodmanStore) => podman_name(&container.id),
+        Some(NameSource::Id) => Some(container.id.clone()),
+        Some(NameSource::Annotations) | None => None,
+    };
 }
 
 /// Kubernetes names from an OCI bundle's annotations (containerd CRI and CRI-O spellings).
@@ -266,9 +312,9 @@ fn apply_annotations(container: &mut Container, config: &Path) {
     }
     // CRI-O keeps its runc state in /run/runc too; its annotations give it away.
     if annotations["io.kubernetes.pod.uid"].is_string() {
-        container.runtime = "cri-o".to_owned();
+        container.runtime = Runtime::CriO;
     } else if annotations["io.kubernetes.cri.sandbox-uid"].is_string() {
-        container.runtime = "containerd".to_owned();
+        container.runtime = Runtime::Containerd;
     }
 }
 
@@ -301,7 +347,7 @@ pub fn identify(path: &str, cgroup_dir: Option<&Path>, state: &RuntimeState) -> 
         .or_else(|| from_path.as_ref().and_then(|p| state.by_id(&p.id).cloned()))
         .or_else(|| {
             from_path.as_ref().map(|p| Container {
-                runtime: p.runtime.to_owned(),
+                runtime: p.runtime,
                 id: p.id.clone(),
                 ..Container::default()
             })
@@ -317,15 +363,13 @@ pub fn identify(path: &str, cgroup_dir: Option<&Path>, state: &RuntimeState) -> 
             ..Pod::default()
         });
         pod.qos = qos.clone();
-        if container.runtime == "runc" || container.runtime == "kubernetes" {
-            container.runtime = (*runtime).to_owned();
+        if matches!(container.runtime, Runtime::Runc | Runtime::Kubernetes) {
+            container.runtime = *runtime;
         }
     }
-    if container.name.is_none() && container.runtime == "docker" {
-        container.name = docker_name(&container.id);
-    }
-    if container.name.is_none() && container.runtime == "podman" {
-        container.name = podman_name(&container.id);
+    if matches!(container.runtime, Runtime::Docker | Runtime::Podman) {
+        let runtime = container.runtime;
+        name_from_runtime(&mut container, runtime);
     }
     Some(container)
 }
@@ -375,7 +419,7 @@ mod tests {
         let i = info(&format!(
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-{ID}.scope"
         ));
-        assert_eq!((i.runtime, i.id.as_str()), ("cri-o", ID));
+        assert_eq!((i.runtime, i.id.as_str()), (Runtime::CriO, ID));
         assert_eq!(i.pod.unwrap().1, "burstable");
         assert_eq!(
             info(&format!(
@@ -454,7 +498,7 @@ mod tests {
 
         let mut state = RuntimeState::default();
         let named = Container {
-            runtime: "runc".into(),
+            runtime: Runtime::Runc,
             id: "web-1".into(),
             name: Some("web-1".into()),
             ..Container::default()

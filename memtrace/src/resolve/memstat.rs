@@ -2,33 +2,7 @@
 
 use std::{collections::BTreeMap, fs, io, path::Path};
 
-use serde::Serialize;
-
-/// The kernel's figures for one memory cgroup (and its descendants), in bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MemoryFigures {
-    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1).
-    pub usage_bytes: u64,
-    /// `anon` (v2) or `rss` (v1).
-    pub anon_bytes: u64,
-    /// Page cache: `file` (v2) or `cache` (v1). Includes shmem.
-    pub page_cache_bytes: u64,
-    pub shmem_bytes: u64,
-    /// `file_mapped` (v2) or `mapped_file` (v1).
-    pub mapped_file_bytes: u64,
-    /// `file_dirty` (v2) or `dirty` (v1).
-    pub dirty_bytes: u64,
-    /// `file_writeback` (v2) or `writeback` (v1).
-    pub writeback_bytes: u64,
-    pub active_file_bytes: u64,
-    pub inactive_file_bytes: u64,
-    /// Kernel memory: `kernel` (v2), or what usage leaves after anon and page cache (v1).
-    pub kernel_bytes: u64,
-    /// kubelet's working set: usage − inactive_file.
-    pub working_set_bytes: u64,
-    /// Which files these came from.
-    pub source: String,
-}
+use crate::model::MemoryFigures;
 
 /// Reads the figures of the memory cgroup directory `dir`.
 pub fn read_memory(dir: &Path, v2: bool) -> io::Result<MemoryFigures> {

@@ -6,15 +6,42 @@ pub mod containers;
 pub mod memstat;
 pub mod mounts;
 pub mod paths;
+pub mod procs;
 
 use memtrace_common::{CgroupEvent, FileEvent};
 
 use self::{
-    cgroups::{CgroupTable, Hierarchies},
-    containers::{identify, systemd_unit, Container, RuntimeState},
+    cgroups::{memcg_path_of, CgroupTable, Hierarchies},
+    containers::{identify, RuntimeState},
     paths::PathTable,
 };
-use crate::model::CgroupUsage;
+use crate::model::{explain::TargetKind, Container};
+
+/// A memory cgroup the user named, found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundTarget {
+    pub kind: TargetKind,
+    /// Hierarchy of the memory controller (0: v2).
+    pub hierarchy: u32,
+    /// The memory cgroup's path inside its hierarchy.
+    pub cgroup_path: String,
+    pub container: Option<Container>,
+}
+
+/// Why a target could not be found; each says what would have worked.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process {0} (or its memory cgroup cannot be read)")]
+    NoProcess(u32),
+    #[error("no memory cgroup at {0}")]
+    NoCgroup(String),
+    #[error(
+        "`{query}` is not a pid, a cgroup path or a container running here; containers: {known}"
+    )]
+    Unknown { query: String, known: String },
+    #[error("`{query}` matches {} containers ({}); give a longer id", ids.len(), ids.join(", "))]
+    Ambiguous { query: String, ids: Vec<String> },
+}
 
 /// Everything that names things, kept across snapshots.
 pub struct Resolvers {
@@ -80,18 +107,19 @@ impl Resolvers {
         found
     }
 
-    /// Finds what `query` names: a pid, a cgroup path, or a container name/id. Returns the kind,
-    /// the memory cgroup (hierarchy, path) and the container if any.
-    pub fn find_target(
-        &mut self,
-        query: &str,
-    ) -> Result<(&'static str, u32, String, Option<Container>), String> {
+    /// Finds what `query` names: a pid, a cgroup path, or a container name or id.
+    pub fn find_target(&mut self, query: &str) -> Result<FoundTarget, TargetError> {
         let hierarchy = self.cgroups.hierarchies.memory_hierarchy.unwrap_or(0);
+        let found = |kind, cgroup_path: String, container| FoundTarget {
+            kind,
+            hierarchy,
+            cgroup_path,
+            container,
+        };
         if let Ok(pid) = query.parse::<u32>() {
-            let path = crate::collector::seed::memcg_path_of(pid, hierarchy)
-                .ok_or_else(|| format!("no process {pid} (or its memory cgroup cannot be read)"))?;
+            let path = memcg_path_of(pid, hierarchy).ok_or(TargetError::NoProcess(pid))?;
             let container = self.container_of(hierarchy, &path);
-            return Ok(("pid", hierarchy, path, container));
+            return Ok(found(TargetKind::Pid, path, container));
         }
         if query.starts_with('/') {
             let exists = self
@@ -100,10 +128,10 @@ impl Resolvers {
                 .directory_of(hierarchy, query)
                 .is_some_and(|dir| dir.is_dir());
             if !exists {
-                return Err(format!("no memory cgroup at {query}"));
+                return Err(TargetError::NoCgroup(query.to_owned()));
             }
             let container = self.container_of(hierarchy, query);
-            return Ok(("cgroup", hierarchy, query.to_owned(), container));
+            return Ok(found(TargetKind::Cgroup, query.to_owned(), container));
         }
         let mut matches: Vec<(String, Container)> = Vec::new();
         for (h, _, name) in self.cgroups.known() {
@@ -112,7 +140,7 @@ impl Resolvers {
             }
             let dir = self.cgroups.hierarchies.directory_of(h, &name.path);
             if let Some(container) = identify(&name.path, dir.as_deref(), &self.runtime) {
-                if crate::model::container_matches(&container, query) {
+                if container.matches(query) {
                     matches.push((name.path.clone(), container));
                 }
             }
@@ -121,27 +149,26 @@ impl Resolvers {
         // shortest match only when paths nest; otherwise more than one is ambiguous.
         matches.sort_by_key(|(path, _)| path.len());
         match matches.len() {
-            0 => Err(format!(
-                "`{query}` is not a pid, a cgroup path or a container running here; containers: {}",
-                self.container_list()
-            )),
+            0 => Err(TargetError::Unknown {
+                query: query.to_owned(),
+                known: self.container_list(),
+            }),
             1 => {
                 let (path, container) = matches.remove(0);
-                Ok(("container", hierarchy, path, Some(container)))
+                Ok(found(TargetKind::Container, path, Some(container)))
             }
-            _ => Err(format!(
-                "`{query}` matches {} containers ({}); give a longer id",
-                matches.len(),
-                matches
+            _ => Err(TargetError::Ambiguous {
+                query: query.to_owned(),
+                ids: matches
                     .iter()
-                    .map(|(_, c)| c.id.chars().take(12).collect::<String>())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .map(|(_, c)| c.id.chars().take(12).collect())
+                    .collect(),
+            }),
         }
     }
 
-    fn container_of(&self, hierarchy: u32, path: &str) -> Option<Container> {
+    /// The container behind cgroup `path`, if it is one.
+    pub fn container_of(&self, hierarchy: u32, path: &str) -> Option<Container> {
         let dir = self.cgroups.hierarchies.directory_of(hierarchy, path);
         identify(path, dir.as_deref(), &self.runtime)
     }
@@ -159,39 +186,6 @@ impl Resolvers {
             }
         }
         layers
-    }
-
-    /// Cgroup paths, containers and units.
-    pub fn name_cgroups(&mut self, cgroups: &mut [CgroupUsage]) {
-        for cgroup in cgroups.iter_mut() {
-            if let Some(name) = self.cgroups.lookup(cgroup.hierarchy, cgroup.id) {
-                cgroup.path = Some(name.path.clone());
-                cgroup.removed = name.removed;
-            }
-            if let Some(path) = cgroup.path.as_deref() {
-                let dir = self
-                    .cgroups
-                    .hierarchies
-                    .directory_of(cgroup.hierarchy, path);
-                cgroup.container = identify(path, dir.as_deref(), &self.runtime);
-                if cgroup.container.is_none() {
-                    cgroup.unit = systemd_unit(path);
-                }
-            }
-        }
-    }
-
-    /// File paths (looked up lazily: call it after cutting what will not be shown).
-    pub fn name_files(&mut self, cgroups: &mut [CgroupUsage]) {
-        for cgroup in cgroups.iter_mut() {
-            for file in cgroup.files.iter_mut() {
-                let resolved = self.paths.resolve(file.dev.0, file.ino);
-                file.path = resolved.path;
-                file.host_path = resolved.host_path;
-                file.deleted = resolved.deleted;
-                file.layer = resolved.layer;
-            }
-        }
     }
 }
 

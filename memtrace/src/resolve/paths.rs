@@ -16,7 +16,8 @@ use std::{
 
 use memtrace_common::{FileEvent, NAME_LEN, PATH_NO_DENTRY, PATH_READ_FAILED, PATH_TOO_DEEP};
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+
+use crate::model::{Dev, Layer};
 
 use super::mounts::{read_mountinfo, Mount};
 
@@ -73,16 +74,6 @@ impl KernelPath {
     pub fn is_block_device(&self) -> bool {
         self.mode & S_IFMT == S_IFBLK
     }
-}
-
-/// Which overlay layer a file lives in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Layer {
-    /// A container's writable layer (`upperdir`).
-    Upper,
-    /// An image layer (`lowerdir`), shared by every container of the image.
-    Lower,
 }
 
 /// An overlay mount: a container's root filesystem, as engines lay it out.
@@ -284,10 +275,7 @@ impl PathTable {
 
     fn resolve_kernel_path(&self, dev: u32, ino: u64, kernel: &KernelPath) -> ResolvedPath {
         if kernel.is_block_device() {
-            let name = format!(
-                "[metadata of block device {}]",
-                crate::model::Dev(kernel.rdev)
-            );
+            let name = format!("[metadata of block device {}]", Dev(kernel.rdev));
             return ResolvedPath {
                 path: Some(name.into()),
                 ..ResolvedPath::default()

@@ -2,8 +2,7 @@
 
 use std::io::{self, Write};
 
-use super::human_bytes;
-use crate::model::explain::Explanation;
+use crate::model::{explain::Explanation, human_bytes};
 
 pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
     let t = &e.target;

@@ -7,17 +7,11 @@ use std::sync::Arc;
 use memtrace_common::{CacheCounters, CacheKey};
 
 use crate::{
-    loader::{Hook, WritesSource},
     model::{
         aggregate,
-        explain::{ExplainedFile, Explanation, Target, Writer},
-        Comm, KernelStats, Observation, Provenance, Report, SeededCache, WriterUsage,
-        SCHEMA_VERSION,
-    },
-    resolve::{
-        containers::{Container, Pod},
-        memstat::MemoryFigures,
-        paths::Layer,
+        explain::{ExplainedFile, Explanation, Target, TargetKind, Writer},
+        Comm, Container, Hook, KernelStats, Layer, MemoryFigures, Observation, Pod, Provenance,
+        Report, Runtime, SeededCache, WriterUsage, WritesSource, SCHEMA_VERSION,
     },
     view::{json, table},
 };
@@ -75,7 +69,7 @@ pub(crate) fn fixed_report() -> Report {
             100 => {
                 cgroup.path = Some("/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c".into());
                 cgroup.container = Some(Container {
-                    runtime: "containerd".into(),
+                    runtime: Runtime::Containerd,
                     id: "3f4b1c2d9e8a7b6c5d4e".into(),
                     name: Some("spring".into()),
                     pod: Some(Pod {
@@ -165,7 +159,7 @@ pub(crate) fn fixed_explanation() -> Explanation {
         schema_version: SCHEMA_VERSION,
         target: Target {
             query: "spring".into(),
-            kind: "container",
+            kind: TargetKind::Container,
             cgroup_id: 100,
             hierarchy: 4,
             cgroup_path: "/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c".into(),

@@ -1,52 +1,43 @@
-//! Renderings of a `Report`: nothing here reads the kernel or the filesystem.
+//! Renderings of the model: nothing here reads the kernel or the filesystem.
 
+pub mod doctor;
 pub mod explain;
 pub mod json;
 pub mod table;
 
-/// Bytes in binary units, one decimal: `64.0 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+use std::io::{self, Write};
+
+use crate::model::Report;
+
+/// How a report is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The human table.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON document per line, one line per report (`watch`).
+    Ndjson,
 }
 
-/// Counts with SI suffixes: `1.2M`.
-pub fn human_count(count: u64) -> String {
-    match count {
-        0..=9_999 => count.to_string(),
-        10_000..=999_999 => format!("{:.1}k", count as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.1}M", count as f64 / 1e6),
-        _ => format!("{:.1}G", count as f64 / 1e9),
+impl Format {
+    /// Whether the format is meant for a program rather than a person.
+    pub fn is_machine(self) -> bool {
+        matches!(self, Self::Json | Self::Ndjson)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_bytes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-    }
-
-    #[test]
-    fn formats_counts() {
-        assert_eq!(human_count(42), "42");
-        assert_eq!(human_count(12_345), "12.3k");
-        assert_eq!(human_count(1_500_000), "1.5M");
+/// Writes `report` in `format`; `table` says how much of it a table shows.
+pub fn write_report(
+    out: &mut impl Write,
+    report: &Report,
+    format: Format,
+    table: table::TableOptions,
+) -> io::Result<()> {
+    match format {
+        Format::Table => table::write(out, report, table),
+        Format::Json | Format::Ndjson => json::write_line(out, report),
     }
 }
 

@@ -2,11 +2,9 @@
 
 use std::io::{self, Write};
 
-use super::{human_bytes, human_count};
-use crate::{
-    loader::WritesSource,
-    model::{CgroupUsage, FileUsage, Report},
-    resolve::{cgroups::Hierarchies, paths::Layer},
+use crate::model::{
+    describe_hierarchy, human_bytes, human_count, CgroupUsage, FileUsage, Layer, Report,
+    WritesSource,
 };
 
 /// How much of the report a table shows.
@@ -143,7 +141,7 @@ fn cgroup_label(cgroup: &CgroupUsage) -> String {
     label += &format!(
         "  (id {}, {})",
         cgroup.id,
-        Hierarchies::describe(cgroup.hierarchy)
+        describe_hierarchy(cgroup.hierarchy)
     );
     label
 }

@@ -1,0 +1,237 @@
+//! From raw kernel counters to cgroups and their files: seeded cache plus traced changes,
+//! grouped, summed and sorted. Names are left empty for the resolvers.
+
+use std::collections::HashMap;
+
+use memtrace_common::{CacheCounters, CacheKey};
+
+use super::schema::{CgroupUsage, Dev, FileUsage, Provenance, Totals, WriterUsage};
+
+/// Cache that was resident before tracing began, as found at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeededCache {
+    pub pages: u64,
+    /// Of those, pages on the active LRU list.
+    pub active_pages: u64,
+    pub provenance: Provenance,
+    /// The kernel counters of the same key when the file was measured: traced changes are
+    /// counted from here on, so nothing is counted twice.
+    pub baseline: CacheCounters,
+}
+
+/// What is known of one (memcg, file): traced counters, seeded cache if found at start, and
+/// the processes of that memcg that wrote the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub key: CacheKey,
+    pub counters: CacheCounters,
+    /// Boxed: most observations have none, and there can be hundreds of thousands.
+    pub seeded: Option<Box<SeededCache>>,
+    pub writers: Vec<WriterUsage>,
+}
+
+impl Observation {
+    pub fn traced(key: CacheKey, counters: CacheCounters) -> Self {
+        Self {
+            writers: Vec::new(),
+            key,
+            counters,
+            seeded: None,
+        }
+    }
+
+    /// Resident pages: seeded + traced since the seed (or since start), never below zero.
+    pub fn resident_pages(&self) -> u64 {
+        let (base, start) = match self.seeded.as_deref() {
+            Some(seed) => (seed.pages, seed.baseline),
+            None => (0, CacheCounters::default()),
+        };
+        let added = self.counters.pages_added.saturating_sub(start.pages_added);
+        let removed = self
+            .counters
+            .pages_removed
+            .saturating_sub(start.pages_removed);
+        (base + added).saturating_sub(removed)
+    }
+}
+
+/// Groups (memcg, file) observations into cgroups with their files, largest first. Names are
+/// left empty for the resolvers.
+pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupUsage>, Totals) {
+    // Sized exactly up front: with 100,000 files, doubling growth would hold twice the room.
+    let mut per_cgroup: HashMap<(u32, u64), usize> = HashMap::new();
+    for observation in &observations {
+        *per_cgroup
+            .entry((observation.key.hierarchy, observation.key.cgroup_id))
+            .or_default() += 1;
+    }
+    let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = per_cgroup
+        .into_iter()
+        .map(|(cgroup, files)| (cgroup, Vec::with_capacity(files)))
+        .collect();
+    for observation in observations {
+        let cached_bytes = observation.resident_pages().saturating_mul(page_size);
+        let Observation {
+            key,
+            counters,
+            seeded,
+            mut writers,
+        } = observation;
+        writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
+        let added = counters.pages_added.saturating_mul(page_size);
+        let removed = counters.pages_removed.saturating_mul(page_size);
+        by_cgroup
+            .entry((key.hierarchy, key.cgroup_id))
+            .or_default()
+            .push(FileUsage {
+                path: None,
+                host_path: None,
+                deleted: false,
+                layer: None,
+                dev: Dev(key.dev),
+                ino: key.ino,
+                cached_bytes,
+                added_bytes: added,
+                removed_bytes: removed,
+                seeded_bytes: seeded.as_deref().map_or(0, |s| s.pages * page_size),
+                seeded_active_bytes: seeded.as_deref().map_or(0, |s| s.active_pages * page_size),
+                provenance: seeded
+                    .as_deref()
+                    .map_or(Provenance::Traced, |s| s.provenance),
+                written_bytes: writers.iter().map(|w| w.bytes).sum(),
+                write_calls: writers.iter().map(|w| w.calls).sum(),
+                write_rate_bytes_per_second: None,
+                writers,
+                dirty_bytes: None,
+                writeback_bytes: None,
+            });
+    }
+
+    let mut totals = Totals::default();
+    let mut cgroups: Vec<CgroupUsage> = by_cgroup
+        .into_iter()
+        .map(|((hierarchy, id), mut files)| {
+            files.sort_by(|a, b| {
+                b.cached_bytes
+                    .cmp(&a.cached_bytes)
+                    .then(b.added_bytes.cmp(&a.added_bytes))
+                    .then(b.written_bytes.cmp(&a.written_bytes))
+            });
+            let cached_bytes = files.iter().map(|f| f.cached_bytes).sum();
+            let added_bytes: u64 = files.iter().map(|f| f.added_bytes).sum();
+            let removed_bytes: u64 = files.iter().map(|f| f.removed_bytes).sum();
+            totals.cached_bytes += cached_bytes;
+            totals.added_bytes += added_bytes;
+            totals.removed_bytes += removed_bytes;
+            totals.files += files.len();
+            CgroupUsage {
+                id,
+                hierarchy,
+                path: None,
+                removed: false,
+                container: None,
+                unit: None,
+                cached_bytes,
+                added_bytes,
+                removed_bytes,
+                net_bytes: added_bytes as i64 - removed_bytes as i64,
+                file_count: files.len(),
+                files,
+            }
+        })
+        .collect();
+    cgroups.sort_by(|a, b| {
+        b.cached_bytes
+            .cmp(&a.cached_bytes)
+            .then(b.added_bytes.cmp(&a.added_bytes))
+            .then(a.id.cmp(&b.id))
+    });
+    totals.cgroups = cgroups.len();
+    (cgroups, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cgroup_id: u64, ino: u64) -> CacheKey {
+        CacheKey {
+            cgroup_id,
+            ino,
+            dev: (254 << 20) | 3,
+            hierarchy: 4,
+        }
+    }
+
+    fn traced(entries: Vec<(CacheKey, CacheCounters)>) -> Vec<Observation> {
+        entries
+            .into_iter()
+            .map(|(k, c)| Observation::traced(k, c))
+            .collect()
+    }
+
+    fn counters(added: u64, removed: u64) -> CacheCounters {
+        CacheCounters {
+            pages_added: added,
+            pages_removed: removed,
+        }
+    }
+
+    #[test]
+    fn seeded_cache_plus_traced_changes_is_never_double_counted() {
+        let seed = SeededCache {
+            pages: 100,
+            active_pages: 40,
+            provenance: Provenance::Exact,
+            // 30 pages were added (and traced) before the file was measured: they are inside
+            // the 100 already.
+            baseline: counters(30, 0),
+        };
+        let observation = Observation {
+            key: key(5, 9),
+            counters: counters(50, 70),
+            seeded: Some(Box::new(seed)),
+            writers: Vec::new(),
+        };
+        // 100 seeded + (50 − 30) added since − (70 − 0) removed since = 50.
+        assert_eq!(observation.resident_pages(), 50);
+        let (cgroups, _) = aggregate(vec![observation.clone()], 4096);
+        let file = &cgroups[0].files[0];
+        assert_eq!(file.cached_bytes, 50 * 4096);
+        assert_eq!(file.seeded_bytes, 100 * 4096);
+        assert_eq!(file.seeded_active_bytes, 40 * 4096);
+        assert_eq!(file.provenance, Provenance::Exact);
+        let evicted = Observation {
+            counters: counters(30, 500),
+            ..observation
+        };
+        assert_eq!(evicted.resident_pages(), 0, "never below zero");
+    }
+
+    #[test]
+    fn groups_files_under_cgroups_and_sorts_by_cache() {
+        let entries = vec![
+            (key(10, 1), counters(100, 0)),
+            (key(10, 2), counters(300, 100)),
+            (key(20, 3), counters(1000, 0)),
+        ];
+        let (cgroups, totals) = aggregate(traced(entries), 4096);
+        assert_eq!(cgroups.len(), 2);
+        assert_eq!(cgroups[0].id, 20, "largest cgroup first");
+        assert_eq!(cgroups[1].path, None, "names are the resolvers' job");
+        assert_eq!(cgroups[1].cached_bytes, 300 * 4096);
+        assert_eq!(cgroups[1].files[0].ino, 2, "largest file first");
+        assert_eq!(cgroups[1].files[0].cached_bytes, 200 * 4096);
+        assert_eq!(cgroups[1].files[0].dev, "254:3");
+        assert_eq!(totals.files, 3);
+        assert_eq!(totals.cached_bytes, 1300 * 4096);
+    }
+
+    #[test]
+    fn cache_dropped_that_predates_tracing_never_goes_negative() {
+        let (cgroups, _) = aggregate(traced(vec![(key(1, 1), counters(2, 10))]), 4096);
+        assert_eq!(cgroups[0].files[0].cached_bytes, 0);
+        assert_eq!(cgroups[0].net_bytes, -8 * 4096);
+        assert_eq!(cgroups[0].path, None);
+    }
+}

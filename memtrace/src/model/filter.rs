@@ -1,0 +1,260 @@
+//! What a report keeps: container, cgroup and path filters, and the `top` cut.
+
+use super::schema::{CgroupUsage, Totals};
+
+/// What to keep of a report.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// A container name, id, or id prefix.
+    pub container: Option<String>,
+    /// A cgroup path or a parent of it.
+    pub cgroup: Option<String>,
+    /// Files whose path (container view) or host path starts with this.
+    pub path_prefix: Option<String>,
+    /// The N largest cgroups, and the N largest files in each.
+    pub top: Option<usize>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.container.is_none()
+            && self.cgroup.is_none()
+            && self.path_prefix.is_none()
+            && self.top.is_none()
+    }
+}
+
+/// Whether `path` is `prefix` or lies below it, component-wise.
+pub fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Keeps what `filter` asks for. Totals describe what the filters keep, before the `top` cut
+/// (which only limits what is listed). A cgroup's own figures stay whole even when only some of
+/// its files are listed.
+///
+/// `name_files` fills in file paths; it is called only for the files that can still be
+/// shown: with a path filter every file needs a name, otherwise the `top` cut comes first.
+pub fn apply_filter(
+    cgroups: &mut Vec<CgroupUsage>,
+    totals: &mut Totals,
+    filter: &Filter,
+    mut name_files: impl FnMut(&mut [CgroupUsage]),
+) {
+    filter_cgroups(cgroups, filter);
+    if filter.path_prefix.is_some() {
+        name_files(cgroups);
+        filter_paths(cgroups, filter);
+    }
+    if !filter.is_empty() {
+        *totals = totals_of(cgroups);
+    }
+    if let Some(top) = filter.top {
+        keep_top(cgroups, top);
+    }
+    if filter.path_prefix.is_none() {
+        name_files(cgroups);
+    }
+}
+
+/// Keeps the cgroups `filter` names by container or cgroup path (needs cgroup names only).
+fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+    cgroups.retain(|c| {
+        let container_ok = filter.container.as_deref().is_none_or(|wanted| {
+            c.container
+                .as_ref()
+                .is_some_and(|container| container.matches(wanted))
+        });
+        let cgroup_ok = filter
+            .cgroup
+            .as_deref()
+            .is_none_or(|prefix| c.path.as_deref().is_some_and(|p| under(p, prefix)));
+        container_ok && cgroup_ok
+    });
+}
+
+/// Keeps the files under `filter.path_prefix` (needs file names), and the cgroups with any.
+fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+    let Some(prefix) = filter.path_prefix.as_deref() else {
+        return;
+    };
+    for cgroup in cgroups.iter_mut() {
+        cgroup.files.retain(|f| {
+            [&f.path, &f.host_path]
+                .into_iter()
+                .flatten()
+                .any(|p| under(p, prefix))
+        });
+    }
+    cgroups.retain(|c| !c.files.is_empty());
+}
+
+/// Keeps the `top` largest cgroups and the `top` largest files in each (they are sorted).
+fn keep_top(cgroups: &mut Vec<CgroupUsage>, top: usize) {
+    cgroups.truncate(top);
+    for cgroup in cgroups.iter_mut() {
+        cgroup.files.truncate(top);
+    }
+}
+
+fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
+    Totals {
+        cached_bytes: cgroups.iter().map(|c| c.cached_bytes).sum(),
+        added_bytes: cgroups.iter().map(|c| c.added_bytes).sum(),
+        removed_bytes: cgroups.iter().map(|c| c.removed_bytes).sum(),
+        cgroups: cgroups.len(),
+        files: cgroups.iter().map(|c| c.file_count).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::{CacheCounters, CacheKey};
+
+    use super::*;
+    use crate::model::{aggregate, Container, Observation};
+
+    fn key(cgroup_id: u64, ino: u64) -> CacheKey {
+        CacheKey {
+            cgroup_id,
+            ino,
+            dev: (254 << 20) | 3,
+            hierarchy: 4,
+        }
+    }
+
+    fn traced(entries: Vec<(CacheKey, CacheCounters)>) -> Vec<Observation> {
+        entries
+            .into_iter()
+            .map(|(k, c)| Observation::traced(k, c))
+            .collect()
+    }
+
+    fn counters(added: u64, removed: u64) -> CacheCounters {
+        CacheCounters {
+            pages_added: added,
+            pages_removed: removed,
+        }
+    }
+
+    fn named(mut cgroups: Vec<CgroupUsage>) -> Vec<CgroupUsage> {
+        for c in &mut cgroups {
+            c.path = Some(format!("/apps/cg{}", c.id));
+            c.container = Some(Container {
+                runtime: crate::model::Runtime::Runc,
+                id: format!("abcdef{}", c.id),
+                name: Some(format!("web-{}", c.id)),
+                ..Container::default()
+            });
+            for f in &mut c.files {
+                f.path = Some(format!("/tmp/f{}.log", f.ino).into());
+                f.host_path = Some(format!("/var/lib/upper/tmp/f{}.log", f.ino).into());
+            }
+        }
+        cgroups
+    }
+
+    #[test]
+    fn filters_by_container_cgroup_path_and_top() {
+        let entries = vec![
+            (key(10, 1), counters(100, 0)),
+            (key(10, 2), counters(300, 0)),
+            (key(20, 3), counters(1000, 0)),
+        ];
+        let (all, all_totals) = aggregate(traced(entries), 4096);
+        let all = named(all);
+        let run = |filter: Filter| {
+            let (mut cgroups, mut totals) = (all.clone(), all_totals.clone());
+            apply_filter(&mut cgroups, &mut totals, &filter, |_| {});
+            (cgroups, totals)
+        };
+
+        let (c, t) = run(Filter {
+            container: Some("web-10".into()),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].id, 10);
+        assert_eq!(t.cached_bytes, 400 * 4096);
+        assert_eq!(
+            run(Filter {
+                container: Some("abcdef20".into()),
+                ..Filter::default()
+            })
+            .0[0]
+                .id,
+            20
+        );
+        assert_eq!(
+            run(Filter {
+                container: Some("abcd".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2,
+            "id prefix"
+        );
+        assert!(run(Filter {
+            container: Some("nope".into()),
+            ..Filter::default()
+        })
+        .0
+        .is_empty());
+
+        assert_eq!(
+            run(Filter {
+                cgroup: Some("/apps".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2
+        );
+        assert_eq!(
+            run(Filter {
+                cgroup: Some("/apps/cg1".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            0,
+            "component-wise"
+        );
+
+        let (c, _) = run(Filter {
+            path_prefix: Some("/tmp/f2.log".into()),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].files.len(), 1);
+        assert_eq!(c[0].cached_bytes, 400 * 4096, "cgroup figures stay whole");
+        assert_eq!(
+            run(Filter {
+                path_prefix: Some("/var/lib/upper".into()),
+                ..Filter::default()
+            })
+            .0
+            .len(),
+            2,
+            "host path matches"
+        );
+
+        let (c, t) = run(Filter {
+            top: Some(1),
+            ..Filter::default()
+        });
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].id, 20);
+        assert_eq!(c[0].files.len(), 1);
+        assert_eq!(
+            t.cgroups, 2,
+            "totals describe what the filters keep, not the top cut"
+        );
+    }
+}

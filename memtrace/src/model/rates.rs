@@ -1,0 +1,156 @@
+//! Per-second change of each file between two samples of the model, computed from the two
+//! samples alone (as `below` computes its models from a sample and the last one).
+
+use std::{collections::HashMap, time::Instant};
+
+use super::schema::{CgroupUsage, Dev};
+
+/// A file under one cgroup: (hierarchy, cgroup id, device, inode).
+pub type FileKey = (u32, u64, Dev, u64);
+
+/// A file's figures at the moment of a sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileFigures {
+    pub cached_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// What the files of a report held at one moment: enough to rate a later report against.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Instant,
+    pub files: HashMap<FileKey, FileFigures>,
+}
+
+impl Sample {
+    /// The figures of every file listed in `cgroups`, taken `at`.
+    pub fn of(cgroups: &[CgroupUsage], at: Instant) -> Self {
+        let files = cgroups
+            .iter()
+            .flat_map(|c| {
+                c.files.iter().map(move |f| {
+                    (
+                        (c.hierarchy, c.id, f.dev, f.ino),
+                        FileFigures {
+                            cached_bytes: f.cached_bytes,
+                            written_bytes: f.written_bytes,
+                        },
+                    )
+                })
+            })
+            .collect();
+        Self { at, files }
+    }
+}
+
+/// Per-second change of a file between two samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FileRates {
+    /// Bytes written per second (never negative: counters only grow).
+    pub written: f64,
+    /// Change of resident bytes per second (negative when cache left).
+    pub cached: f64,
+}
+
+/// Rates of every file of the later sample. A file absent from the earlier one counts from
+/// zero (it appeared in between).
+#[derive(Clone, Debug)]
+pub struct Rates {
+    pub seconds: f64,
+    files: HashMap<FileKey, FileRates>,
+}
+
+impl Rates {
+    /// `None` when no time passed between the samples.
+    pub fn between(last: &Sample, now: &Sample) -> Option<Self> {
+        let seconds = now.at.saturating_duration_since(last.at).as_secs_f64();
+        if seconds <= 0.0 {
+            return None;
+        }
+        let files = now
+            .files
+            .iter()
+            .map(|(key, figures)| {
+                let before = last.files.get(key).copied().unwrap_or_default();
+                let rates = FileRates {
+                    written: figures.written_bytes.saturating_sub(before.written_bytes) as f64
+                        / seconds,
+                    cached: (figures.cached_bytes as f64 - before.cached_bytes as f64) / seconds,
+                };
+                (*key, rates)
+            })
+            .collect();
+        Some(Self { seconds, files })
+    }
+
+    pub fn of(&self, key: &FileKey) -> Option<FileRates> {
+        self.files.get(key).copied()
+    }
+
+    /// Fills each written file's `write_rate_bytes_per_second`.
+    pub fn apply_write_rates(&self, cgroups: &mut [CgroupUsage]) {
+        for cgroup in cgroups.iter_mut() {
+            let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
+            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
+                if let Some(rates) = self.of(&(hierarchy, id, file.dev, file.ino)) {
+                    file.write_rate_bytes_per_second = Some(rates.written);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn sample(at: Instant, files: &[(u64, u64, u64)]) -> Sample {
+        Sample {
+            at,
+            files: files
+                .iter()
+                .map(|&(ino, cached_bytes, written_bytes)| {
+                    (
+                        (4, 7, Dev(1), ino),
+                        FileFigures {
+                            cached_bytes,
+                            written_bytes,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rates_are_the_change_over_the_time_between_samples() {
+        let t0 = Instant::now();
+        let last = sample(t0, &[(1, 100, 1000), (2, 500, 0)]);
+        let now = sample(
+            t0 + Duration::from_secs(2),
+            &[(1, 300, 5000), (2, 100, 0), (3, 40, 8)],
+        );
+        let rates = Rates::between(&last, &now).unwrap();
+        assert_eq!(rates.seconds, 2.0);
+        let of = |ino| rates.of(&(4, 7, Dev(1), ino)).unwrap();
+        assert_eq!(
+            of(1),
+            FileRates {
+                written: 2000.0,
+                cached: 100.0
+            }
+        );
+        assert_eq!(of(2).cached, -200.0, "cache that left is negative growth");
+        assert_eq!(
+            of(3),
+            FileRates {
+                written: 4.0,
+                cached: 20.0
+            },
+            "new files count from 0"
+        );
+        assert!(Rates::between(&now, &now).is_none(), "no time, no rate");
+    }
+}

@@ -1,0 +1,409 @@
+//! The wire schema: the report types that `--json` writes, and the value types they are made
+//! of. This is the JSON contract (see the README); fields change only with `SCHEMA_VERSION`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Version of the JSON document; bumped only for incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How a figure was attributed to its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provenance {
+    /// Counted by the tracepoints as pages came and went: exact.
+    #[default]
+    Traced,
+    /// Found at start; memcg read per page from /proc/kpagecgroup: exact.
+    Exact,
+    /// Found at start; charged to the memcg of a process that holds the file open.
+    InferredOwner,
+    /// Found at start; charged to the container whose overlay layer holds the file.
+    InferredLocation,
+}
+
+impl Provenance {
+    pub fn is_exact(self) -> bool {
+        matches!(self, Self::Traced | Self::Exact)
+    }
+}
+
+/// A task's command name as the kernel keeps it: 16 bytes, NUL-padded. Kept inline (a node
+/// can have a writer entry per file) and serialized as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A process that wrote a file, as the writers map counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WriterUsage {
+    pub pid: u32,
+    pub comm: Comm,
+    /// Bytes written (vfs_write) or bytes of pages dirtied (fallback): see `writes_source`.
+    pub bytes: u64,
+    /// write calls (vfs_write) or folios dirtied (fallback).
+    pub calls: u64,
+}
+
+/// Kernel-side counters: what was seen and what could not be recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelStats {
+    pub add_events: u64,
+    pub delete_events: u64,
+    /// Events dropped because the (memcg, file) map was full: raise `--max-entries`.
+    pub map_full: u64,
+    /// Events dropped because a kernel pointer chain could not be read.
+    pub read_failed: u64,
+    /// Folios with no memcg, accounted under cgroup id 0.
+    pub uncharged: u64,
+    /// Cgroup mkdir/rmdir notices dropped (a full ring buffer): some names may be missing.
+    pub cgroup_events_lost: u64,
+    /// Writes not recorded because the writers map was full.
+    pub writers_map_full: u64,
+    /// File path notices dropped (a full ring buffer): some files may show no path.
+    pub file_events_lost: u64,
+    /// Entries in the (memcg, file) map now, and its capacity.
+    pub map_entries: u64,
+    pub map_capacity: u64,
+    /// Map entries userspace failed to read in this snapshot.
+    pub map_read_errors: u64,
+}
+
+/// One file's page cache charged to one cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileUsage {
+    /// The path a process sees: inside its container for overlay files, else the host path.
+    /// `null` when no name could be found.
+    pub path: Option<Arc<str>>,
+    /// The file on the host (for a container's files, the file in its overlay layer).
+    pub host_path: Option<Arc<str>>,
+    /// Unlinked while its pages stay cached (a rotated log still held open).
+    pub deleted: bool,
+    /// `upper` (a container's writable layer) or `lower` (an image layer) for overlay files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<Layer>,
+    /// Device of the file's filesystem, `MAJ:MIN` as in /proc/self/mountinfo.
+    pub dev: Dev,
+    pub ino: u64,
+    /// Resident bytes: cache found at start (if any) plus pages added since, minus pages
+    /// removed since; never below 0.
+    pub cached_bytes: u64,
+    /// Traced since start.
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    /// Resident bytes found when memtrace started (0 when none or not scanned).
+    pub seeded_bytes: u64,
+    /// Of the seeded bytes, those on the active LRU list (count toward the working set).
+    pub seeded_active_bytes: u64,
+    /// How `cached_bytes` was attributed to this cgroup.
+    pub provenance: Provenance,
+    /// Written by processes of this cgroup since start (see the report's `writes_source`).
+    pub written_bytes: u64,
+    pub write_calls: u64,
+    /// Bytes per second written since the previous report (null in the first one).
+    pub write_rate_bytes_per_second: Option<f64>,
+    /// Largest first.
+    pub writers: Vec<WriterUsage>,
+    /// From cachestat(2) on the file (null when it could not be measured).
+    pub dirty_bytes: Option<u64>,
+    pub writeback_bytes: Option<u64>,
+}
+
+/// Page cache charged to one memory cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CgroupUsage {
+    /// Cgroup id: the inode number of its directory in its hierarchy.
+    pub id: u64,
+    /// `cgroup_root.hierarchy_id`: 0 is cgroup v2, otherwise the v1 memory hierarchy.
+    pub hierarchy: u32,
+    /// Path inside its hierarchy, starting with `/`; `null` when the id could not be named.
+    pub path: Option<String>,
+    /// The cgroup directory is gone; its cache is still charged to it.
+    pub removed: bool,
+    /// The container this cgroup belongs to, when it is one.
+    pub container: Option<Container>,
+    /// The systemd unit, for cgroups that are not containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub cached_bytes: u64,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    /// Added − removed: may be negative when cache that predates tracing is dropped.
+    pub net_bytes: i64,
+    pub file_count: usize,
+    pub files: Vec<FileUsage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub cached_bytes: u64,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    pub cgroups: usize,
+    pub files: usize,
+}
+
+/// A snapshot of everything memtrace attributes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    /// Seconds since the Unix epoch when the snapshot was taken.
+    pub timestamp: f64,
+    /// Seconds since the programs were attached.
+    pub traced_seconds: f64,
+    /// Seconds this snapshot took to build (read the maps, name, filter, measure dirty).
+    pub snapshot_seconds: f64,
+    pub page_size: u64,
+    pub hooks: Vec<Hook>,
+    /// Where `files[].written_bytes` come from: `vfs_write` (exact bytes) or `dirtied_pages`
+    /// (the fallback where fentry/fexit is refused); null when neither hook is attached.
+    pub writes_source: Option<WritesSource>,
+    /// Where `files[].dirty_bytes` come from: `cachestat` (null before Linux 6.5).
+    pub dirty_source: Option<&'static str>,
+    pub stats: KernelStats,
+    pub totals: Totals,
+    pub cgroups: Vec<CgroupUsage>,
+}
+
+/// A kernel device number (`s_dev`: `MAJOR << 20 | MINOR`), shown and serialized as `MAJ:MIN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dev(pub u32);
+
+impl Dev {
+    pub fn major(self) -> u32 {
+        self.0 >> 20
+    }
+
+    pub fn minor(self) -> u32 {
+        self.0 & 0xf_ffff
+    }
+}
+
+impl std::fmt::Display for Dev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major(), self.minor())
+    }
+}
+
+impl Serialize for Dev {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl PartialEq<&str> for Dev {
+    fn eq(&self, other: &&str) -> bool {
+        other.split_once(':').is_some_and(|(major, minor)| {
+            major.parse() == Ok(self.major()) && minor.parse() == Ok(self.minor())
+        })
+    }
+}
+
+/// `cgroup_root.hierarchy_id` of the unified (v2) hierarchy.
+pub const UNIFIED_HIERARCHY: u32 = 0;
+
+/// Human name of a cgroup hierarchy for output.
+pub fn describe_hierarchy(hierarchy: u32) -> &'static str {
+    if hierarchy == UNIFIED_HIERARCHY {
+        "v2"
+    } else {
+        "v1 memory"
+    }
+}
+
+/// Which overlay layer a file lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// A container's writable layer (`upperdir`).
+    Upper,
+    /// An image layer (`lowerdir`), shared by every container of the image.
+    Lower,
+}
+
+/// One kernel hook and whether it is attached.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hook {
+    pub name: &'static str,
+    /// `tp_btf` or `fexit`.
+    pub kind: &'static str,
+    pub attached: bool,
+    pub purpose: &'static str,
+    /// Why it is not attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Where per-file write figures come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WritesSource {
+    /// fexit on vfs_write: bytes written, exactly.
+    VfsWrite,
+    /// writeback_dirty_folio: bytes of pages turned dirty (rewrites of a dirty page are not
+    /// counted again).
+    DirtiedPages,
+}
+
+/// A container, as far as the node's files tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub runtime: Runtime,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// Root filesystem on the host (an overlay mount point, usually).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub uid: String,
+    /// Kubernetes QoS class: `guaranteed`, `burstable` or `besteffort`.
+    pub qos: String,
+}
+
+/// The container runtime that made a container, as recognized from its cgroup or state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum Runtime {
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    /// CRI-O's monitor process, in a cgroup of its own.
+    #[serde(rename = "cri-o-conmon")]
+    CriOConmon,
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "podman")]
+    Podman,
+    /// podman's monitor process, in a cgroup of its own.
+    #[serde(rename = "podman-conmon")]
+    PodmanConmon,
+    /// runc (or crun) alone, or an engine not recognized otherwise.
+    #[default]
+    #[serde(rename = "runc")]
+    Runc,
+    /// A Kubernetes container whose engine the cgroupfs driver's path does not say.
+    #[serde(rename = "kubernetes")]
+    Kubernetes,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::CriOConmon => "cri-o-conmon",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+            Self::PodmanConmon => "podman-conmon",
+            Self::Runc => "runc",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Runtime {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Container {
+    /// Whether this is the container the user named: by name, full id, or an id prefix.
+    pub fn matches(&self, wanted: &str) -> bool {
+        self.name.as_deref() == Some(wanted)
+            || self.id == wanted
+            || (wanted.len() >= 4 && self.id.starts_with(wanted))
+    }
+}
+
+/// The kernel's figures for one memory cgroup (and its descendants), in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryFigures {
+    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1).
+    pub usage_bytes: u64,
+    /// `anon` (v2) or `rss` (v1).
+    pub anon_bytes: u64,
+    /// Page cache: `file` (v2) or `cache` (v1). Includes shmem.
+    pub page_cache_bytes: u64,
+    pub shmem_bytes: u64,
+    /// `file_mapped` (v2) or `mapped_file` (v1).
+    pub mapped_file_bytes: u64,
+    /// `file_dirty` (v2) or `dirty` (v1).
+    pub dirty_bytes: u64,
+    /// `file_writeback` (v2) or `writeback` (v1).
+    pub writeback_bytes: u64,
+    pub active_file_bytes: u64,
+    pub inactive_file_bytes: u64,
+    /// Kernel memory: `kernel` (v2), or what usage leaves after anon and page cache (v1).
+    pub kernel_bytes: u64,
+    /// kubelet's working set: usage − inactive_file.
+    pub working_set_bytes: u64,
+    /// Which files these came from.
+    pub source: String,
+}
+
+/// What the scan did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SeedSummary {
+    pub files_examined: usize,
+    pub files_cached: usize,
+    pub cached_bytes: u64,
+    pub exact: bool,
+    /// Resident pages whose memcg could be neither read nor inferred.
+    pub unattributed_bytes: u64,
+    /// The scan stopped at its file or time limit.
+    pub truncated: bool,
+    pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_kernel_dev_numbers() {
+        assert_eq!(Dev((8 << 20) | 17).to_string(), "8:17");
+        assert_eq!(Dev(0x2d).to_string(), "0:45");
+    }
+}
