@@ -1,9 +1,6 @@
 //! Builds the kernel programs and leaves the object in OUT_DIR for `include_bytes!`, so
 //! `cargo build -p memtrace` is the only build anyone runs.
 
-#[path = "../xtask/src/ebpf_build.rs"]
-mod ebpf_build;
-
 use std::{env, fs, path::PathBuf};
 
 fn main() {
@@ -17,7 +14,7 @@ fn main() {
         "memtrace-ebpf/Cargo.toml",
         "memtrace-ebpf/Cargo.lock",
         "memtrace-common/src",
-        "xtask/src/ebpf_build.rs",
+        "xtask/ebpf-build/src",
     ] {
         println!(
             "cargo::rerun-if-changed={}",
@@ -27,7 +24,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     // A target dir of its own: the parent cargo holds the lock on the workspace's.
     let target_dir = out_dir.join("ebpf-target");
-    match ebpf_build::build_ebpf(&workspace, &target_dir) {
+    match memtrace_ebpf_build::build_ebpf(&workspace, &target_dir) {
         Ok(object) => {
             fs::copy(&object, out_dir.join("memtrace.bpf.o")).expect("copy the eBPF object");
         }

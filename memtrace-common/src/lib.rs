@@ -236,13 +236,21 @@ pub struct FileEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C), Copy, and have no padding or invalid bit patterns.
+    // Each type below is repr(C) and Copy, has no padding (sizes asserted below) and only
+    // integer fields, so every bit pattern is a valid value.
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::CacheKey {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::CacheCounters {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::WriterKey {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::WriterStats {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::CgroupEvent {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::FileEvent {}
 
     // No padding: each size is the sum of its fields.

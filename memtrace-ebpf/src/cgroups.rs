@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-pub struct MemcgIdentity {
+pub(crate) struct MemcgIdentity {
     pub cgroup_id: u64,
     pub hierarchy: u32,
 }
@@ -24,7 +24,7 @@ pub struct MemcgIdentity {
 /// per-CPU cache keyed by the pointer makes the usual case free of helper calls; entries from
 /// an older epoch (see `MEMCG_EPOCH`) are walked again, so a reused address is never trusted.
 #[inline(always)]
-pub fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
+pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
     let epoch = current_epoch();
     let slot = ((memcg >> 10) ^ (memcg >> 20)) as u32 % MEMCG_CACHE_SLOTS;
     let cached = MEMCG_CACHE.get_ptr_mut(slot);
@@ -71,7 +71,7 @@ fn current_epoch() -> u64 {
 /// that css is the nearest ancestor with memory enabled, which is the task's memcg. The task
 /// pointer is BTF-typed, so the whole walk is plain loads.
 #[inline(always)]
-pub fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
+pub(crate) fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
     let off = offsets();
     // SAFETY: the helper returns the current task as a BTF-typed pointer.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
@@ -96,7 +96,7 @@ fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
 }
 
 #[btf_tracepoint(function = "cgroup_mkdir")]
-pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     // A new memcg may sit where a freed one was: cached identities must be checked again.
     if let Some(epoch) = MEMCG_EPOCH.get_ptr_mut(0) {
         // SAFETY: a live array slot; CPUs bump it concurrently, hence the atomic add.
@@ -107,7 +107,7 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
-pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     notify(&ctx, CgroupEventKind::Removed);
     0
 }

@@ -9,31 +9,31 @@ use aya_ebpf::{
 };
 
 #[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
-pub fn floor_add(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn floor_add(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "mm_filemap_delete_from_page_cache")]
-pub fn floor_delete(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn floor_delete(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "cgroup_mkdir")]
-pub fn floor_cgroup_mkdir(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn floor_cgroup_mkdir(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
-pub fn floor_cgroup_rmdir(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn floor_cgroup_rmdir(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[fexit(function = "vfs_write")]
-pub fn floor_vfs_write(_ctx: FExitContext) -> i32 {
+pub(crate) fn floor_vfs_write(_ctx: FExitContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
-pub fn floor_dirty(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn floor_dirty(_ctx: BtfTracePointContext) -> i32 {
     0
 }

@@ -11,18 +11,18 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 /// A kernel address read failed, or a pointer on the way was NULL.
-pub struct ReadFailed;
+pub(crate) struct ReadFailed;
 
 /// Reads a `T` at `base + offset` with `bpf_probe_read_kernel`.
 #[inline(always)]
-pub fn read<T>(base: u64, offset: u32) -> Result<T, ReadFailed> {
+pub(crate) fn read<T>(base: u64, offset: u32) -> Result<T, ReadFailed> {
     // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one returns an error.
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|_| ReadFailed)
 }
 
 /// Reads a pointer at `base + offset` with `bpf_probe_read_kernel`; NULL is an error.
 #[inline(always)]
-pub fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
+pub(crate) fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
     match read::<u64>(base, offset)? {
         0 => Err(ReadFailed),
         ptr => Ok(ptr),
@@ -31,7 +31,7 @@ pub fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
 
 /// Loads a `T` at `base + offset` through a BTF-typed pointer (see the module doc).
 #[inline(always)]
-pub fn load<T: Copy>(base: u64, offset: u32) -> T {
+pub(crate) fn load<T: Copy>(base: u64, offset: u32) -> T {
     // SAFETY: `base` is a BTF-typed kernel pointer; the verifier checks `offset` against its
     // type and makes the load fault-safe.
     unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
@@ -39,7 +39,7 @@ pub fn load<T: Copy>(base: u64, offset: u32) -> T {
 
 /// Loads a pointer field through a BTF-typed pointer; NULL is an error.
 #[inline(always)]
-pub fn load_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
+pub(crate) fn load_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
     match load::<u64>(base, offset) {
         0 => Err(ReadFailed),
         ptr => Ok(ptr),
@@ -51,8 +51,9 @@ pub fn load_ptr(base: u64, offset: u32) -> Result<u64, ReadFailed> {
 /// # Safety
 /// `target` must point into a map value that stays valid for this program run.
 #[inline(always)]
-pub unsafe fn atomic_add(target: *mut u64, value: u64) {
+pub(crate) unsafe fn atomic_add(target: *mut u64, value: u64) {
     // BPF's core has no atomic read-modify-write types; the intrinsic lowers to BPF_ATOMIC add.
+    // SAFETY: the caller promises `target` is a live, aligned u64 in a map value.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             target, value,

@@ -11,17 +11,18 @@ use memtrace_common::{
 
 /// Pages in and out per (memcg, file). Userspace may resize it before load (`--max-entries`).
 #[map(name = "PAGE_CACHE")]
-pub static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
+pub(crate) static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
     HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
 
 /// Bytes written per (writer's memcg, file, process).
 #[map(name = "WRITERS")]
-pub static WRITERS: HashMap<WriterKey, WriterStats> = HashMap::with_max_entries(WRITER_ENTRIES, 0);
+pub(crate) static WRITERS: HashMap<WriterKey, WriterStats> =
+    HashMap::with_max_entries(WRITER_ENTRIES, 0);
 
 /// One remembered memcg → cgroup identity, per cache slot.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct MemcgCacheEntry {
+pub(crate) struct MemcgCacheEntry {
     pub memcg: u64,
     pub epoch: u64,
     pub cgroup_id: u64,
@@ -30,36 +31,36 @@ pub struct MemcgCacheEntry {
 }
 
 /// Slots of the per-CPU memcg identity cache.
-pub const MEMCG_CACHE_SLOTS: u32 = 256;
+pub(crate) const MEMCG_CACHE_SLOTS: u32 = 256;
 
 /// memcg pointer → (cgroup id, hierarchy), per CPU: the walk from a memcg to its cgroup id
 /// takes five helper calls, and nearly every event names a memcg seen just before.
 #[map(name = "MEMCG_CACHE")]
-pub static MEMCG_CACHE: PerCpuArray<MemcgCacheEntry> =
+pub(crate) static MEMCG_CACHE: PerCpuArray<MemcgCacheEntry> =
     PerCpuArray::with_max_entries(MEMCG_CACHE_SLOTS, 0);
 
 /// Bumped on every cgroup creation (by `cgroup_mkdir`) and by userspace at each snapshot: a
 /// memcg address can only be reused by a memcg created later, so a cache entry from an older
 /// epoch is checked again before use.
 #[map(name = "MEMCG_EPOCH")]
-pub static MEMCG_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+pub(crate) static MEMCG_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU event and loss counters, indexed by `Stat`.
 #[map(name = "STATS")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
 /// Cgroup creation and removal notices (rare: one per mkdir/rmdir).
 #[map(name = "CGROUP_EVENTS")]
-pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// First sight of a file under a memcg, with its path (rare: once per new (memcg, file)).
 #[map(name = "FILE_EVENTS")]
-pub static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub(crate) static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Struct offsets of the running kernel, written by the loader before load. Read-only once
 /// loaded, so the verifier sees constants.
 #[unsafe(no_mangle)]
-pub static OFFSETS: KernelOffsets = KernelOffsets {
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     folio_flags: 0,
     folio_mapping: 0,
     folio_memcg_data: 0,
@@ -90,13 +91,13 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 /// The offsets as the loader set them. The volatile read stops the compiler from folding the
 /// zero initialiser into the code.
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
+pub(crate) fn offsets() -> KernelOffsets {
     // SAFETY: OFFSETS is a plain static; the volatile read only defeats constant folding.
     unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
 }
 
 #[inline(always)]
-pub fn count(stat: Stat) {
+pub(crate) fn count(stat: Stat) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += 1 };

@@ -15,7 +15,7 @@ const MEMCG_DATA_FLAGS_MASK: u64 = 7;
 
 /// A folio was inserted into a file's page cache (after its memcg charge succeeded).
 #[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
-pub fn filemap_add(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn filemap_add(ctx: BtfTracePointContext) -> i32 {
     count(Stat::AddEvents);
     on_folio(&ctx, Direction::Added);
     0
@@ -23,7 +23,7 @@ pub fn filemap_add(ctx: BtfTracePointContext) -> i32 {
 
 /// A folio is leaving a file's page cache; its memcg is still attached at this point.
 #[btf_tracepoint(function = "mm_filemap_delete_from_page_cache")]
-pub fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
     count(Stat::DeleteEvents);
     on_folio(&ctx, Direction::Removed);
     0
@@ -114,7 +114,7 @@ fn account(key: &CacheKey, pages: u64, direction: Direction) -> Entry {
         Direction::Added => fresh.pages_added = pages,
         Direction::Removed => fresh.pages_removed = pages,
     }
-    if PAGE_CACHE.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if PAGE_CACHE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         return Entry::Created;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.

@@ -15,7 +15,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn report_file(inode: u64, dev: u32, ino: u64) {
+pub(crate) fn report_file(inode: u64, dev: u32, ino: u64) {
     let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
         count(Stat::FileEventsLost);
         return;

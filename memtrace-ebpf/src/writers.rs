@@ -24,7 +24,7 @@ const S_IFREG: u16 = 0o100000;
 
 /// `ssize_t vfs_write(struct file *, const char __user *, size_t, loff_t *)`, after it ran.
 #[fexit(function = "vfs_write")]
-pub fn vfs_write_exit(ctx: FExitContext) -> i32 {
+pub(crate) fn vfs_write_exit(ctx: FExitContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let written: i64 = ctx.arg(4);
     if written > 0 {
@@ -38,7 +38,7 @@ pub fn vfs_write_exit(ctx: FExitContext) -> i32 {
 
 /// A clean folio became dirty (`writeback_dirty_folio(folio, mapping)`).
 #[btf_tracepoint(function = "writeback_dirty_folio")]
-pub fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
     let folio: u64 = ctx.arg(0);
     let mapping: u64 = ctx.arg(1);
     // The verifier types `mapping` as maybe-NULL and forbids arithmetic on it until checked.
@@ -61,19 +61,21 @@ pub fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn record(inode: u64, bytes: u64) {
-    if writer_key(inode).map(|key| add(&key, bytes)).is_err() {
-        count(Stat::ReadFailed);
+    match writer_key(inode) {
+        Ok(Some(key)) => add(&key, bytes),
+        Ok(None) => {}
+        Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
 
-/// Regular files only: pipes, sockets and terminals are not page cache.
+/// The writer's key for a regular file; `None` for pipes, sockets and terminals, which are not
+/// page cache.
 #[inline(always)]
-fn writer_key(inode: u64) -> Result<WriterKey, ReadFailed> {
+fn writer_key(inode: u64) -> Result<Option<WriterKey>, ReadFailed> {
     let off = offsets();
     let mode: u16 = load(inode, off.inode_mode);
     if mode & S_IFMT != S_IFREG {
-        // Not an error: nothing to record.
-        return Ok(WriterKey::default());
+        return Ok(None);
     }
     let ino: u64 = load(inode, off.inode_ino);
     let sb = load_ptr(inode, off.inode_sb)?;
@@ -83,21 +85,18 @@ fn writer_key(inode: u64) -> Result<WriterKey, ReadFailed> {
         hierarchy,
     } = current_memcg_identity()?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    Ok(WriterKey {
+    Ok(Some(WriterKey {
         cgroup_id,
         ino,
         dev,
         hierarchy,
         tgid,
         _pad: 0,
-    })
+    }))
 }
 
 #[inline(always)]
 fn add(key: &WriterKey, bytes: u64) {
-    if key.ino == 0 {
-        return;
-    }
     if let Some(stats) = WRITERS.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent writers of one file add atomically.
         // The name is taken when the process first writes the file: a helper call per write
@@ -113,7 +112,7 @@ fn add(key: &WriterKey, bytes: u64) {
         calls: 1,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if WRITERS.insert(key, &fresh, BPF_NOEXIST as u64).is_err() {
+    if WRITERS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
         match WRITERS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(stats) => unsafe {

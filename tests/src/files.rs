@@ -56,8 +56,9 @@ impl Drop for Scratch {
 
 fn assert_not_tmpfs(dir: &Path) {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: statfs writes into the zeroed struct we pass.
+    // SAFETY: statfs is plain integer data, valid when zeroed.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs reads a NUL-terminated path and writes into the struct we pass.
     let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
     assert_eq!(ret, 0, "statfs {}", dir.display());
     assert_ne!(

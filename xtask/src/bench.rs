@@ -57,7 +57,7 @@ impl Tracer {
     }
 }
 
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     pub rounds: usize,
     pub seconds: f64,
     pub files: usize,
@@ -209,7 +209,7 @@ struct Sample {
     tracer_cpu: Option<f64>,
 }
 
-pub fn bench(options: &BenchOptions) -> Result<()> {
+pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     if !Path::new("/usr/bin/bpftrace").exists() && !Path::new("/usr/sbin/bpftrace").exists() {
         eprintln!("xtask: installing bpftrace: the benchmark compares memtrace with it");
         apt_install(&["bpftrace"])?;

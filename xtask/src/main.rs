@@ -1,7 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each installs what it needs first.
 
 mod bench;
-mod ebpf_build;
 mod setup;
 mod vm;
 
@@ -106,7 +105,7 @@ fn try_main() -> Result<()> {
         Task::BuildEbpf => {
             ensure(Needs::Build)?;
             let target_dir = workspace().join("target/ebpf");
-            let object = ebpf_build::build_ebpf(&workspace(), &target_dir)?;
+            let object = memtrace_ebpf_build::build_ebpf(&workspace(), &target_dir)?;
             println!("{}", object.display());
             Ok(())
         }
@@ -173,6 +172,7 @@ fn test(args: &[String]) -> Result<()> {
         "--check",
     ]))
     .context("kernel code is not formatted: run `cargo fmt` in memtrace-ebpf")?;
+    memtrace_ebpf_build::clippy_ebpf(&workspace(), &workspace().join("target/ebpf"))?;
     run(cargo().args([
         "clippy",
         "--workspace",

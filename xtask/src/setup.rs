@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf_build::find_tool, is_root};
+use memtrace_ebpf_build::find_tool;
+
+use crate::is_root;
 
 /// LLVM major version bpf-linker is built against (rustc 1.95 ships LLVM 22).
 const LLVM_MAJOR: u32 = 22;
@@ -16,14 +18,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// What a caller needs installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Needs {
+pub(crate) enum Needs {
     /// Building the eBPF object and memtrace.
     Build,
     /// Building plus what the integration tests drive: runc, busybox, bpftool.
     Test,
 }
 
-pub fn ensure(needs: Needs) -> Result<()> {
+pub(crate) fn ensure(needs: Needs) -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     if needs == Needs::Test {
@@ -84,7 +86,7 @@ fn ensure_bpf_linker() -> Result<()> {
 }
 
 /// Installs Debian packages (after one `apt-get update`); nothing when the list is empty.
-pub fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
@@ -103,7 +105,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     run(&mut apt(&install)).with_context(|| format!("installing {}", packages.join(" ")))
 }
 
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;

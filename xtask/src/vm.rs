@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Kernel series and the package-name pattern of Debian's builds of it.
-pub const SERIES: &[(&str, &str)] = &[
+pub(crate) const SERIES: &[(&str, &str)] = &[
     ("6.1", r"^linux-image-6\.1\.0-[0-9]+-amd64$"),
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$"),
 ];
@@ -38,7 +38,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Runs the guest suite on every series (or `only` one); prints a pass/fail line per kernel and
 /// returns the guests' test counts. Fails when any kernel fails.
-pub fn vm_test(only: Option<&str>) -> Result<Tally> {
+pub(crate) fn vm_test(only: Option<&str>) -> Result<Tally> {
     ensure_tools()?;
     let cache = workspace().join("target/vm");
     fs::create_dir_all(&cache)?;

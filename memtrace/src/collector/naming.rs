@@ -3,7 +3,7 @@
 use crate::{model::CgroupUsage, resolve::containers::systemd_unit, resolve::Resolvers};
 
 /// Cgroup paths, containers and units.
-pub fn name_cgroups(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
+pub(crate) fn name_cgroups(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
     for cgroup in cgroups.iter_mut() {
         if let Some(name) = resolvers.cgroups.lookup(cgroup.hierarchy, cgroup.id) {
             cgroup.path = Some(name.path.clone());
@@ -19,7 +19,7 @@ pub fn name_cgroups(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
 }
 
 /// File paths (looked up lazily: call it after cutting what will not be shown).
-pub fn name_files(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
+pub(crate) fn name_files(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
     for cgroup in cgroups.iter_mut() {
         for file in cgroup.files.iter_mut() {
             let resolved = resolvers.paths.resolve(file.dev.0, file.ino);

@@ -139,8 +139,9 @@ const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
 fn is_overlay(file: &File) -> bool {
     use std::os::unix::io::AsRawFd;
-    // SAFETY: fstatfs writes into the zeroed struct we pass.
+    // SAFETY: statfs is plain integer data, valid when zeroed.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into the struct we pass, which outlives the call.
     let ret = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
     ret == 0 && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
 }

@@ -1,7 +1,7 @@
-//! Compiles the kernel crate to a BPF object. Shared, as a source file, by `cargo xtask
-//! build-ebpf` and by memtrace's build script, so both build it the same way.
+//! Compiles (and lints) the kernel crate for the BPF target. memtrace's build script and
+//! `cargo xtask` both depend on this crate, so the object is built one way everywhere.
 //!
-//! Uses only std: a build script cannot use xtask's dependencies.
+//! Uses only std, to keep the build script light.
 
 use std::{
     env,
@@ -64,38 +64,14 @@ pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, EbpfBu
         what: "bpf-linker",
         fix: "run `cargo xtask setup` (installs rust-src, LLVM 22 and bpf-linker)",
     })?;
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let manifest = workspace.join("memtrace-ebpf/Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--target", BPF_TARGET])
-        .args(["-Z", "build-std=core"])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .env("RUSTC_BOOTSTRAP", "1")
-        // BTF in the object lets the loader and the verifier name types; --btf asks the linker
-        // to emit it.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
-    // A parent cargo (build script) leaks settings that must not reach the BPF build.
-    for key in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-        "MFLAGS",
-    ] {
-        cmd.env_remove(key);
-    }
+    let mut cmd = kernel_cargo("build", workspace, target_dir);
+    // BTF in the object lets the loader and the verifier name types; --btf asks the linker to
+    // emit it.
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+    )
+    .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
     // bpf-linker loads libLLVM at run time.
     if let Some(path) = env::var_os("PATH") {
         let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();
@@ -106,17 +82,59 @@ pub fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf, EbpfBu
             cmd.env("PATH", joined);
         }
     }
+    run(&mut cmd, "build")?;
+    let object = target_dir.join(BPF_TARGET).join("release").join(EBPF_BIN);
+    fs::metadata(&object)
+        .map_err(|e| EbpfBuildError::Io(format!("expected object {}", object.display()), e))?;
+    Ok(object)
+}
+
+/// Runs clippy on the kernel crate for the BPF target, warnings denied.
+pub fn clippy_ebpf(workspace: &Path, target_dir: &Path) -> Result<(), EbpfBuildError> {
+    let mut cmd = kernel_cargo("clippy", workspace, target_dir);
+    cmd.args(["--", "-D", "warnings"]);
+    run(&mut cmd, "clippy")
+}
+
+/// `cargo SUBCOMMAND` on the kernel crate for the BPF target, with `core` built from source.
+fn kernel_cargo(subcommand: &str, workspace: &Path, target_dir: &Path) -> Command {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let manifest = workspace.join("memtrace-ebpf/Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args([subcommand, "--release", "--locked", "--target", BPF_TARGET])
+        .args(["-Z", "build-std=core"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("RUSTC_BOOTSTRAP", "1");
+    // A parent cargo (build script) leaks settings that must not reach the BPF build.
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), EbpfBuildError> {
     let status = cmd
         .status()
         .map_err(|e| EbpfBuildError::Io(format!("running {cmd:?}"), e))?;
     if !status.success() {
         return Err(EbpfBuildError::Failed(format!(
-            "`cargo build` of {} exited with {status}; if rust-src or bpf-linker is missing, run `cargo xtask setup`",
-            manifest.display()
+            "`cargo {what}` of memtrace-ebpf exited with {status}; if rust-src or bpf-linker is missing, run `cargo xtask setup`"
         )));
     }
-    let object = target_dir.join(BPF_TARGET).join("release").join(EBPF_BIN);
-    fs::metadata(&object)
-        .map_err(|e| EbpfBuildError::Io(format!("expected object {}", object.display()), e))?;
-    Ok(object)
+    Ok(())
 }
