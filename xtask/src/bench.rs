@@ -28,11 +28,60 @@ use crate::{
 const BPFTRACE_SCRIPT: &str = "tracepoint:filemap:mm_filemap_add_to_page_cache { @added[cgroup, args->s_dev, args->i_ino] = count(); } \
 tracepoint:filemap:mm_filemap_delete_from_page_cache { @removed[cgroup, args->s_dev, args->i_ino] = count(); }";
 
-/// The floor: empty programs on the tracepoints memtrace attaches on a host where fentry is
-/// refused (add, delete, and the writeback_dirty_folio writer fallback). What attaching
-/// anything there costs, before any work is done.
-const EMPTY_PROBES: &str = "tracepoint:filemap:mm_filemap_add_to_page_cache { } \
-tracepoint:filemap:mm_filemap_delete_from_page_cache { } tracepoint:writeback:writeback_dirty_folio { }";
+/// The hooks memtrace attaches on this kernel, as `memtrace calibrate` reports them (it
+/// attaches its empty programs by memtrace's own hook table and fallback rules): the floors
+/// are built from these, never from a list of our own.
+struct Floor {
+    /// (hook, kind): `tp_btf` or `fexit`.
+    hooks: Vec<(String, String)>,
+}
+
+impl Floor {
+    fn discover(memtrace: &Path) -> Result<Self> {
+        let mut child = Command::new(memtrace)
+            .arg("calibrate")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting memtrace calibrate")?;
+        let stderr = child.stderr.take().context("calibrate stderr")?;
+        let line = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("memtrace calibrate: empty programs attached to ")
+                    .map(str::to_owned)
+            });
+        // SAFETY: kill has no memory effects; the pid is our own child's.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+        let line = line.context("memtrace calibrate did not say which hooks it attached")?;
+        let hooks = line
+            .split(", ")
+            .filter_map(|h| {
+                let (name, kind) = h.split_once(" (")?;
+                Some((name.to_owned(), kind.trim_end_matches(')').to_owned()))
+            })
+            .collect::<Vec<_>>();
+        if hooks.is_empty() {
+            bail!("cannot read the hooks from `{line}`");
+        }
+        Ok(Self { hooks })
+    }
+
+    /// Empty bpftrace probes on the same hooks: what attaching anything there costs with
+    /// classic tracepoints.
+    fn bpftrace_script(&self) -> String {
+        self.hooks
+            .iter()
+            .map(|(name, kind)| match kind.as_str() {
+                "fexit" => format!("kretfunc:{name} {{ }}"),
+                _ => format!("tracepoint:*:{name} {{ }}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
 
 const WORK_DIR: &str = "/var/tmp/memtrace-bench";
 
@@ -129,7 +178,12 @@ fn bpf_links(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Running>> {
+fn start(
+    tracer: Tracer,
+    memtrace: &Path,
+    interval: &str,
+    floor: &Floor,
+) -> Result<Option<Running>> {
     let child = match tracer {
         Tracer::None => return Ok(None),
         Tracer::Memtrace => {
@@ -137,16 +191,17 @@ fn start(tracer: Tracer, memtrace: &Path, interval: &str) -> Result<Option<Runni
             return start_memtrace_with(memtrace, &args, Stdio::null(), 5).map(Some);
         }
         Tracer::EmptyBtfProbes => {
-            return start_memtrace_with(memtrace, &["calibrate"], Stdio::null(), 3).map(Some);
+            let links = floor.hooks.len();
+            return start_memtrace_with(memtrace, &["calibrate"], Stdio::null(), links).map(Some);
         }
         Tracer::Bpftrace | Tracer::EmptyProbes => {
             let script = if tracer == Tracer::Bpftrace {
-                BPFTRACE_SCRIPT
+                BPFTRACE_SCRIPT.to_owned()
             } else {
-                EMPTY_PROBES
+                floor.bpftrace_script()
             };
             let mut child = Command::new("bpftrace")
-                .args(["-e", script])
+                .args(["-e", script.as_str()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -239,6 +294,16 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     ]))?;
     let memtrace = workspace().join("target/release/memtrace");
     let churn = workspace().join("target/release/page-churn");
+    let floor = Floor::discover(&memtrace)?;
+    eprintln!(
+        "xtask: memtrace's hooks here: {}",
+        floor
+            .hooks
+            .iter()
+            .map(|(name, kind)| format!("{name} ({kind})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let work = PathBuf::from(WORK_DIR);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -262,7 +327,7 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
             let mut this_round = Vec::new();
             for i in 0..tracers.len() {
                 let tracer = tracers[(i + round) % tracers.len()];
-                let running = start(tracer, &memtrace, "2s")?;
+                let running = start(tracer, &memtrace, "2s", &floor)?;
                 let began = Instant::now();
                 let result = workload(&churn, &[name, &dir, &seconds])?;
                 let wall = began.elapsed().as_secs_f64();

@@ -84,7 +84,12 @@ pub async fn calibrate() -> anyhow::Result<std::process::ExitCode> {
     let floor = crate::loader::Floor::load()?;
     eprintln!(
         "memtrace calibrate: empty programs attached to {}",
-        floor.hooks.join(", ")
+        floor
+            .hooks
+            .iter()
+            .map(|h| format!("{} ({})", h.name, h.kind))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     shutdown.recv().await;
     Ok(std::process::ExitCode::SUCCESS)

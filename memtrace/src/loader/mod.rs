@@ -255,18 +255,15 @@ fn open_object(max_entries: u32) -> Result<(Ebpf, Btf), LoadError> {
 /// these hooks costs here. Dropping it detaches them.
 pub struct Floor {
     _ebpf: Ebpf,
-    pub hooks: Vec<&'static str>,
+    /// The hooks attached, by the same table and fallback rules as memtrace's own programs.
+    pub hooks: Vec<Hook>,
 }
 
 impl Floor {
     pub fn load() -> Result<Self, LoadError> {
         let (mut ebpf, aya_btf) = open_object(DEFAULT_CACHE_ENTRIES)?;
-        let hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Floor)?;
-        let hooks = hooks
-            .iter()
-            .filter(|h| h.attached)
-            .map(|h| h.name)
-            .collect();
+        let mut hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Floor)?;
+        hooks.retain(|h| h.attached);
         Ok(Self { _ebpf: ebpf, hooks })
     }
 }
