@@ -1,6 +1,7 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
 mod naming;
+pub mod open;
 pub mod residency;
 pub mod seed;
 
@@ -296,13 +297,15 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         let Some(path) = file.host_path.as_deref() else {
             continue;
         };
-        let Ok(handle) = std::fs::File::open(path) else {
-            continue;
+        // Only the file we were told about: a path now holding a symlink, a FIFO or another
+        // file measures nothing.
+        let handle = match open::open_regular(std::path::Path::new(path), Some(file.ino)) {
+            Ok(handle) => handle,
+            Err(err) => {
+                log::debug!("dirty bytes not measured: {err}");
+                continue;
+            }
         };
-        // Only the file we were told about: a path reused by another file measures nothing.
-        if handle.metadata().is_ok_and(|m| m.ino() != file.ino) {
-            continue;
-        }
         if source == Some("cachestat") {
             match residency::cachestat(&handle) {
                 Ok(stat) => {

@@ -3,17 +3,32 @@
 //! - `cachestat(2)` (Linux 6.5+): resident, dirty and writeback page counts of a file, cheap.
 //! - `mincore(2)` over a mapping: residency per page, where cachestat is missing or the file is
 //!   an overlay file (whose own mapping is empty: its pages belong to the layer's file).
-//! - Exact memcg per page: map the file, touch only pages mincore says are resident (so nothing
-//!   is read in), look up their PFNs in `/proc/self/pagemap`, then each PFN's memcg in
-//!   `/proc/kpagecgroup`. Side effect: the touched pages get the accessed bit in memtrace's own
-//!   page table for the moment they are mapped, which reclaim may count as one reference. Each
-//!   chunk is unmapped right after it is read.
+//! - Exact memcg per page: map the file a chunk at a time, touch only pages mincore says are
+//!   resident, look up their PFNs in `/proc/self/pagemap`, then each PFN's memcg in
+//!   `/proc/kpagecgroup` and its flags in `/proc/kpageflags`.
+//!
+//! Reading must not change what it reads. A page touched through a mapping gets a young PTE;
+//! tearing the mapping down would then mark the page accessed, and a second pass would promote
+//! it to the active list (raising kubelet's working set). So each chunk is mapped with
+//! `MADV_RANDOM` (a fault does no readahead, on 6.1 as on 6.18) and switched to
+//! `MADV_SEQUENTIAL` right after the touch: the unmap skips `mark_page_accessed` for
+//! `VM_SEQ_READ` mappings on every kernel (6.3+ also for `VM_RAND_READ`, `vma_has_recency`),
+//! and MGLRU's walkers skip such mappings too. This is what the kernel's own
+//! `tools/mm/page-types -f` does.
+//!
+//! A page can also vanish between mincore and the touch (a container truncating its log): a
+//! touch through memory would then kill memtrace with SIGBUS. The touch is a 1-byte `write`
+//! from the mapping into a pipe instead, so the kernel does the access and a vanished page is
+//! an `EFAULT`, counted as unowned.
 
 use std::{
     collections::HashMap,
     fs::File,
-    io,
-    os::unix::{fs::FileExt, io::AsRawFd},
+    io::{self, Read},
+    os::unix::{
+        fs::FileExt,
+        io::{AsRawFd, FromRawFd},
+    },
 };
 
 /// cachestat(2) figures, in pages.
@@ -48,7 +63,13 @@ struct RawCachestat {
 
 /// cachestat(2) over the whole file; `Unsupported` before Linux 6.5.
 pub fn cachestat(file: &File) -> io::Result<CacheStat> {
-    let range = CachestatRange { off: 0, len: 0 }; // len 0: to the end of the file
+    // len 0: to the end of the file.
+    cachestat_range(file, 0, 0)
+}
+
+/// cachestat(2) over `len` bytes from `off`.
+fn cachestat_range(file: &File, off: u64, len: u64) -> io::Result<CacheStat> {
+    let range = CachestatRange { off, len };
     let mut raw = RawCachestat::default();
     // SAFETY: the kernel reads `range` and writes `raw`, both live for the call.
     let ret = unsafe {
@@ -77,14 +98,16 @@ pub fn cachestat(file: &File) -> io::Result<CacheStat> {
     })
 }
 
-/// A read-only shared mapping of a whole file, unmapped on drop.
+/// A read-only shared mapping of part of a file, unmapped on drop.
 struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapping {
-    fn new(file: &File, len: usize) -> io::Result<Self> {
+    fn new(file: &File, offset: u64, len: usize) -> io::Result<Self> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: a fresh mapping of a file we hold open; nothing else aliases it.
         let addr = unsafe {
             libc::mmap(
@@ -93,7 +116,7 @@ impl Mapping {
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
-                0,
+                offset,
             )
         };
         if addr == libc::MAP_FAILED {
@@ -101,12 +124,74 @@ impl Mapping {
         }
         Ok(Self { addr, len })
     }
+
+    /// Sets the mapping's access pattern (`MADV_RANDOM`, `MADV_SEQUENTIAL`): flags on the
+    /// mapping only, no page is touched.
+    fn advise(&self, advice: libc::c_int) -> io::Result<()> {
+        // SAFETY: exactly our own mapping.
+        if unsafe { libc::madvise(self.addr, self.len, advice) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `new` mapped.
         unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+/// A pipe the kernel copies single bytes into from our mappings: a page that is gone makes the
+/// write fail with EFAULT, where a load would raise SIGBUS.
+struct TouchPipe {
+    read: File,
+    write: File,
+    pending: usize,
+}
+
+impl TouchPipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fds we own.
+        let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        Ok(Self {
+            read,
+            write,
+            pending: 0,
+        })
+    }
+
+    /// Makes the kernel read one byte at `addr`; false when the page is gone.
+    fn touch(&mut self, addr: usize) -> bool {
+        loop {
+            // SAFETY: the kernel reads one byte at `addr` with fault handling (copy_from_user):
+            // an unmapped or truncated page is an EFAULT, not a signal.
+            let ret = unsafe { libc::write(self.write.as_raw_fd(), addr as *const _, 1) };
+            if ret == 1 {
+                self.pending += 1;
+                if self.pending >= 32 * 1024 {
+                    self.drain();
+                }
+                return true;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => self.drain(),
+                Some(libc::EINTR) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 8192];
+        while (&self.read).read(&mut buf).is_ok_and(|n| n > 0) {}
+        self.pending = 0;
     }
 }
 
@@ -127,6 +212,9 @@ pub struct PageOwners {
     pub resident: u64,
     /// Resident pages whose memcg could not be read (no kpagecgroup, or evicted mid-scan).
     pub unowned: u64,
+    /// Pages mincore listed that were gone before their frame could be read (truncated or
+    /// evicted meanwhile): not counted as resident.
+    pub vanished: u64,
     /// Resident pages on the active LRU list (they count toward kubelet's working set), from
     /// /proc/kpageflags.
     pub active: u64,
@@ -173,42 +261,49 @@ impl PageOwnerReader {
         self.kpageflags.is_some()
     }
 
-    /// Residency and ownership of every page of `file`.
+    /// Residency and ownership of every page of `file`, leaving each page as it was.
     pub fn owners(&self, file: &File) -> io::Result<PageOwners> {
-        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+        let len = file.metadata()?.len();
         let mut owners = PageOwners::default();
         if len == 0 {
             return Ok(owners);
         }
-        let mapping = Mapping::new(file, len)?;
-        owners.identity = mapped_identity(mapping.addr as usize);
-        let pages = len.div_ceil(self.page_size);
+        let mut touch = TouchPipe::new()?;
+        let chunk_bytes = (CHUNK_PAGES * self.page_size) as u64;
         let mut residency = vec![0u8; CHUNK_PAGES];
         let mut frames = vec![0u8; CHUNK_PAGES * 8];
-        for first in (0..pages).step_by(CHUNK_PAGES) {
-            let count = CHUNK_PAGES.min(pages - first);
-            let start = mapping.addr as usize + first * self.page_size;
-            let bytes = (count * self.page_size).min(len - first * self.page_size);
-            // SAFETY: [start, start+bytes) lies inside our mapping; mincore writes `count` bytes.
+        for offset in cached_chunks(file, len, chunk_bytes) {
+            let bytes = usize::try_from(chunk_bytes.min(len - offset)).unwrap_or(0);
+            let count = bytes.div_ceil(self.page_size);
+            let mapping = Mapping::new(file, offset, bytes)?;
+            mapping.advise(libc::MADV_RANDOM)?;
+            if owners.identity.is_none() {
+                owners.identity = mapped_identity(mapping.addr as usize);
+            }
+            let start = mapping.addr as usize;
+            // SAFETY: [start, start+bytes) is our mapping; mincore writes `count` bytes.
             let ret =
                 unsafe { libc::mincore(start as *mut libc::c_void, bytes, residency.as_mut_ptr()) };
             if ret != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let resident: Vec<usize> = (0..count).filter(|&i| residency[i] & 1 != 0).collect();
-            owners.resident += resident.len() as u64;
-            if resident.is_empty() {
-                continue;
-            }
+            let mut resident: Vec<usize> = (0..count).filter(|&i| residency[i] & 1 != 0).collect();
             let Some(kpagecgroup) = &self.kpagecgroup else {
+                owners.resident += resident.len() as u64;
                 owners.unowned += resident.len() as u64;
                 continue;
             };
-            for &i in &resident {
-                // Map the resident page into our page table so pagemap can name its frame.
-                // SAFETY: inside our read-only mapping; the page is resident, so no I/O.
-                unsafe { std::ptr::read_volatile((start + i * self.page_size) as *const u8) };
+            if resident.is_empty() {
+                continue;
             }
+            // Puts each resident page in our page table so pagemap can name its frame; a page
+            // that is gone by now (truncated, evicted) is not counted at all.
+            let listed = resident.len();
+            resident.retain(|&i| touch.touch(start + i * self.page_size));
+            owners.vanished += (listed - resident.len()) as u64;
+            owners.resident += resident.len() as u64;
+            // Before anything else: the unmap must see VM_SEQ_READ to leave the pages unaged.
+            mapping.advise(libc::MADV_SEQUENTIAL)?;
             self.pagemap.read_exact_at(
                 &mut frames[..count * 8],
                 (start / self.page_size * 8) as u64,
@@ -237,12 +332,38 @@ impl PageOwnerReader {
                     owners.unowned += 1;
                 }
             }
-            // Drop our page-table entries for the chunk (the page cache itself is untouched).
-            // SAFETY: a range of our own mapping.
-            unsafe { libc::madvise(start as *mut libc::c_void, bytes, libc::MADV_DONTNEED) };
         }
         Ok(owners)
     }
+}
+
+/// Offsets of the chunks of `file` that hold any cache. With cachestat(2), empty halves are
+/// skipped by bisection, so a huge sparse file with one cached page costs a few dozen calls;
+/// without it (before Linux 6.5) every chunk is looked at.
+fn cached_chunks(file: &File, len: u64, chunk: u64) -> Vec<u64> {
+    let whole = len.div_ceil(chunk) * chunk;
+    if cachestat_range(file, 0, whole).is_err() {
+        return (0..len).step_by(chunk as usize).collect();
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![(0u64, whole)];
+    while let Some((offset, size)) = pending.pop() {
+        match cachestat_range(file, offset, size) {
+            Ok(stat) if stat.cached == 0 => {}
+            _ if size <= chunk => {
+                if offset < len {
+                    found.push(offset);
+                }
+            }
+            _ => {
+                // Halves on chunk boundaries; the later half first, so offsets come out sorted.
+                let half = (size / chunk).div_ceil(2) * chunk;
+                pending.push((offset + half, size - half));
+                pending.push((offset, half));
+            }
+        }
+    }
+    found
 }
 
 /// (major, minor, inode) of the file mapped at `addr`, from /proc/self/maps.
@@ -273,7 +394,7 @@ mod tests {
         file.sync_all().unwrap();
         let file = File::open(&path).unwrap();
         let meta = file.metadata().unwrap();
-        let mapping = Mapping::new(&file, 64 * 1024).unwrap();
+        let mapping = Mapping::new(&file, 0, 64 * 1024).unwrap();
         let identity = mapped_identity(mapping.addr as usize).unwrap();
         assert_eq!(
             identity,

@@ -8,15 +8,18 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::{self, File, OpenOptions},
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    fs::{self, File},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use memtrace_common::CacheKey;
 
-use super::residency::{cachestat, PageOwnerReader};
+use super::{
+    open::{open_proc_link, open_regular},
+    residency::{cachestat, PageOwnerReader},
+};
 use crate::{
     model::{Provenance, SeedSummary},
     resolve::{paths::SeenName, procs::open_file_links},
@@ -120,19 +123,15 @@ pub fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
-fn open_quietly(path: &Path) -> Option<File> {
-    // O_NOATIME keeps the scan from touching access times where the kernel allows it.
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_NONBLOCK)
-        .open(path)
-        .or_else(|_| {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-        })
-        .ok()
+/// Opens a candidate without following a container's symlinks, blocking on a FIFO or taking a
+/// non-regular file (see `open`): /proc links by what the process holds, walked paths as they are.
+fn open_candidate(candidate: &Candidate) -> Option<File> {
+    let opened = if candidate.holder_pid.is_some() {
+        open_proc_link(&candidate.path)
+    } else {
+        open_regular(&candidate.path, None)
+    };
+    opened.map_err(|err| log::debug!("not scanned: {err}")).ok()
 }
 
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
@@ -207,15 +206,15 @@ pub fn scan(
             summary.truncated = true;
             break;
         }
-        let Ok(meta) = fs::metadata(&candidate.path) else {
+        let Some(file) = open_candidate(&candidate) else {
             continue;
         };
-        if !meta.is_file() || meta.len() == 0 || !seen_paths.insert((meta.dev(), meta.ino())) {
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if meta.len() == 0 || !seen_paths.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        let Some(file) = open_quietly(&candidate.path) else {
-            continue;
-        };
         summary.files_examined += 1;
         // An overlay file's pages belong to its layer's file, and a mapping of it is shown
         // under the overlay's device and inode: such files are measured through the layer

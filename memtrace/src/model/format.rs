@@ -25,9 +25,51 @@ pub fn human_count(count: u64) -> String {
     }
 }
 
+/// Text that came from outside (file, process, container names) made safe for a terminal:
+/// every control character (C0, DEL, C1) is written as an escape (`\n`, `\x1b`, `\u{9b}`),
+/// and so is a backslash, so the escaped text reads back unambiguously.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c.is_control() || c == '\\';
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_every_control_character() {
+        assert_eq!(escape_control("/tmp/app.log"), "/tmp/app.log");
+        assert_eq!(
+            escape_control("evil\n\x1b[31mname.log"),
+            "evil\\n\\x1b[31mname.log"
+        );
+        assert_eq!(escape_control("a\x7fb\u{9b}c\\d"), "a\\x7fb\\u{9b}c\\\\d");
+        for c in (0u32..0x20).chain([0x7f]).chain(0x80..0xa0) {
+            let text = char::from_u32(c).unwrap().to_string();
+            assert!(
+                !escape_control(&text).chars().any(char::is_control),
+                "U+{c:04x} left raw"
+            );
+        }
+    }
 
     #[test]
     fn formats_bytes() {

@@ -21,7 +21,7 @@ pub mod schema;
 pub use self::{
     aggregate::{aggregate, Observation, SeededCache},
     filter::{apply_filter, under, Filter},
-    format::{human_bytes, human_count},
+    format::{escape_control, human_bytes, human_count},
     rates::{Rates, Sample},
     schema::*,
 };

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::model::{explain::Explanation, human_bytes};
+use crate::model::{escape_control, explain::Explanation, human_bytes};
 
 pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
     let t = &e.target;
@@ -15,11 +15,13 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         ),
         None => format!("cgroup {}", t.cgroup_path),
     };
-    writeln!(out, "memtrace explain: {label}")?;
+    // Names come from containers and files: escaped, as everything else from outside.
+    writeln!(out, "memtrace explain: {}", escape_control(&label))?;
     writeln!(
         out,
         "  memory cgroup {} (id {})",
-        t.cgroup_path, t.cgroup_id
+        escape_control(&t.cgroup_path),
+        t.cgroup_id
     )?;
     if let Some(m) = &e.memory {
         writeln!(out)?;
@@ -88,23 +90,24 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         };
         writeln!(
             out,
-            "  {:>10} {:>9} {:>11}  {:<10} {name}{}",
+            "  {:>10} {:>9} {:>11}  {:<10} {}{}",
             human_bytes(f.cached_bytes),
             f.dirty_bytes
                 .map(human_bytes)
                 .unwrap_or_else(|| "?".to_owned()),
             growth,
             format!("{:?}", f.provenance).to_lowercase(),
+            escape_control(name),
             if notes.is_empty() {
                 String::new()
             } else {
-                format!("  ({})", notes.join("; "))
+                escape_control(&format!("  ({})", notes.join("; "))).into_owned()
             }
         )?;
     }
     writeln!(out)?;
     for line in &e.verdict {
-        writeln!(out, "  {line}")?;
+        writeln!(out, "  {}", escape_control(line))?;
     }
     if let Some(seed) = &e.seed {
         writeln!(

@@ -258,3 +258,34 @@ fn explanation_json_and_text_are_unchanged() {
     crate::view::explain::write(&mut text, &e).unwrap();
     assert_golden("explain.txt", &text);
 }
+
+#[test]
+fn names_from_outside_never_reach_the_terminal_raw() {
+    let evil = "/tmp/evil\n\x1b[31mname\u{9b}.log";
+    let mut report = fixed_report();
+    report.cgroups[0].files[0].path = Some(Arc::from(evil));
+    report.cgroups[0].files[0].writers[0].comm = comm("ev\x1bil");
+    let mut table = Vec::new();
+    let options = table::TableOptions {
+        files_per_cgroup: 5,
+        max_cgroups: 5,
+        show_idle: true,
+    };
+    table::write(&mut table, &report, options).unwrap();
+    let mut e = fixed_explanation();
+    e.files[0].path = Some(Arc::from(evil));
+    e.conclude();
+    let mut text = Vec::new();
+    crate::view::explain::write(&mut text, &e).unwrap();
+    for (what, out) in [("table", table), ("explain", text)] {
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "{what} printed a control character: {out:?}"
+        );
+        assert!(
+            out.contains("/tmp/evil\\n\\x1b[31mname\\u{9b}.log"),
+            "{what}: {out}"
+        );
+    }
+}

@@ -3,8 +3,8 @@
 use std::io::{self, Write};
 
 use crate::model::{
-    describe_hierarchy, human_bytes, human_count, CgroupUsage, FileUsage, Layer, Report,
-    WritesSource,
+    describe_hierarchy, escape_control, human_bytes, human_count, CgroupUsage, FileUsage, Layer,
+    Report, WritesSource,
 };
 
 /// How much of the report a table shows.
@@ -85,7 +85,7 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
             human_bytes(written),
             human_bytes(cgroup.added_bytes),
             human_bytes(cgroup.removed_bytes),
-            cgroup_label(cgroup),
+            escape_control(&cgroup_label(cgroup)),
         )?;
         let files = cgroup
             .files
@@ -102,7 +102,7 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
                 human_bytes(file.written_bytes),
                 human_bytes(file.added_bytes),
                 human_bytes(file.removed_bytes),
-                file_label(file),
+                escape_control(&file_label(file)),
             )?;
         }
         let hidden = cgroup.file_count.saturating_sub(shown);
