@@ -1,0 +1,188 @@
+//! Measuring without disturbing, and containers that try to hang, crash or fool memtrace.
+//!
+//! The oracle is the kernel: memory.stat's LRU figures before and after, cachestat, and what
+//! is on disk. Every test ends with memtrace having exited 0 and still reporting the files it
+//! should.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use memtrace_tests::{
+    assert_near,
+    cgroup::MemCgroup,
+    container::OverlayContainer,
+    files::{dd_write, resident_bytes, Scratch},
+    memtrace, require_root, MIB,
+};
+use serde_json::Value;
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn explain_json(target: &str) -> Value {
+    let out = memtrace(&["explain", target, "--json", "--duration", "200ms", "--top", "50"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run memtrace explain");
+    assert!(
+        out.status.success(),
+        "memtrace explain {target} exited with {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
+}
+
+fn lru(cgroup: &MemCgroup) -> (u64, u64) {
+    MemCgroup::settle_stats();
+    let stat = cgroup.memory_stat();
+    (stat["active_file"], stat["inactive_file"])
+}
+
+#[test]
+fn explain_leaves_the_lru_lists_as_they_were() {
+    require_root();
+    let cgroup = MemCgroup::create("observer");
+    let scratch = Scratch::new("observer");
+    let path = scratch.path("inactive.bin");
+    cgroup.run(dd_write(&path, 64).arg("conv=fsync"));
+    let (active_before, inactive_before) = lru(&cgroup);
+    assert!(
+        inactive_before >= 60 * MIB,
+        "precondition: a file written once sits on the inactive list (inactive_file {inactive_before}, active_file {active_before})"
+    );
+
+    let mut seen = 0;
+    for run in 1..=3 {
+        let e = explain_json(&cgroup.path);
+        let file = e["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("run {run}: explain did not measure the file: {e:#}"));
+        assert_eq!(file["provenance"], "exact", "run {run}: read from the pages");
+        seen = file["cached_bytes"].as_u64().unwrap();
+    }
+    assert_near("explain measured the file", seen, 64 * MIB, 2 * MIB);
+
+    let (active_after, inactive_after) = lru(&cgroup);
+    eprintln!(
+        "LRU of {}: active_file {active_before} -> {active_after}, inactive_file {inactive_before} -> {inactive_after}",
+        cgroup.path
+    );
+    assert_near("active_file across 3 explains", active_after, active_before, MIB);
+    assert_near("inactive_file across 3 explains", inactive_after, inactive_before, MIB);
+    // And the pages are all still there: nothing dropped, nothing read in.
+    let resident = resident_bytes(&File::open(&path).unwrap()).unwrap();
+    assert_near("resident after", resident, 64 * MIB, 0);
+}
+
+#[test]
+fn a_log_truncated_in_a_loop_during_explain_does_not_kill_memtrace() {
+    require_root();
+    // copytruncate done as fast as a shell can: write 8 MiB, truncate, again.
+    let rotator = OverlayContainer::start(
+        "rotator",
+        "touch /tmp/done; while true; do dd if=/dev/zero of=/tmp/app.log bs=1M count=8 conv=notrunc 2>/dev/null; : > /tmp/app.log; done",
+    );
+    rotator.wait_for("/tmp/done", STARTUP);
+    let steady = OverlayContainer::start(
+        "steady",
+        "dd if=/dev/zero of=/tmp/steady.log bs=1M count=24 2>/dev/null; touch /tmp/done; sleep 600",
+    );
+    steady.wait_for("/tmp/done", STARTUP);
+    for _ in 0..3 {
+        explain_json(&rotator.id);
+    }
+    let e = explain_json(&steady.id);
+    let top = &e["files"][0];
+    assert_eq!(top["path"], "/tmp/steady.log", "{e:#}");
+    assert_near(
+        "the other container's log",
+        top["cached_bytes"].as_u64().unwrap(),
+        24 * MIB,
+        2 * MIB,
+    );
+}
+
+/// A container swaps its cached log for a FIFO and for a symlink to a host file while memtrace
+/// watches: memtrace must neither block on the FIFO nor report the host file.
+#[test]
+fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
+    require_root();
+    let secret_dir = Scratch::new("host-secret");
+    let secret = secret_dir.path("secret.bin");
+    // A host file with plenty of cache, which must never show under the container.
+    Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=16", "status=none"])
+        .arg(format!("of={}", secret.display()))
+        .status()
+        .unwrap();
+    let mut watch = memtrace(&["watch", "--json", "--interval", "500ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("memtrace watch");
+    let mut reports = BufReader::new(watch.stdout.take().unwrap()).lines();
+    reports.next().expect("a first report: memtrace is attached").unwrap();
+    // Written while memtrace traces, and held open so their cache outlives the swap.
+    let evil = OverlayContainer::start(
+        "evil",
+        "dd if=/dev/zero of=/tmp/fifo.log bs=1M count=8 2>/dev/null; \
+         dd if=/dev/zero of=/tmp/link.log bs=1M count=8 2>/dev/null; \
+         dd if=/dev/zero of=/tmp/kept.log bs=1M count=12 2>/dev/null; \
+         exec 3</tmp/fifo.log 4</tmp/link.log; touch /tmp/done; sleep 600",
+    );
+    evil.wait_for("/tmp/done", STARTUP);
+    // A report or two names the files by their layer paths.
+    thread::sleep(Duration::from_millis(1200));
+    let fifo = evil.upper_path("/tmp/fifo.log");
+    let link = evil.upper_path("/tmp/link.log");
+    fs::remove_file(&fifo).unwrap();
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    // Reports keep coming (a blocked open would stop them), then SIGTERM ends the watch.
+    for _ in 0..3 {
+        reports
+            .next()
+            .expect("memtrace keeps reporting after the swap")
+            .unwrap();
+    }
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = reports.map_while(Result::ok).collect();
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch exited with {status}");
+    let last: Value = serde_json::from_str(rest.last().expect("a final report")).unwrap();
+    let secret_name = secret.to_str().unwrap();
+    for cgroup in last["cgroups"].as_array().unwrap() {
+        for file in cgroup["files"].as_array().unwrap() {
+            assert_ne!(file["host_path"], secret_name, "a symlink was followed: {file}");
+        }
+    }
+    let cg = last["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["container"]["id"] == evil.id.as_str())
+        .expect("the container is still reported");
+    let kept = cg["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/tmp/kept.log")
+        .expect("the untouched log is still named");
+    assert_near(
+        "kept.log",
+        kept["cached_bytes"].as_u64().unwrap(),
+        12 * MIB,
+        2 * MIB,
+    );
+}
