@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use memtrace_common::DEFAULT_CACHE_ENTRIES;
@@ -134,11 +134,16 @@ pub struct RunArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Write the report to FILE instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
+    #[arg(
+        long = "output",
+        short = 'o',
+        visible_alias = "output-file",
+        value_name = "FILE"
+    )]
     pub output_file: Option<PathBuf>,
-    /// The command to run, after `--`.
-    #[arg(required = true, last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    /// The command to run, after `--` (any bytes: arguments need not be UTF-8).
+    #[arg(required = true, last = true, value_name = "CMD", value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -148,8 +153,8 @@ pub struct WatchArgs {
     /// Time between reports: `2s`, `500ms`, `1m`.
     #[arg(long, short = 'i', default_value = "2s", value_parser = parse_interval)]
     pub interval: Option<Duration>,
-    /// Stop after this many reports.
-    #[arg(long, short = 'n')]
+    /// Stop after this many reports (1 or more).
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 }
 
@@ -165,6 +170,10 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 2s or 500ms: {e}"))?;
     if interval < Duration::from_millis(100) {
         return Err(format!("interval {text} is too short: use 100ms or more"));
+    }
+    // Far beyond any use, and far from what a clock can add without overflowing.
+    if interval > Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!("interval {text} is too long: use a week or less"));
     }
     Ok(interval)
 }
@@ -187,12 +196,20 @@ mod tests {
         };
         assert!(run.output.json);
         assert_eq!(run.command, ["dd", "if=/dev/zero"]);
+        let long = Cli::parse_from(["memtrace", "run", "--output", "r.txt", "--", "true"]);
+        let Some(Command::Run(run)) = long.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.output_file, Some(PathBuf::from("r.txt")));
     }
 
     #[test]
     fn rejects_bad_intervals() {
         assert!(Cli::try_parse_from(["memtrace", "watch", "--interval", "soon"]).is_err());
         assert!(Cli::try_parse_from(["memtrace", "watch", "--interval", "1ms"]).is_err());
+        let huge = Cli::try_parse_from(["memtrace", "watch", "--interval", "10000000000y"]);
+        assert!(huge.is_err(), "an interval no clock can add is refused");
+        assert!(Cli::try_parse_from(["memtrace", "watch", "--count", "0"]).is_err());
         let cli = Cli::parse_from(["memtrace", "watch", "-i", "500ms"]);
         let Some(Command::Watch(w)) = cli.command else {
             panic!("expected watch")

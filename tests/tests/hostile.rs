@@ -24,10 +24,18 @@ use serde_json::Value;
 const STARTUP: Duration = Duration::from_secs(30);
 
 fn explain_json(target: &str) -> Value {
-    let out = memtrace(&["explain", target, "--json", "--duration", "200ms", "--top", "50"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run memtrace explain");
+    let out = memtrace(&[
+        "explain",
+        target,
+        "--json",
+        "--duration",
+        "200ms",
+        "--top",
+        "50",
+    ])
+    .stderr(Stdio::inherit())
+    .output()
+    .expect("run memtrace explain");
     assert!(
         out.status.success(),
         "memtrace explain {target} exited with {}",
@@ -64,7 +72,10 @@ fn explain_leaves_the_lru_lists_as_they_were() {
             .iter()
             .find(|f| f["path"].as_str() == Some(path.to_str().unwrap()))
             .unwrap_or_else(|| panic!("run {run}: explain did not measure the file: {e:#}"));
-        assert_eq!(file["provenance"], "exact", "run {run}: read from the pages");
+        assert_eq!(
+            file["provenance"], "exact",
+            "run {run}: read from the pages"
+        );
         seen = file["cached_bytes"].as_u64().unwrap();
     }
     assert_near("explain measured the file", seen, 64 * MIB, 2 * MIB);
@@ -74,8 +85,18 @@ fn explain_leaves_the_lru_lists_as_they_were() {
         "LRU of {}: active_file {active_before} -> {active_after}, inactive_file {inactive_before} -> {inactive_after}",
         cgroup.path
     );
-    assert_near("active_file across 3 explains", active_after, active_before, MIB);
-    assert_near("inactive_file across 3 explains", inactive_after, inactive_before, MIB);
+    assert_near(
+        "active_file across 3 explains",
+        active_after,
+        active_before,
+        MIB,
+    );
+    assert_near(
+        "inactive_file across 3 explains",
+        inactive_after,
+        inactive_before,
+        MIB,
+    );
     // And the pages are all still there: nothing dropped, nothing read in.
     let resident = resident_bytes(&File::open(&path).unwrap()).unwrap();
     assert_near("resident after", resident, 64 * MIB, 0);
@@ -128,7 +149,10 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
         .spawn()
         .expect("memtrace watch");
     let mut reports = BufReader::new(watch.stdout.take().unwrap()).lines();
-    reports.next().expect("a first report: memtrace is attached").unwrap();
+    reports
+        .next()
+        .expect("a first report: memtrace is attached")
+        .unwrap();
     // Written while memtrace traces, and held open so their cache outlives the swap.
     let evil = OverlayContainer::start(
         "evil",
@@ -164,7 +188,10 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
     let secret_name = secret.to_str().unwrap();
     for cgroup in last["cgroups"].as_array().unwrap() {
         for file in cgroup["files"].as_array().unwrap() {
-            assert_ne!(file["host_path"], secret_name, "a symlink was followed: {file}");
+            assert_ne!(
+                file["host_path"], secret_name,
+                "a symlink was followed: {file}"
+            );
         }
     }
     let cg = last["cgroups"]

@@ -36,7 +36,12 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
     let mut child = Command::new(program)
         .args(program_args)
         .spawn()
-        .with_context(|| format!("cannot run `{program}`"))?;
+        .with_context(|| {
+            format!(
+                "cannot run `{}`",
+                crate::model::escape_control(&program.to_string_lossy())
+            )
+        })?;
 
     let mut drain = drain_ticks();
     let status = loop {

@@ -178,10 +178,12 @@ impl KernelBtf {
 
     /// Everything the page-cache programs read, for this kernel.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
-        // 6.6+ keeps a large folio's order in the low byte of `_flags_1`; 6.1 has `_folio_order`.
+        // 6.1–6.5 have both members: `_folio_order` is the order there and `_flags_1` is the
+        // second page's whole flags word. 6.6+ dropped `_folio_order` and keeps the order in
+        // the low byte of `_flags_1`. So `_folio_order` wins wherever it exists.
         let folio_order = self
-            .member_offset("folio", "_flags_1")
-            .or_else(|_| self.member_offset("folio", "_folio_order"))?;
+            .member_offset("folio", "_folio_order")
+            .or_else(|_| self.member_offset("folio", "_flags_1"))?;
         let pg_head_bit = self.enum_value("pageflags", "PG_head")?;
         Ok(KernelOffsets {
             folio_flags: self.member_offset("folio", "flags")?,
