@@ -9,7 +9,8 @@ pub mod names {
     pub const CACHE_MAP: &str = "PAGE_CACHE";
     pub const STATS_MAP: &str = "STATS";
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
-    pub const FILE_EVENTS: &str = "FILE_EVENTS";
+    pub const NAME_BUF: &str = "NAME_BUF";
+    pub const PROG_NAME_INODE: &str = "name_inode";
     pub const WRITERS_MAP: &str = "WRITERS";
     pub const MEMCG_EPOCH: &str = "MEMCG_EPOCH";
     pub const PROG_VFS_WRITE: &str = "vfs_write_exit";
@@ -35,11 +36,6 @@ pub const WRITER_ENTRIES: u32 = 65_536;
 pub const COMM_LEN: usize = 16;
 /// Longest cgroup path the kernel side copies; longer paths are cut and flagged.
 pub const CGROUP_PATH_LEN: usize = 256;
-/// Path components the kernel's dentry walk copies, leaf first.
-pub const PATH_DEPTH: usize = 20;
-/// Bytes kept of each path component, NUL included. Longer names are cut; userspace then finds
-/// the full name by inode in the parent directory.
-pub const NAME_LEN: usize = 80;
 
 /// Key of the page-cache map: which memory cgroup a file's pages are charged to.
 #[repr(C)]
@@ -64,6 +60,9 @@ pub struct CacheCounters {
     pub pages_added: u64,
     /// Pages removed from the page cache (truncate, invalidate, reclaim).
     pub pages_removed: u64,
+    /// Kernel address of the file's inode when the entry was made: userspace hands it back to
+    /// the `name_inode` program to learn the file's path (checked there against dev and ino).
+    pub inode: u64,
 }
 
 /// Key of the writers map: a process writing a file, under its own memory cgroup.
@@ -108,7 +107,7 @@ pub enum Stat {
     Uncharged = 4,
     /// Cgroup creation/removal notices lost because the ring buffer was full.
     CgroupEventsLost = 5,
-    /// File path notices lost because the ring buffer was full (userspace falls back).
+    /// Unused since files are named on demand; always 0 (kept so indices stay put).
     FileEventsLost = 6,
     /// Writes not recorded because the writers map was full.
     WritersMapFull = 7,
@@ -207,31 +206,47 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_LEN],
 }
 
-/// `FileEvent.flags`: the walk reached its depth limit before the filesystem root.
+/// `InodeName.flags`: the walk reached its depth limit before the filesystem root.
 pub const PATH_TOO_DEEP: u32 = 1;
-/// `FileEvent.flags`: the inode had no cached dentry, so no path.
+/// `InodeName.flags`: the inode had no cached dentry, so no path.
 pub const PATH_NO_DENTRY: u32 = 2;
-/// `FileEvent.flags`: a kernel read failed partway through the walk.
+/// `InodeName.flags`: a kernel read failed partway through the walk.
 pub const PATH_READ_FAILED: u32 = 4;
+/// `InodeName.flags`: the path is longer than the buffer; the components near the root are
+/// missing.
+pub const PATH_TOO_LONG: u32 = 8;
 
-/// A file seen for the first time under a memcg: its identity and its path from the root of
-/// its filesystem (not from a mount), captured by a bounded dentry walk.
+/// Components the `name_inode` walk follows towards the root at most.
+pub const NAME_MAX_DEPTH: u32 = 128;
+/// Bytes of one component, NUL included (`NAME_MAX` + 1).
+pub const NAME_COMPONENT_MAX: usize = 256;
+/// Bytes of path text one walk keeps (a power of two: offsets are masked with it).
+pub const NAME_TEXT_BYTES: usize = 8192;
+
+/// `name_inode`'s answer: a file's identity and its path from the root of its filesystem (not
+/// from a mount), found by walking its dentries when userspace asks. Components are stored leaf
+/// first, each followed by a NUL, as the kernel keeps them (any bytes but `/` and NUL).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct FileEvent {
+pub struct InodeName {
     pub ino: u64,
     pub dev: u32,
     /// `i_mode`: file type and permissions.
     pub mode: u32,
     /// `i_rdev`: for block-device inodes, the device whose metadata they cache.
     pub rdev: u32,
-    /// `i_nlink` when captured: 0 means already unlinked.
+    /// `i_nlink`: 0 means unlinked.
     pub nlink: u32,
-    /// Components filled in `names`, leaf first.
+    /// Components in `text`.
     pub depth: u32,
     /// `PATH_*` bits.
     pub flags: u32,
-    pub names: [[u8; NAME_LEN]; PATH_DEPTH],
+    /// Bytes of `text` used.
+    pub used: u32,
+    /// 0 when filled in; otherwise the inode at that address is no longer (dev, ino).
+    pub status: u32,
+    /// Room for one more component past `NAME_TEXT_BYTES`, so every copy is in bounds.
+    pub text: [u8; NAME_TEXT_BYTES + NAME_COMPONENT_MAX],
 }
 
 #[cfg(feature = "user")]
@@ -251,10 +266,13 @@ mod pod {
     // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::CgroupEvent {}
     // SAFETY: plain integer data without padding, as said above.
-    unsafe impl aya::Pod for super::FileEvent {}
+    unsafe impl aya::Pod for super::InodeName {}
 
     // No padding: each size is the sum of its fields.
     const _: () = assert!(size_of::<super::CgroupEvent>() == 8 + 4 + 4 + super::CGROUP_PATH_LEN);
-    const _: () =
-        assert!(size_of::<super::FileEvent>() == 8 + 6 * 4 + super::NAME_LEN * super::PATH_DEPTH);
+    const _: () = assert!(
+        size_of::<super::InodeName>()
+            == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
+    );
+    const _: () = assert!(size_of::<super::CacheCounters>() == 24);
 }

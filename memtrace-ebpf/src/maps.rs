@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    CacheCounters, CacheKey, KernelOffsets, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
-    WRITER_ENTRIES,
+    CacheCounters, CacheKey, InodeName, KernelOffsets, Stat, WriterKey, WriterStats,
+    DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
 };
 
 /// Pages in and out per (memcg, file). Userspace may resize it before load (`--max-entries`).
@@ -53,9 +53,9 @@ pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::
 #[map(name = "CGROUP_EVENTS")]
 pub(crate) static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// First sight of a file under a memcg, with its path (rare: once per new (memcg, file)).
-#[map(name = "FILE_EVENTS")]
-pub(crate) static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+/// `name_inode`'s answer, read by userspace right after each run.
+#[map(name = "NAME_BUF")]
+pub(crate) static NAME_BUF: Array<InodeName> = Array::with_max_entries(1, 0);
 
 /// Struct offsets of the running kernel, written by the loader before load. Read-only once
 /// loaded, so the verifier sees constants.

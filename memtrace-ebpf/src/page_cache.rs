@@ -7,7 +7,6 @@ use crate::{
     cgroups::{memcg_identity, MemcgIdentity},
     kernel::{atomic_add, load, load_ptr, ReadFailed},
     maps::{count, offsets, PAGE_CACHE},
-    paths::report_file,
 };
 
 /// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
@@ -39,11 +38,7 @@ enum Direction {
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
     let folio: u64 = ctx.arg(0);
     match folio_key(folio) {
-        Ok((key, pages, inode)) => {
-            if account(&key, pages, direction) == Entry::Created {
-                report_file(inode, key.dev, key.ino);
-            }
-        }
+        Ok((key, pages, inode)) => account(&key, pages, inode, direction),
         Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
@@ -96,37 +91,28 @@ fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
     ))
 }
 
-#[derive(PartialEq, Eq)]
-enum Entry {
-    Existing,
-    Created,
-    Dropped,
-}
-
 #[inline(always)]
-fn account(key: &CacheKey, pages: u64, direction: Direction) -> Entry {
+fn account(key: &CacheKey, pages: u64, inode: u64, direction: Direction) {
     if let Some(counters) = PAGE_CACHE.get_ptr_mut(key) {
         bump(counters, pages, direction);
-        return Entry::Existing;
+        return;
     }
-    let mut fresh = CacheCounters::default();
+    // The inode's address lets userspace ask for the file's path later (`name_inode`).
+    let mut fresh = CacheCounters {
+        inode,
+        ..CacheCounters::default()
+    };
     match direction {
         Direction::Added => fresh.pages_added = pages,
         Direction::Removed => fresh.pages_removed = pages,
     }
     if PAGE_CACHE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
-        return Entry::Created;
+        return;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
     match PAGE_CACHE.get_ptr_mut(key) {
-        Some(counters) => {
-            bump(counters, pages, direction);
-            Entry::Existing
-        }
-        None => {
-            count(Stat::MapFull);
-            Entry::Dropped
-        }
+        Some(counters) => bump(counters, pages, direction),
+        None => count(Stat::MapFull),
     }
 }
 

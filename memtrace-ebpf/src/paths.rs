@@ -1,65 +1,112 @@
-//! A file's path, captured once when a (memcg, file) pair is first seen.
+//! A file's path, found when userspace asks for it.
 //!
-//! `bpf_d_path` is not allowed in tracepoints, so this walks `inode → dentry → d_parent` with a
-//! bounded loop. It yields the path from the filesystem's root (userspace maps it onto mounts)
-//! and nothing when no dentry is cached.
+//! `bpf_d_path` is not allowed in tracepoints, so this walks `inode → dentry → d_parent`. The
+//! walk used to run on the hot path, once per new (memcg, file), into a fixed-size ring record
+//! that a burst of new files could overflow. Now the page-cache programs only remember the
+//! inode's address in the map entry, and userspace runs `name_inode` (never attached: run with
+//! `BPF_PROG_RUN`) for the files it shows. The walk is long enough for any real path (128
+//! components, 8 KiB of text) and copies every name whole, whatever its bytes.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_kernel_str, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
 use memtrace_common::{
-    FileEvent, Stat, PATH_DEPTH, PATH_NO_DENTRY, PATH_READ_FAILED, PATH_TOO_DEEP,
+    InodeName, NAME_COMPONENT_MAX, NAME_MAX_DEPTH, NAME_TEXT_BYTES, PATH_NO_DENTRY,
+    PATH_READ_FAILED, PATH_TOO_DEEP, PATH_TOO_LONG,
 };
 
 use crate::{
-    kernel::{load, read_ptr},
-    maps::{count, offsets, FILE_EVENTS},
+    kernel::{read, read_ptr},
+    maps::{offsets, NAME_BUF},
 };
 
-#[inline(always)]
-pub(crate) fn report_file(inode: u64, dev: u32, ino: u64) {
-    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
-        count(Stat::FileEventsLost);
-        return;
+/// The inode at that address is not (dev, ino) any more.
+const STALE: u32 = 1;
+/// The answer buffer is missing (cannot happen with a well-built object).
+const NO_BUFFER: u32 = 2;
+
+/// Args: the inode's address, its dev and its ino, as the page-cache map recorded them.
+/// Fills `NAME_BUF[0]`; returns 0, or why not.
+#[raw_tracepoint(tracepoint = "memtrace_name_inode")]
+pub(crate) fn name_inode(ctx: RawTracePointContext) -> i32 {
+    let inode: u64 = ctx.arg(0);
+    let dev: u64 = ctx.arg(1);
+    let ino: u64 = ctx.arg(2);
+    let Some(name) = NAME_BUF.get_ptr_mut(0) else {
+        return NO_BUFFER as i32;
     };
-    let event = entry.as_mut_ptr();
-    let off = offsets();
-    // SAFETY: the reservation is sized for a FileEvent and exclusively ours until submit.
-    unsafe {
-        (*event).ino = ino;
-        (*event).dev = dev;
-        (*event).mode = u32::from(load::<u16>(inode, off.inode_mode));
-        (*event).nlink = load::<u32>(inode, off.inode_nlink);
-        (*event).rdev = load::<u32>(inode, off.inode_rdev);
-        let (depth, flags) = walk(inode, &mut (*event).names);
-        (*event).depth = depth;
-        (*event).flags = flags;
-    }
-    entry.submit(0);
+    // SAFETY: the map value is ours for this run (userspace runs this program alone) and big
+    // enough for an InodeName.
+    let status = unsafe { fill(&mut *name, inode, dev as u32, ino) };
+    // SAFETY: as above.
+    unsafe { (*name).status = status };
+    status as i32
 }
 
-/// Copies component names leaf first; returns how many and the `PATH_*` flags.
 #[inline(always)]
-fn walk(inode: u64, names: &mut [[u8; memtrace_common::NAME_LEN]; PATH_DEPTH]) -> (u32, u32) {
+fn fill(name: &mut InodeName, inode: u64, dev: u32, ino: u64) -> u32 {
+    let off = offsets();
+    // The address came from userspace and the inode may be gone: check it is still the file.
+    let same = read::<u64>(inode, off.inode_ino).is_ok_and(|i| i == ino)
+        && read_ptr(inode, off.inode_sb)
+            .and_then(|sb| read::<u32>(sb, off.sb_dev))
+            .is_ok_and(|d| d == dev);
+    if !same {
+        return STALE;
+    }
+    name.ino = ino;
+    name.dev = dev;
+    name.mode = u32::from(read::<u16>(inode, off.inode_mode).unwrap_or(0));
+    name.nlink = read::<u32>(inode, off.inode_nlink).unwrap_or(0);
+    name.rdev = read::<u32>(inode, off.inode_rdev).unwrap_or(0);
+    let (depth, used, flags) = walk(name, inode);
+    name.depth = depth;
+    name.used = used;
+    name.flags = flags;
+    0
+}
+
+/// Copies component names leaf first, each NUL-terminated; returns how many, the bytes used
+/// and the `PATH_*` flags.
+#[inline(always)]
+fn walk(name: &mut InodeName, inode: u64) -> (u32, u32, u32) {
     let off = offsets();
     let Ok(alias) = read_ptr(inode, off.inode_dentry) else {
-        return (0, PATH_NO_DENTRY);
+        return (0, 0, PATH_NO_DENTRY);
     };
     let mut dentry = alias - off.dentry_alias as u64;
-    for (depth, slot) in names.iter_mut().enumerate() {
+    let mut used: u32 = 0;
+    for depth in 0..NAME_MAX_DEPTH {
         let Ok(parent) = read_ptr(dentry, off.dentry_parent) else {
-            return (depth as u32, PATH_READ_FAILED);
+            return (depth, used, PATH_READ_FAILED);
         };
         if parent == dentry {
             // The filesystem root is its own parent.
-            return (depth as u32, 0);
+            return (depth, used, 0);
         }
-        let Ok(name) = read_ptr(dentry, off.dentry_name) else {
-            return (depth as u32, PATH_READ_FAILED);
+        let Ok(component) = read_ptr(dentry, off.dentry_name) else {
+            return (depth, used, PATH_READ_FAILED);
         };
-        // SAFETY: the helper bounds the copy by the slot and tolerates bad addresses.
-        if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) }.is_err() {
-            slot[0] = 0;
+        if used as usize >= NAME_TEXT_BYTES {
+            return (depth, used, PATH_TOO_LONG);
         }
+        // Masked so the verifier sees the copy stay inside the buffer's spare room.
+        let at = (used as usize) & (NAME_TEXT_BYTES - 1);
+        // SAFETY: `at + NAME_COMPONENT_MAX` is within `text`; the helper bounds the copy and
+        // tolerates bad source addresses.
+        let copied = unsafe {
+            bpf_probe_read_kernel_str(
+                name.text.as_mut_ptr().add(at).cast(),
+                NAME_COMPONENT_MAX as u32,
+                component as *const _,
+            )
+        };
+        if copied <= 0 {
+            return (depth, used, PATH_READ_FAILED);
+        }
+        used += copied as u32;
         dentry = parent;
     }
-    (PATH_DEPTH as u32, PATH_TOO_DEEP)
+    (NAME_MAX_DEPTH, used, PATH_TOO_DEEP)
 }

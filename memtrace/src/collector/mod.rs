@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, FileEvent, Stat};
+use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat};
 
 use self::{
     naming::{name_cgroups, name_files},
@@ -23,7 +23,7 @@ use crate::{
         aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
         Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
-    resolve::{cgroups::memcg_path_of, Resolvers},
+    resolve::{cgroups::memcg_path_of, paths::KernelPath, Resolvers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,17 +72,12 @@ impl Collector {
         &self.tracer
     }
 
-    /// Applies pending notices from the kernel: cgroups made and removed, files first seen.
+    /// Applies pending notices from the kernel: cgroups made and removed.
     /// Call it often enough that the ring buffers do not fill (the commands do, every 200 ms).
     pub fn drain_events(&mut self) {
         while let Some(item) = self.tracer.cgroup_events.next() {
             if let Some(event) = read_event::<CgroupEvent>(&item) {
                 self.resolvers.on_cgroup_event(&event);
-            }
-        }
-        while let Some(item) = self.tracer.file_events.next() {
-            if let Some(event) = read_event::<FileEvent>(&item) {
-                self.resolvers.on_file_event(&event);
             }
         }
     }
@@ -179,7 +174,13 @@ impl Collector {
         let entries = read_all(&self.tracer.page_cache, &mut stats.map_read_errors);
         let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
+        // Where each file's inode lives, for naming files on demand.
+        let mut inodes: HashMap<(u32, u64), u64> = HashMap::default();
+        inodes.reserve(entries.len());
         for (key, counters) in entries {
+            if counters.inode != 0 {
+                inodes.insert((key.dev, key.ino), counters.inode);
+            }
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
             let writers = Vec::new();
             observations.insert(
@@ -232,9 +233,15 @@ impl Collector {
         let aggregated = began.elapsed();
         self.resolvers.refresh();
         name_cgroups(&mut self.resolvers, &mut cgroups);
-        let resolvers = &mut self.resolvers;
+        let (resolvers, tracer) = (&mut self.resolvers, &self.tracer);
+        let ask_kernel = |dev: u32, ino: u64| {
+            let inode = inodes.get(&(dev, ino)).copied()?;
+            tracer
+                .name_inode(inode, dev, ino)
+                .map(|name| KernelPath::from_name(&name))
+        };
         apply_filter(&mut cgroups, &mut totals, filter, |shown| {
-            name_files(resolvers, shown)
+            name_files(resolvers, shown, ask_kernel)
         });
         let named = began.elapsed();
         self.rate(&mut cgroups);

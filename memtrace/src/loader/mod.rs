@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod btf;
 pub mod preflight;
+mod prog_run;
 
 use self::{
     btf::{BtfError, KernelBtf},
@@ -13,12 +14,12 @@ use self::{
 };
 use crate::model::{Hook, WritesSource};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FExit, ProgramError},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FExit, ProgramError, ProgramFd, RawTracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    names, CacheCounters, CacheKey, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
+    names, CacheCounters, CacheKey, InodeName, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -179,9 +180,10 @@ pub struct Tracer {
     pub(crate) page_cache: HashMap<MapData, CacheKey, CacheCounters>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
-    pub(crate) file_events: RingBuf<MapData>,
+    /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
+    namer: Option<Namer>,
     pub(crate) writers: HashMap<MapData, WriterKey, WriterStats>,
-    memcg_epoch: aya::maps::Array<MapData, u64>,
+    memcg_epoch: Array<MapData, u64>,
     pub writes_source: Option<WritesSource>,
     pub hooks: Vec<Hook>,
     pub max_entries: u32,
@@ -205,7 +207,16 @@ impl Tracer {
         let page_cache = take_typed_map(&mut ebpf, names::CACHE_MAP)?;
         let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
-        let file_events = take_typed_map(&mut ebpf, names::FILE_EVENTS)?;
+        let namer = match Namer::load(&mut ebpf) {
+            Ok(namer) => Some(namer),
+            Err(err) => {
+                log::warn!(
+                    "files cannot be named on this kernel: {}",
+                    error_chain(&err)
+                );
+                None
+            }
+        };
         let writers = take_typed_map(&mut ebpf, names::WRITERS_MAP)?;
         let memcg_epoch = take_typed_map(&mut ebpf, names::MEMCG_EPOCH)?;
 
@@ -214,7 +225,7 @@ impl Tracer {
             page_cache,
             stats,
             cgroup_events,
-            file_events,
+            namer,
             writers,
             memcg_epoch,
             writes_source,
@@ -296,7 +307,55 @@ fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf, programs: Programs) -> Result<Vec<Ho
     Ok(hooks)
 }
 
+/// The program that walks a file's dentries when asked, and where it answers.
+struct Namer {
+    program: ProgramFd,
+    answer: Array<MapData, InodeName>,
+}
+
+impl Namer {
+    fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let name = names::PROG_NAME_INODE;
+        let fail = |source: ProgramError| LoadError::Program {
+            program: name,
+            hook: "BPF_PROG_RUN",
+            hint: program_error_hint(&source),
+            source: Box::new(source),
+        };
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(fail)?;
+        program.load().map_err(fail)?;
+        let program = program
+            .fd()
+            .map_err(fail)?
+            .try_clone()
+            .map_err(|e| fail(ProgramError::IOError(e)))?;
+        let answer = take_typed_map(ebpf, names::NAME_BUF)?;
+        Ok(Self { program, answer })
+    }
+}
+
 impl Tracer {
+    /// The path of the file whose inode was at `inode` (as the page-cache map recorded it),
+    /// if it is still (dev, ino) and has a dentry.
+    pub fn name_inode(&self, inode: u64, dev: u32, ino: u64) -> Option<InodeName> {
+        let namer = self.namer.as_ref()?;
+        if inode == 0 {
+            return None;
+        }
+        match prog_run::run_raw_tracepoint(&namer.program, &[inode, u64::from(dev), ino]) {
+            Ok(0) => namer.answer.get(&0, 0).ok(),
+            Ok(_) => None,
+            Err(err) => {
+                log::debug!("name_inode failed: {err}");
+                None
+            }
+        }
+    }
+
     /// Makes the kernel re-check its cached memcg identities. Cgroup creation already does;
     /// this also covers memcgs created without a mkdir (a controller enabled on an existing v2
     /// cgroup), within one snapshot interval.

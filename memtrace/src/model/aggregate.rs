@@ -86,6 +86,9 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
             .push(FileUsage {
                 path: None,
                 host_path: None,
+                path_hex: None,
+                host_path_hex: None,
+                path_complete: true,
                 deleted: false,
                 layer: None,
                 dev: Dev(key.dev),
@@ -174,6 +177,7 @@ mod tests {
         CacheCounters {
             pages_added: added,
             pages_removed: removed,
+            inode: 0,
         }
     }
 

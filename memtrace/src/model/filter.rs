@@ -139,6 +139,7 @@ mod tests {
         CacheCounters {
             pages_added: added,
             pages_removed: removed,
+            inode: 0,
         }
     }
 

@@ -50,9 +50,37 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A name from the filesystem as JSON can carry it: the exact text when the bytes are UTF-8;
+/// otherwise the text with each invalid sequence as U+FFFD, for display, and the exact bytes
+/// in lowercase hex, so the name round-trips.
+pub fn name_text(bytes: &[u8]) -> (std::sync::Arc<str>, Option<std::sync::Arc<str>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.into(), None),
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            (String::from_utf8_lossy(bytes).into(), Some(hex.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_and_hex() {
+        let (text, hex) = name_text(b"/tmp/app.log");
+        assert_eq!((&*text, hex), ("/tmp/app.log", None));
+        let raw = b"/tmp/caf\xe9\xff.log";
+        let (text, hex) = name_text(raw);
+        assert_eq!(&*text, "/tmp/caf\u{fffd}\u{fffd}.log");
+        let hex = hex.expect("not UTF-8: the bytes are kept");
+        let back: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(back, raw);
+    }
 
     #[test]
     fn escapes_every_control_character() {

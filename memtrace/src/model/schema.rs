@@ -102,6 +102,15 @@ pub struct FileUsage {
     pub path: Option<Arc<str>>,
     /// The file on the host (for a container's files, the file in its overlay layer).
     pub host_path: Option<Arc<str>>,
+    /// Only when the name is not UTF-8: its exact bytes in hex (`path` then shows each invalid
+    /// sequence as U+FFFD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_path_hex: Option<Arc<str>>,
+    /// Only when false: just the end of the path is known (`path` starts with `…/`).
+    #[serde(skip_serializing_if = "is_true")]
+    pub path_complete: bool,
     /// Unlinked while its pages stay cached (a rotated log still held open).
     pub deleted: bool,
     /// `upper` (a container's writable layer) or `lower` (an image layer) for overlay files.
@@ -132,6 +141,10 @@ pub struct FileUsage {
     /// From cachestat(2) on the file (null when it could not be measured).
     pub dirty_bytes: Option<u64>,
     pub writeback_bytes: Option<u64>,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Page cache charged to one memory cgroup.

@@ -8,7 +8,7 @@ pub mod mounts;
 pub mod paths;
 pub mod procs;
 
-use memtrace_common::{CgroupEvent, FileEvent};
+use memtrace_common::CgroupEvent;
 
 use self::{
     cgroups::{memcg_path_of, CgroupTable, Hierarchies},
@@ -61,10 +61,6 @@ impl Resolvers {
 
     pub fn on_cgroup_event(&mut self, event: &CgroupEvent) {
         self.cgroups.apply(event);
-    }
-
-    pub fn on_file_event(&mut self, event: &FileEvent) {
-        self.paths.apply(event);
     }
 
     /// Re-reads what changes as containers come and go: mounts and runtime state.

@@ -1,23 +1,27 @@
 //! (device, inode) → the paths a person recognizes.
 //!
-//! The kernel sends each file's path from the root of its filesystem once, when the file is
-//! first seen. Here it is mapped onto the mounts (`s_dev` → mount, mount root, mount point), then
+//! The kernel gives a file's path from the root of its filesystem when asked (`name_inode`,
+//! run for the files a report shows). Here it is mapped onto the mounts (`s_dev` → mount, mount root, mount point), then
 //! onto overlay layers (a container's writable layer or its image), and checked against the
 //! filesystem: a renamed file is found by inode in its directory, a file gone from its
 //! directory is marked deleted (its cache can only outlive the unlink while it is held open).
 
 use std::{
+    ffi::OsStr,
     fs,
-    os::unix::fs::{DirEntryExt, MetadataExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{DirEntryExt, MetadataExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use memtrace_common::{FileEvent, NAME_LEN, PATH_NO_DENTRY, PATH_READ_FAILED, PATH_TOO_DEEP};
+use memtrace_common::{InodeName, PATH_NO_DENTRY};
 use rustc_hash::FxHashMap;
 
-use crate::model::{Dev, Layer};
+use crate::model::{name_text, Dev, Layer};
 
 use super::mounts::{read_mountinfo, Mount};
 
@@ -27,16 +31,14 @@ const S_IFBLK: u32 = 0o060000;
 /// How long a checked path is trusted before it is checked again.
 const RECHECK_AFTER: Duration = Duration::from_secs(5);
 
-/// What the kernel said about a file when it first saw it.
+/// What the kernel said about a file when asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelPath {
-    /// The path from the filesystem root, `/a/b/c`: one allocation per file, not one per
-    /// component (a node can have hundreds of thousands of files).
-    pub fs_path: Box<str>,
-    /// The leaf name was cut to fit: look it up by inode.
-    pub leaf_truncated: bool,
-    /// The walk did not reach the root (too deep, or a read failed).
-    pub incomplete: bool,
+    /// The path from the filesystem root, `/a/b/c`, as bytes (names need not be UTF-8). When
+    /// `complete` is false, only its tail: the components nearest the file.
+    pub fs_path: Box<[u8]>,
+    /// The walk reached the filesystem root.
+    pub complete: bool,
     pub no_dentry: bool,
     pub mode: u32,
     /// For block-device inodes, the device (kernel encoding).
@@ -45,29 +47,27 @@ pub struct KernelPath {
 }
 
 impl KernelPath {
-    pub fn from_event(event: &FileEvent) -> Self {
-        let depth = (event.depth as usize).min(event.names.len());
-        let mut leaf_truncated = false;
-        let mut fs_path = String::new();
-        for (i, raw) in event.names[..depth].iter().enumerate().rev() {
-            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-            if i == 0 && end >= NAME_LEN - 1 {
-                leaf_truncated = true;
-            }
-            fs_path.push('/');
-            fs_path.push_str(&String::from_utf8_lossy(&raw[..end]));
+    pub fn from_name(name: &InodeName) -> Self {
+        let used = (name.used as usize).min(name.text.len());
+        let components: Vec<&[u8]> = name.text[..used]
+            .split(|&b| b == 0)
+            .take(name.depth as usize)
+            .collect();
+        let mut fs_path = Vec::with_capacity(used + 1);
+        for component in components.iter().rev() {
+            fs_path.push(b'/');
+            fs_path.extend_from_slice(component);
         }
         if fs_path.is_empty() {
-            fs_path.push('/');
+            fs_path.push(b'/');
         }
         Self {
             fs_path: fs_path.into(),
-            leaf_truncated,
-            incomplete: event.flags & (PATH_TOO_DEEP | PATH_READ_FAILED) != 0,
-            no_dentry: event.flags & PATH_NO_DENTRY != 0,
-            mode: event.mode,
-            rdev: event.rdev,
-            nlink: event.nlink,
+            complete: name.flags & !PATH_NO_DENTRY == 0,
+            no_dentry: name.flags & PATH_NO_DENTRY != 0,
+            mode: name.mode,
+            rdev: name.rdev,
+            nlink: name.nlink,
         }
     }
 
@@ -108,12 +108,12 @@ impl Overlay {
     }
 
     /// Where `host_path` sits in this overlay: its layer and the path inside the container.
-    pub fn locate(&self, host_path: &Path) -> Option<(Layer, String)> {
+    pub fn locate(&self, host_path: &Path) -> Option<(Layer, PathBuf)> {
         let inside = |root: &Path| {
             host_path
                 .strip_prefix(root)
                 .ok()
-                .map(|rest| format!("/{}", rest.display()))
+                .map(|rest| Path::new("/").join(rest))
         };
         if let Some(path) = self.upper.as_deref().and_then(inside) {
             return Some((Layer::Upper, path));
@@ -151,16 +151,57 @@ fn split_unescaped(text: &str, separator: char) -> Vec<String> {
 }
 
 /// A file's names, as reported. Shared, not copied, into every report that names the file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedPath {
     /// The path a process sees: inside its container for overlay files, else the host path.
     pub path: Option<Arc<str>>,
     /// The path on the host (for overlay files, the layer's file).
     pub host_path: Option<Arc<str>>,
+    /// The exact bytes of `path` and `host_path`, in hex, when they are not UTF-8.
+    pub path_hex: Option<Arc<str>>,
+    pub host_path_hex: Option<Arc<str>>,
+    /// False when only the end of the path is known (`path` then starts with `…/`).
+    pub complete: bool,
     pub deleted: bool,
     pub layer: Option<Layer>,
     /// Mount point of the overlay the file belongs to (a container's root filesystem).
     pub overlay_root: Option<Arc<str>>,
+}
+
+impl Default for ResolvedPath {
+    fn default() -> Self {
+        Self {
+            path: None,
+            host_path: None,
+            path_hex: None,
+            host_path_hex: None,
+            complete: true,
+            deleted: false,
+            layer: None,
+            overlay_root: None,
+        }
+    }
+}
+
+impl ResolvedPath {
+    /// Names from a path as a process or the host sees it.
+    fn named(path: &Path, host_path: Option<&Path>) -> Self {
+        let (path, path_hex) = name_text(path.as_os_str().as_bytes());
+        let (host_path, host_path_hex) = match host_path {
+            Some(host) => {
+                let (text, hex) = name_text(host.as_os_str().as_bytes());
+                (Some(text), hex)
+            }
+            None => (None, None),
+        };
+        Self {
+            path: Some(path),
+            host_path,
+            path_hex,
+            host_path_hex,
+            ..Self::default()
+        }
+    }
 }
 
 struct Checked {
@@ -178,10 +219,9 @@ pub struct SeenName {
     pub deleted: bool,
 }
 
-/// Every file the kernel has named, and the mounts to place them.
+/// The names of every file shown so far, and the mounts to place them.
 #[derive(Default)]
 pub struct PathTable {
-    kernel: FxHashMap<(u32, u64), KernelPath>,
     seen: FxHashMap<(u32, u64), SeenName>,
     mounts: Vec<Mount>,
     overlays: Vec<Overlay>,
@@ -209,12 +249,6 @@ impl PathTable {
         self.mounts = mounts;
     }
 
-    pub fn apply(&mut self, event: &FileEvent) {
-        let key = (event.dev, event.ino);
-        self.checked.remove(&key);
-        self.kernel.insert(key, KernelPath::from_event(event));
-    }
-
     /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
     pub fn remember(&mut self, dev: u32, ino: u64, name: SeenName) {
         self.checked.remove(&(dev, ino));
@@ -225,43 +259,35 @@ impl PathTable {
         &self.overlays
     }
 
-    /// The names of file (dev, ino), checked against the filesystem now and then. What the
-    /// kernel or a scan said is turned into names once and then dropped: only the names stay.
-    pub fn resolve(&mut self, dev: u32, ino: u64) -> ResolvedPath {
+    /// The names of file (dev, ino), checked against the filesystem now and then. `ask_kernel`
+    /// walks the file's dentries in the kernel (`name_inode`); it is called the first time a
+    /// file is named, and again when a name no longer holds (the file moved, or was unnamed).
+    pub fn resolve(
+        &mut self,
+        dev: u32,
+        ino: u64,
+        ask_kernel: impl FnOnce() -> Option<KernelPath>,
+    ) -> ResolvedPath {
         let key = (dev, ino);
-        let resolved = if let Some(kernel) = self.kernel.remove(&key) {
-            self.resolve_kernel_path(dev, ino, &kernel)
-        } else if let Some(seen) = self.seen.remove(&key) {
-            if seen.on_host {
-                self.resolve_host_path(seen.path, ino, seen.deleted)
-            } else {
-                ResolvedPath {
-                    path: Some(seen.path.to_string_lossy().into()),
-                    deleted: seen.deleted,
-                    ..ResolvedPath::default()
+        let resolved = match self.checked.get(&key) {
+            Some(checked) if checked.at.elapsed() < RECHECK_AFTER => {
+                return checked.resolved.clone();
+            }
+            // A deleted file stays deleted; a partial path is as good as it gets.
+            Some(Checked { resolved, .. })
+                if resolved.deleted || (!resolved.complete && resolved.path.is_some()) =>
+            {
+                resolved.clone()
+            }
+            Some(Checked { resolved, .. }) if resolved.host_path.is_some() => {
+                let host = resolved.host_path.as_deref().map(PathBuf::from);
+                match host.filter(|h| is_same_file(h, ino)) {
+                    Some(host) => self.resolve_host_path(host, ino, false),
+                    // Renamed or moved: ask the kernel where it is now.
+                    None => self.name_anew(dev, ino, ask_kernel),
                 }
             }
-        } else {
-            match self.checked.get(&key) {
-                None => return ResolvedPath::default(),
-                Some(checked) if checked.at.elapsed() < RECHECK_AFTER => {
-                    return checked.resolved.clone();
-                }
-                // A live file on the host may have been renamed or deleted since: look again.
-                Some(Checked {
-                    resolved:
-                        ResolvedPath {
-                            host_path: Some(host),
-                            deleted: false,
-                            ..
-                        },
-                    ..
-                }) => {
-                    let host = PathBuf::from(&**host);
-                    self.resolve_host_path(host, ino, false)
-                }
-                Some(checked) => checked.resolved.clone(),
-            }
+            _ => self.name_anew(dev, ino, ask_kernel),
         };
         self.checked.insert(
             key,
@@ -271,6 +297,30 @@ impl PathTable {
             },
         );
         resolved
+    }
+
+    /// A name from the kernel, else from a scan at start.
+    fn name_anew(
+        &mut self,
+        dev: u32,
+        ino: u64,
+        ask_kernel: impl FnOnce() -> Option<KernelPath>,
+    ) -> ResolvedPath {
+        if let Some(kernel) = ask_kernel() {
+            let resolved = self.resolve_kernel_path(dev, ino, &kernel);
+            if resolved.path.is_some() {
+                self.seen.remove(&(dev, ino));
+                return resolved;
+            }
+        }
+        match self.seen.remove(&(dev, ino)) {
+            Some(seen) if seen.on_host => self.resolve_host_path(seen.path, ino, seen.deleted),
+            Some(seen) => ResolvedPath {
+                deleted: seen.deleted,
+                ..ResolvedPath::named(&seen.path, None)
+            },
+            None => ResolvedPath::default(),
+        }
     }
 
     fn resolve_kernel_path(&self, dev: u32, ino: u64, kernel: &KernelPath) -> ResolvedPath {
@@ -284,16 +334,27 @@ impl PathTable {
         if kernel.no_dentry {
             return ResolvedPath::default();
         }
-        let fs_path = kernel.fs_path.to_string();
-        let Some(host) = self.host_path(dev, &fs_path) else {
+        let fs_path = Path::new(OsStr::from_bytes(&kernel.fs_path));
+        if !kernel.complete {
+            // Only the end of the path is known. A process holding the file open knows all of
+            // it; otherwise say what is known, and that it is partial.
+            if let Some(host) = held_open_path(dev, ino) {
+                return self.resolve_host_path(host, ino, kernel.nlink == 0);
+            }
+            let tail = Path::new("…").join(fs_path.strip_prefix("/").unwrap_or(fs_path));
+            return ResolvedPath {
+                complete: false,
+                deleted: kernel.nlink == 0,
+                ..ResolvedPath::named(&tail, None)
+            };
+        }
+        let Some(host) = self.host_path(dev, fs_path) else {
             // Not mounted anywhere we can see: the filesystem-relative path is the best name.
             return ResolvedPath {
-                path: Some(fs_path.into()),
                 deleted: kernel.nlink == 0,
-                ..ResolvedPath::default()
+                ..ResolvedPath::named(fs_path, None)
             };
         };
-        // A cut leaf name never matches on disk, so it is found by inode like a renamed file.
         self.resolve_host_path(host, ino, kernel.nlink == 0)
     }
 
@@ -310,29 +371,23 @@ impl PathTable {
             .overlays
             .iter()
             .find_map(|o| o.locate(&host).map(|(layer, path)| (o, layer, path)));
-        let host_path: Arc<str> = host.to_string_lossy().into();
         match overlay {
             Some((overlay, layer, container_path)) => ResolvedPath {
-                path: Some(container_path.into()),
-                host_path: Some(host_path),
                 deleted,
                 layer: Some(layer),
                 overlay_root: Some(overlay.mount_point.to_string_lossy().into()),
+                ..ResolvedPath::named(&container_path, Some(&host))
             },
             None => ResolvedPath {
-                path: Some(host_path.clone()),
-                host_path: Some(host_path),
                 deleted,
-                layer: None,
-                overlay_root: None,
+                ..ResolvedPath::named(&host, Some(&host))
             },
         }
     }
 
     /// Host path of a filesystem-relative path on device `dev`, through a mount of it.
-    fn host_path(&self, dev: u32, fs_path: &str) -> Option<PathBuf> {
+    fn host_path(&self, dev: u32, fs_path: &Path) -> Option<PathBuf> {
         let (major, minor) = (dev >> 20, dev & 0xf_ffff);
-        let fs_path = Path::new(fs_path);
         self.mounts
             .iter()
             .filter(|m| m.major == major && m.minor == minor)
@@ -356,6 +411,24 @@ fn is_same_file(path: &Path, ino: u64) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino)
 }
 
+/// The path of (dev, ino) as a process holding it open sees it, when that is a host path.
+fn held_open_path(dev: u32, ino: u64) -> Option<PathBuf> {
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    super::procs::open_file_links()
+        .into_iter()
+        .filter(|(_, link)| {
+            fs::metadata(link).is_ok_and(|m| {
+                m.ino() == ino && libc::major(m.dev()) == major && libc::minor(m.dev()) == minor
+            })
+        })
+        .find_map(|(_, link)| {
+            let target = fs::read_link(&link).ok()?;
+            // Only a path that names the same file on the host (the holder may be in another
+            // mount namespace).
+            is_same_file(&target, ino).then_some(target)
+        })
+}
+
 /// The entry with inode `ino` in `path`'s directory: a renamed or rotated file.
 fn find_in_directory(path: &Path, ino: u64) -> Option<PathBuf> {
     let dir = path.parent()?;
@@ -371,21 +444,27 @@ mod tests {
     use super::*;
     use crate::resolve::mounts::parse_mountinfo;
 
-    fn event(names_leaf_first: &[&str], dev: u32, ino: u64) -> FileEvent {
-        let mut event = FileEvent {
+    /// What `name_inode` writes for a file whose components, leaf first, are `names`.
+    fn kernel_name(names_leaf_first: &[&[u8]], dev: u32, ino: u64, flags: u32) -> InodeName {
+        let mut name = InodeName {
             ino,
             dev,
             mode: 0o100644,
             rdev: 0,
             nlink: 1,
             depth: names_leaf_first.len() as u32,
-            flags: 0,
-            names: [[0; NAME_LEN]; memtrace_common::PATH_DEPTH],
+            flags,
+            used: 0,
+            status: 0,
+            text: [0; memtrace_common::NAME_TEXT_BYTES + memtrace_common::NAME_COMPONENT_MAX],
         };
-        for (slot, name) in event.names.iter_mut().zip(names_leaf_first) {
-            slot[..name.len()].copy_from_slice(name.as_bytes());
+        let mut at = 0;
+        for component in names_leaf_first {
+            name.text[at..at + component.len()].copy_from_slice(component);
+            at += component.len() + 1;
         }
-        event
+        name.used = at as u32;
+        name
     }
 
     const MOUNTS: &str = "\
@@ -395,10 +474,39 @@ mod tests {
 ";
 
     #[test]
-    fn kernel_path_reverses_components() {
-        let kp = KernelPath::from_event(&event(&["spring.log", "tmp", "upper"], 1, 2));
-        assert_eq!(&*kp.fs_path, "/upper/tmp/spring.log");
-        assert!(!kp.leaf_truncated);
+    fn kernel_path_reverses_components_and_keeps_bytes() {
+        let kp = KernelPath::from_name(&kernel_name(&[b"spring.log", b"tmp", b"upper"], 1, 2, 0));
+        assert_eq!(&*kp.fs_path, b"/upper/tmp/spring.log");
+        assert!(kp.complete);
+        let odd = KernelPath::from_name(&kernel_name(&[b"caf\xe9.log", b"d"], 1, 2, 0));
+        assert_eq!(&*odd.fs_path, b"/d/caf\xe9.log");
+        let long = [b'x'; 255];
+        let deep = KernelPath::from_name(&kernel_name(
+            &[b"deep.log", &long],
+            1,
+            2,
+            memtrace_common::PATH_TOO_DEEP,
+        ));
+        assert!(!deep.complete, "a walk that stopped early is a tail");
+    }
+
+    #[test]
+    fn a_partial_path_is_shown_as_a_tail_never_as_a_full_path() {
+        let table = PathTable::default();
+        let name = kernel_name(
+            &[b"deep.log", b"d29"],
+            3,
+            77,
+            memtrace_common::PATH_TOO_DEEP,
+        );
+        let resolved = table.resolve_kernel_path(3, 77, &KernelPath::from_name(&name));
+        assert_eq!(resolved.path.as_deref(), Some("…/d29/deep.log"));
+        assert!(!resolved.complete);
+        assert!(
+            !resolved.deleted,
+            "not deleted just because the path is long"
+        );
+        assert_eq!(resolved.host_path, None);
     }
 
     #[test]
@@ -416,11 +524,11 @@ mod tests {
         assert_eq!(split_unescaped("a\\:b:c", ':'), vec!["a:b", "c"]);
         assert_eq!(
             overlay.locate(Path::new("/var/lib/c1/upper/tmp/spring.log")),
-            Some((Layer::Upper, "/tmp/spring.log".to_owned()))
+            Some((Layer::Upper, PathBuf::from("/tmp/spring.log")))
         );
         assert_eq!(
             overlay.locate(Path::new("/img/l1/usr/lib/libc.so")),
-            Some((Layer::Lower, "/usr/lib/libc.so".to_owned()))
+            Some((Layer::Lower, PathBuf::from("/usr/lib/libc.so")))
         );
         assert_eq!(overlay.locate(Path::new("/var/lib/c1/work/x")), None);
     }
@@ -431,25 +539,25 @@ mod tests {
         table.set_mounts(parse_mountinfo(MOUNTS));
         let dev = 254 << 20;
         assert_eq!(
-            table.host_path(dev, "/var/lib/data/x"),
+            table.host_path(dev, Path::new("/var/lib/data/x")),
             Some(PathBuf::from("/var/lib/data/x"))
         );
         assert_eq!(
-            table.host_path(dev, "/etc/hosts"),
+            table.host_path(dev, Path::new("/etc/hosts")),
             Some(PathBuf::from("/etc/hosts"))
         );
-        assert_eq!(table.host_path((7 << 20) | 1, "/x"), None);
+        assert_eq!(table.host_path((7 << 20) | 1, Path::new("/x")), None);
     }
 
     #[test]
     fn block_device_inodes_are_named_as_metadata() {
         let mut table = PathTable::default();
-        let mut ev = event(&[], 3, 99);
-        ev.mode = 0o060600;
-        ev.rdev = 254 << 20;
-        table.apply(&ev);
+        let mut name = kernel_name(&[], 3, 99, 0);
+        name.mode = 0o060600;
+        name.rdev = 254 << 20;
+        let kernel = KernelPath::from_name(&name);
         assert_eq!(
-            table.resolve(3, 99).path.as_deref(),
+            table.resolve(3, 99, || Some(kernel)).path.as_deref(),
             Some("[metadata of block device 254:0]")
         );
     }

@@ -35,6 +35,7 @@ fn counters(pages_added: u64, pages_removed: u64) -> CacheCounters {
     CacheCounters {
         pages_added,
         pages_removed,
+        inode: 0,
     }
 }
 
