@@ -31,7 +31,7 @@ pub(crate) const SERIES: &[(&str, &str)] = &[
 
 /// Integration test binaries run in the guest (the ones that need neither bpftool, runc nor
 /// setpriv, which the guest lacks).
-const GUEST_TESTS: &[&str] = &["attribution", "writers"];
+const GUEST_TESTS: &[&str] = &["attribution", "writers", "names", "observer"];
 /// Modules the guest loads for its disk: virtio block over PCI, and ext4 (which wants crc32c).
 const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -162,7 +162,15 @@ fn build_guest_binaries() -> Result<GuestBinaries> {
             tests.iter().map(|t| &t.0).collect::<Vec<_>>()
         );
     }
-    let helpers = vec![workspace().join("target/debug/rate-writer")];
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(workspace())
+            .args(["build", "--locked", "-p", "memtrace", "--bin", "memtrace"]),
+    )?;
+    let helpers = vec![
+        workspace().join("target/debug/rate-writer"),
+        workspace().join("target/debug/memtrace"),
+    ];
     for helper in &helpers {
         if !helper.exists() {
             bail!("helper {} was not built", helper.display());
@@ -499,7 +507,11 @@ fn build_initramfs(
 
     let init = stage.join("init");
     let mut script = fs::File::create(&init)?;
-    script.write_all(INIT.as_bytes())?;
+    let memtrace = workspace().join("target/debug/memtrace");
+    script.write_all(
+        INIT.replace("@MEMTRACE_BIN@", &memtrace.display().to_string())
+            .as_bytes(),
+    )?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let cpio = Command::new("sh")
@@ -520,7 +532,7 @@ fn build_initramfs(
 /// tests' files, then the tests, then power off.
 const INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin HOME=/root
+export PATH=/bin:/sbin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
