@@ -5,7 +5,7 @@
 //! should.
 
 use std::{
-    fs::{self, File},
+    fs,
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread,
