@@ -1,7 +1,6 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
 mod naming;
-pub mod open;
 pub mod residency;
 pub mod seed;
 
@@ -306,13 +305,14 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         };
         // Only the file we were told about: a path now holding a symlink, a FIFO or another
         // file measures nothing.
-        let handle = match open::open_regular(std::path::Path::new(path), Some(file.ino)) {
-            Ok(handle) => handle,
-            Err(err) => {
-                log::debug!("dirty bytes not measured: {err}");
-                continue;
-            }
-        };
+        let handle =
+            match crate::resolve::open::open_regular(std::path::Path::new(path), Some(file.ino)) {
+                Ok(handle) => handle,
+                Err(err) => {
+                    log::debug!("dirty bytes not measured: {err}");
+                    continue;
+                }
+            };
         if source == Some("cachestat") {
             match residency::cachestat(&handle) {
                 Ok(stat) => {

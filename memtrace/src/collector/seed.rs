@@ -16,13 +16,14 @@ use std::{
 
 use memtrace_common::CacheKey;
 
-use super::{
-    open::{open_proc_link, open_regular},
-    residency::{cachestat, PageOwnerReader},
-};
+use super::residency::{cachestat, PageOwnerReader};
 use crate::{
     model::{Provenance, SeedSummary},
-    resolve::{paths::SeenName, procs::open_file_links},
+    resolve::{
+        open::{open_proc_link, open_regular},
+        paths::SeenName,
+        procs::open_file_links,
+    },
 };
 
 /// Cache found at start for one (memcg, file).

@@ -295,6 +295,10 @@ pub struct Container {
     /// Root filesystem on the host (an overlay mount point, usually).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// True when a runtime's own state (runc's state.json under a root-owned runtime
+    /// directory) names this cgroup; false when only the cgroup's name claims a container,
+    /// which any process allowed to make cgroups can do.
+    pub verified: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::open::read_capped;
 use crate::model::{Container, Pod, Runtime};
 
 /// Where a runtime's container names come from, besides OCI annotations.
@@ -232,10 +233,36 @@ fn expand(pattern: &str) -> Vec<PathBuf> {
     }
 }
 
+/// Largest runtime state or OCI config memtrace reads: real ones are a few KiB.
+const STATE_FILE_CAP: u64 = 4 << 20;
+
 /// A runc `state.json`: the container, and its memory cgroup directories (v1 and v2).
 fn read_runc_state(dir: &Path, runtime: Runtime) -> Option<(Container, Vec<PathBuf>)> {
-    let text = fs::read_to_string(dir.join("state.json")).ok()?;
-    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let text = read_capped(&dir.join("state.json"), STATE_FILE_CAP)?;
+    let state = parse_runc_state(&text, runtime)?;
+    let mut container = state.container;
+    if let Some(bundle) = state.bundle {
+        if let Some(config) = read_capped(&bundle.join("config.json"), STATE_FILE_CAP) {
+            apply_annotations(&mut container, &config);
+        }
+    }
+    // By the state directory's runtime: CRI-O keeps its state where plain runc does.
+    name_from_runtime(&mut container, runtime);
+    Some((container, state.cgroup_dirs))
+}
+
+/// What a runc `state.json` says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RuncState {
+    pub container: Container,
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// The OCI bundle, whose config.json carries annotations.
+    pub bundle: Option<PathBuf>,
+}
+
+/// Parses a runc `state.json` (untrusted text: anything malformed is `None`).
+pub fn parse_runc_state(text: &str, runtime: Runtime) -> Option<RuncState> {
+    let state: serde_json::Value = serde_json::from_str(text).ok()?;
     let id = state["id"].as_str()?.to_owned();
     let mut cgroup_dirs = Vec::new();
     if let Some(paths) = state["cgroup_paths"].as_object() {
@@ -253,18 +280,18 @@ fn read_runc_state(dir: &Path, runtime: Runtime) -> Option<(Container, Vec<PathB
             .find_map(|l| l.strip_prefix("bundle="))
             .map(PathBuf::from)
     });
-    let mut container = Container {
+    let container = Container {
         runtime,
         id,
         rootfs: config["rootfs"].as_str().map(str::to_owned),
+        verified: true,
         ..Container::default()
     };
-    if let Some(bundle) = bundle {
-        apply_annotations(&mut container, &bundle.join("config.json"));
-    }
-    // By the state directory's runtime: CRI-O keeps its state where plain runc does.
-    name_from_runtime(&mut container, runtime);
-    Some((container, cgroup_dirs))
+    Some(RuncState {
+        container,
+        cgroup_dirs,
+        bundle,
+    })
 }
 
 /// Fills a missing name from `runtime`'s own store.
@@ -280,12 +307,10 @@ fn name_from_runtime(container: &mut Container, runtime: Runtime) {
     };
 }
 
-/// Kubernetes names from an OCI bundle's annotations (containerd CRI and CRI-O spellings).
-fn apply_annotations(container: &mut Container, config: &Path) {
-    let Ok(text) = fs::read_to_string(config) else {
-        return;
-    };
-    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+/// Kubernetes names from an OCI bundle's config.json annotations (containerd CRI and CRI-O
+/// spellings).
+pub fn apply_annotations(container: &mut Container, config: &str) {
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(config) else {
         return;
     };
     let annotations = &config["annotations"];
@@ -320,8 +345,8 @@ fn apply_annotations(container: &mut Container, config: &Path) {
 
 /// Docker's name for a container, from its config (`"/web"` → `web`).
 fn docker_name(id: &str) -> Option<String> {
-    let text =
-        fs::read_to_string(format!("/var/lib/docker/containers/{id}/config.v2.json")).ok()?;
+    let path = format!("/var/lib/docker/containers/{id}/config.v2.json");
+    let text = read_capped(Path::new(&path), STATE_FILE_CAP)?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     config["Name"]
         .as_str()
@@ -330,8 +355,10 @@ fn docker_name(id: &str) -> Option<String> {
 
 /// Podman's names, from its container store.
 fn podman_name(id: &str) -> Option<String> {
-    let text = fs::read_to_string("/var/lib/containers/storage/overlay-containers/containers.json")
-        .ok()?;
+    let text = read_capped(
+        Path::new("/var/lib/containers/storage/overlay-containers/containers.json"),
+        STATE_FILE_CAP,
+    )?;
     let list: serde_json::Value = serde_json::from_str(&text).ok()?;
     list.as_array()?
         .iter()
@@ -342,15 +369,20 @@ fn podman_name(id: &str) -> Option<String> {
 /// The container behind a memory cgroup: runtime state first, the path's own evidence after.
 pub fn identify(path: &str, cgroup_dir: Option<&Path>, state: &RuntimeState) -> Option<Container> {
     let from_path = parse_cgroup_path(path);
+    // Only runtime state that names this very cgroup directory verifies a container. A cgroup
+    // whose name carries an id (`docker-<id>.scope`) only claims it: anyone who can make a
+    // cgroup can name it so.
     let mut container = cgroup_dir
         .and_then(|dir| state.by_cgroup_dir(dir).cloned())
-        .or_else(|| from_path.as_ref().and_then(|p| state.by_id(&p.id).cloned()))
         .or_else(|| {
-            from_path.as_ref().map(|p| Container {
-                runtime: p.runtime,
-                id: p.id.clone(),
+            let claimed = from_path.as_ref()?;
+            let mut container = state.by_id(&claimed.id).cloned().unwrap_or(Container {
+                runtime: claimed.runtime,
+                id: claimed.id.clone(),
                 ..Container::default()
-            })
+            });
+            container.verified = false;
+            Some(container)
         })?;
     if let Some(PathInfo {
         runtime,

@@ -5,6 +5,9 @@ pub mod cgroups;
 pub mod containers;
 pub mod memstat;
 pub mod mounts;
+pub mod open;
+#[cfg(test)]
+mod parser_props;
 pub mod paths;
 pub mod procs;
 

@@ -1,6 +1,6 @@
 //! `/proc/<pid>/mountinfo`, parsed.
 
-use std::{fs, io, path::PathBuf};
+use std::{fs, io, os::unix::ffi::OsStringExt, path::PathBuf};
 
 /// One line of mountinfo (see proc(5)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +31,9 @@ pub fn read_mountinfo(pid: Option<u32>) -> io::Result<Vec<Mount>> {
         Some(pid) => format!("/proc/{pid}/mountinfo"),
         None => "/proc/self/mountinfo".to_owned(),
     };
-    Ok(parse_mountinfo(&fs::read_to_string(path)?))
+    // A mount point that is not UTF-8 must not cost every other mount: read bytes, and let
+    // only such lines lose their odd bytes.
+    Ok(parse_mountinfo(&String::from_utf8_lossy(&fs::read(path)?)))
 }
 
 /// Parses mountinfo text; malformed lines are skipped (the kernel writes none).
@@ -45,8 +47,8 @@ fn parse_line(line: &str) -> Option<Mount> {
     let id = head.next()?.parse().ok()?;
     let parent_id = head.next()?.parse().ok()?;
     let (major, minor) = head.next()?.split_once(':')?;
-    let root = unescape(head.next()?);
-    let mount_point = unescape(head.next()?);
+    let root = path_of(unescape_bytes(head.next()?));
+    let mount_point = path_of(unescape_bytes(head.next()?));
     let mut tail = tail.split(' ');
     let fs_type = tail.next()?.to_owned();
     let source = unescape(tail.next()?);
@@ -56,16 +58,25 @@ fn parse_line(line: &str) -> Option<Mount> {
         parent_id,
         major: major.parse().ok()?,
         minor: minor.parse().ok()?,
-        root: PathBuf::from(root),
-        mount_point: PathBuf::from(mount_point),
+        root,
+        mount_point,
         fs_type,
         source,
         super_options,
     })
 }
 
-/// Undoes the kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+/// Undoes the kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`), as text.
 pub fn unescape(field: &str) -> String {
+    String::from_utf8_lossy(&unescape_bytes(field)).into_owned()
+}
+
+/// Undoes the kernel's octal escapes, keeping the bytes as they are (paths need not be UTF-8).
+pub fn unescape_bytes(field: &str) -> Vec<u8> {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -81,7 +92,7 @@ pub fn unescape(field: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]

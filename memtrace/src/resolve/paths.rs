@@ -10,7 +10,7 @@ use std::{
     ffi::OsStr,
     fs,
     os::unix::{
-        ffi::OsStrExt,
+        ffi::{OsStrExt, OsStringExt},
         fs::{DirEntryExt, MetadataExt},
     },
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 
 use crate::model::{name_text, Dev, Layer};
 
-use super::mounts::{read_mountinfo, Mount};
+use super::mounts::{read_mountinfo, unescape_bytes, Mount};
 
 const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
@@ -85,19 +85,28 @@ pub struct Overlay {
 }
 
 impl Overlay {
+    /// Reads an overlay's layers from its mountinfo super options. The kernel shows them with
+    /// octal escapes (`\054` for a comma, `\040` a space, `\134` a backslash) over overlayfs's
+    /// own backslash escapes (`\:` is a colon inside a lower layer's path), so options split on
+    /// raw commas, values lose the octal escapes, and then the layer paths are split and
+    /// unescaped as overlayfs does.
     pub fn from_mount(mount: &Mount) -> Option<Self> {
         if mount.fs_type != "overlay" {
             return None;
         }
         let mut upper = None;
         let mut lowers = Vec::new();
-        for option in split_options(&mount.super_options) {
-            if let Some(dir) = option.strip_prefix("upperdir=") {
-                upper = Some(PathBuf::from(dir));
-            } else if let Some(dirs) = option.strip_prefix("lowerdir=") {
-                lowers.extend(split_unescaped(dirs, ':').into_iter().map(PathBuf::from));
-            } else if let Some(dir) = option.strip_prefix("lowerdir+=") {
-                lowers.push(PathBuf::from(dir));
+        for option in mount.super_options.split(',') {
+            let Some((key, raw)) = option.split_once('=') else {
+                continue;
+            };
+            let value = unescape_bytes(raw);
+            match key {
+                "upperdir" => upper = split_layers(&value).into_iter().next(),
+                "lowerdir" => lowers.extend(split_layers(&value)),
+                // Layers appended one by one (6.7+).
+                "lowerdir+" => lowers.extend(split_layers(&value).into_iter().take(1)),
+                _ => {}
             }
         }
         Some(Self {
@@ -125,29 +134,24 @@ impl Overlay {
     }
 }
 
-/// Splits mount options on commas not escaped with a backslash.
-fn split_options(options: &str) -> Vec<String> {
-    split_unescaped(options, ',')
-}
-
-fn split_unescaped(text: &str, separator: char) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut escaped = false;
-    for c in text.chars() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            c if c == separator && !escaped => parts.push(String::new()),
-            c => {
-                if escaped && c != separator {
-                    parts.last_mut().expect("non-empty").push('\\');
-                }
-                parts.last_mut().expect("non-empty").push(c);
-                escaped = false;
-            }
+/// Splits an overlayfs layer list on `:`, undoing overlayfs's escapes: a backslash makes the
+/// next byte literal (`\:`, `\,`, `\\`).
+fn split_layers(value: &[u8]) -> Vec<PathBuf> {
+    let mut layers = vec![Vec::new()];
+    let mut bytes = value.iter();
+    while let Some(&b) = bytes.next() {
+        let current = layers.last_mut().expect("never empty");
+        match b {
+            b'\\' => current.extend(bytes.next()),
+            b':' => layers.push(Vec::new()),
+            b => current.push(b),
         }
     }
-    parts.retain(|p| !p.is_empty());
-    parts
+    layers
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| PathBuf::from(std::ffi::OsString::from_vec(l)))
+        .collect()
 }
 
 /// A file's names, as reported. Shared, not copied, into every report that names the file.
@@ -521,7 +525,10 @@ mod tests {
             overlay.lowers,
             vec![PathBuf::from("/img/l2"), PathBuf::from("/img/l1")]
         );
-        assert_eq!(split_unescaped("a\\:b:c", ':'), vec!["a:b", "c"]);
+        assert_eq!(
+            split_layers(b"a\\:b:c"),
+            vec![PathBuf::from("a:b"), PathBuf::from("c")]
+        );
         assert_eq!(
             overlay.locate(Path::new("/var/lib/c1/upper/tmp/spring.log")),
             Some((Layer::Upper, PathBuf::from("/tmp/spring.log")))
@@ -531,6 +538,21 @@ mod tests {
             Some((Layer::Lower, PathBuf::from("/usr/lib/libc.so")))
         );
         assert_eq!(overlay.locate(Path::new("/var/lib/c1/work/x")), None);
+    }
+
+    #[test]
+    fn overlay_options_as_linux_6_18_shows_them() {
+        // Captured from this kernel: lowerdir=/tmp/ovt/lo\:w\, er:/tmp/ovt/lo2 as mounted.
+        let line = r"45 27 0:39 / /tmp/ovt/merged rw,relatime - overlay overlay rw,lowerdir=/tmp/ovt/lo\134:w\134\054\040er:/tmp/ovt/lo2,upperdir=/tmp/ovt/up\040per,workdir=/tmp/ovt/work,uuid=on";
+        let overlay = Overlay::from_mount(&parse_mountinfo(line)[0]).unwrap();
+        assert_eq!(
+            overlay.lowers,
+            vec![
+                PathBuf::from("/tmp/ovt/lo:w, er"),
+                PathBuf::from("/tmp/ovt/lo2")
+            ]
+        );
+        assert_eq!(overlay.upper, Some(PathBuf::from("/tmp/ovt/up per")));
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub(crate) fn fixed_report() -> Report {
                         qos: "burstable".into(),
                     }),
                     rootfs: Some("/run/containerd/rootfs/3f4b".into()),
+                    verified: true,
                 });
             }
             200 => {

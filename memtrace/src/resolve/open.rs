@@ -42,6 +42,22 @@ pub enum OpenError {
 const FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
 
+/// Reads a small text file memtrace did not write (runtime state, OCI configs): opened as
+/// `open_regular` does, and refused past `cap` bytes, so a huge or endless file costs nothing.
+pub fn read_capped(path: &Path, cap: u64) -> Option<String> {
+    use std::io::Read;
+    let file = open_regular(path, None)
+        .map_err(|err| log::debug!("not read: {err}"))
+        .ok()?;
+    let mut text = String::new();
+    let read = file.take(cap + 1).read_to_string(&mut text).ok()?;
+    if read as u64 > cap {
+        log::debug!("{} is larger than {cap} bytes: not read", path.display());
+        return None;
+    }
+    Some(text)
+}
+
 /// Opens the regular file at `path` without following any symlink in it; with `ino`, only if
 /// it is still that inode.
 pub fn open_regular(path: &Path, ino: Option<u64>) -> Result<File, OpenError> {
