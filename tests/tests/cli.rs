@@ -242,3 +242,59 @@ fn doctor_reports_hooks_and_layout() {
         .iter()
         .any(|c| c["name"] == "cgroups" && c["ok"] == true));
 }
+
+#[test]
+fn run_takes_output_by_its_long_name_and_arguments_that_are_not_utf8() {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+    require_root();
+    let scratch = Scratch::new("cli-bytes");
+    let out_file = scratch.path("report.json");
+    let odd = scratch.dir.join(OsStr::from_bytes(b"caf\xe9.txt"));
+    let out = memtrace(&[
+        "run",
+        "--json",
+        "--output",
+        out_file.to_str().unwrap(),
+        "--",
+        "touch",
+    ])
+    .arg(&odd)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        odd.exists(),
+        "the command got its non-UTF-8 argument byte for byte"
+    );
+    assert!(json_of(&std::fs::read(&out_file).unwrap())["cgroups"].is_array());
+}
+
+#[test]
+fn a_map_the_kernel_cannot_allocate_is_a_clear_error() {
+    require_root();
+    let out = memtrace(&["--max-entries", "4000000000", "watch", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lower --max-entries"), "unclear error: {err}");
+}
+
+#[test]
+fn doctor_into_a_closed_pipe_exits_quietly() {
+    require_root();
+    let mut child = memtrace(&["doctor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "doctor panicked: {err}");
+    assert_ne!(out.status.code(), Some(101), "a panic's exit status");
+}

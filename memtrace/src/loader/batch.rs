@@ -65,7 +65,13 @@ pub fn dump<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, 
             )
         };
         let err = (ret < 0).then(io::Error::last_os_error);
-        let filled = attr.count as usize;
+        // The kernel reports how many entries it copied on success, at the end (ENOENT) and
+        // when a bucket did not fit (ENOSPC); after any other error nothing it wrote is
+        // promised, so nothing is read.
+        let filled = match err.as_ref().and_then(io::Error::raw_os_error) {
+            None | Some(libc::ENOENT | libc::ENOSPC) => (attr.count as usize).min(chunk as usize),
+            Some(_) => 0,
+        };
         // SAFETY: the kernel filled `filled` entries of each buffer.
         unsafe {
             keys.set_len(filled);

@@ -36,6 +36,12 @@ pub enum LoadError {
     MissingTracepoint(&'static str),
     #[error("cannot load memtrace's eBPF object into the kernel")]
     Object(#[source] aya::EbpfError),
+    #[error("the kernel cannot allocate the (memcg, file) map with {entries} entries; lower --max-entries (the default is {DEFAULT_CACHE_ENTRIES})")]
+    MapTooLarge {
+        entries: u32,
+        #[source]
+        source: aya::EbpfError,
+    },
     #[error("cannot parse the kernel's BTF for aya")]
     AyaBtf(#[source] aya::BtfError),
     #[error("the kernel refused program `{program}` ({hook}){hint}")]
@@ -258,7 +264,18 @@ fn open_object(max_entries: u32) -> Result<(Ebpf, Btf), LoadError> {
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
         .map_max_entries(names::CACHE_MAP, max_entries)
         .load(EBPF_OBJECT)
-        .map_err(LoadError::Object)?;
+        .map_err(|source| match &source {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                if name == names::CACHE_MAP
+                    && matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+            {
+                LoadError::MapTooLarge {
+                    entries: max_entries,
+                    source,
+                }
+            }
+            _ => LoadError::Object(source),
+        })?;
     Ok((ebpf, aya_btf))
 }
 
