@@ -32,6 +32,11 @@ pub struct MemCgroup {
 impl MemCgroup {
     /// Creates `memtrace-tests/<name>-<pid>` in the memory controller's hierarchy.
     pub fn create(name: &str) -> Self {
+        Self::create_exact(&format!("{name}-{}", std::process::id()))
+    }
+
+    /// Creates `memtrace-tests/<leaf>`, named exactly so (to look like another tool's cgroup).
+    pub fn create_exact(leaf: &str) -> Self {
         let hierarchies = Hierarchies::discover();
         let hierarchy = hierarchies
             .memory_hierarchy
@@ -48,8 +53,7 @@ impl MemCgroup {
             enable_memory_controller(&mount.mount_point);
             enable_memory_controller(&parent);
         }
-        let leaf = format!("{name}-{}", std::process::id());
-        let dir = parent.join(&leaf);
+        let dir = parent.join(leaf);
         if dir.exists() {
             let _ = fs::remove_dir(&dir);
         }
@@ -58,7 +62,7 @@ impl MemCgroup {
         let path = mount
             .root
             .join(TEST_PARENT)
-            .join(&leaf)
+            .join(leaf)
             .to_string_lossy()
             .into_owned();
         Self {

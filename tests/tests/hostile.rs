@@ -5,7 +5,7 @@
 //! should.
 
 use std::{
-    fs,
+    fs::{self, File},
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread,
@@ -150,4 +150,124 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
         12 * MIB,
         2 * MIB,
     );
+}
+
+fn cachestat_bytes(path: &std::path::Path) -> u64 {
+    let file = File::open(path).unwrap();
+    memtrace::collector::residency::cachestat(&file)
+        .expect("cachestat")
+        .cached
+        * memtrace::collector::page_size()
+}
+
+/// A 1 TiB sparse file with a few cached pages costs what a small file costs: explain
+/// finishes and reports exactly what cachestat says is cached.
+#[test]
+fn a_huge_sparse_file_is_measured_exactly() {
+    require_root();
+    let sparse = OverlayContainer::start(
+        "sparse",
+        "dd if=/dev/zero of=/tmp/sparse.bin bs=4096 count=3 seek=268435455 2>/dev/null; \
+         dd if=/dev/zero of=/tmp/sparse.bin bs=4096 count=5 seek=100000 conv=notrunc 2>/dev/null; \
+         touch /tmp/done; sleep 600",
+    );
+    sparse.wait_for("/tmp/done", STARTUP);
+    let host = sparse.upper_path("/tmp/sparse.bin");
+    assert!(fs::metadata(&host).unwrap().len() >= 1 << 40, "a 1 TiB file");
+    let e = explain_json(&sparse.id);
+    let file = e["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/tmp/sparse.bin")
+        .unwrap_or_else(|| panic!("the sparse file is reported: {e:#}"));
+    assert_eq!(
+        file["cached_bytes"].as_u64().unwrap(),
+        cachestat_bytes(&host),
+        "as cachestat counts it"
+    );
+}
+
+/// Runtime state memtrace reads is under /run, but a FIFO, a malformed file or a huge one
+/// there must cost nothing: memtrace still runs and still names the real containers.
+#[test]
+fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
+    require_root();
+    let base = std::path::Path::new("/run/runc");
+    let fakes = [
+        ("memtrace-bad-json", "fifo"),
+        ("memtrace-malformed", "{\"id\": \"x\", \"cgroup_paths\": [1,2"),
+        ("memtrace-huge", "huge"),
+    ];
+    for (id, kind) in fakes {
+        let dir = base.join(id);
+        fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state.json");
+        let _ = fs::remove_file(&state);
+        match kind {
+            "fifo" => {
+                let c = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+                // SAFETY: a NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            }
+            "huge" => {
+                let mut text = String::from("{\"id\": \"memtrace-huge\", \"pad\": \"");
+                text.push_str(&"x".repeat(64 << 20));
+                text.push_str("\"}");
+                fs::write(&state, text).unwrap();
+            }
+            text => fs::write(&state, text).unwrap(),
+        }
+    }
+    let real = OverlayContainer::start(
+        "real",
+        "dd if=/dev/zero of=/tmp/real.log bs=1M count=8 2>/dev/null; touch /tmp/done; sleep 600",
+    );
+    real.wait_for("/tmp/done", STARTUP);
+    let e = explain_json(&real.id);
+    for (id, _) in fakes {
+        let _ = fs::remove_dir_all(base.join(id));
+    }
+    assert_eq!(e["target"]["container"]["id"], real.id.as_str());
+    assert_eq!(e["target"]["container"]["verified"], true, "{e:#}");
+    assert_eq!(e["files"][0]["path"], "/tmp/real.log");
+}
+
+/// A cgroup named like a Docker container's (`docker-<id>.scope`) only claims to be one:
+/// memtrace shows the claim, marked unverified, and never as a verified container.
+#[test]
+fn container_identity_from_a_cgroup_name_alone_is_marked_unverified() {
+    require_root();
+    let id = "4d6f6e6b6579206d656d7472616365206d656d7472616365206d656d74726163";
+    let claimed = memtrace_tests::cgroup::MemCgroup::create_exact(&format!("docker-{id}.scope"));
+    let scratch = Scratch::new("claimed");
+    let path = scratch.path("claimed.log");
+    let mut watch = memtrace(&["watch", "--json", "--interval", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("memtrace watch");
+    let mut reports = BufReader::new(watch.stdout.take().unwrap()).lines();
+    reports.next().expect("attached").unwrap();
+    claimed.run(&mut memtrace_tests::files::dd_write(&path, 4));
+    let mut found = None;
+    for line in reports.by_ref().take(10) {
+        let report: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        found = report["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == claimed.id)
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+    }
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let _ = watch.wait();
+    let cgroup = found.expect("the claiming cgroup is reported");
+    assert_eq!(cgroup["container"]["id"], id, "the claim is shown: {cgroup}");
+    assert_eq!(cgroup["container"]["runtime"], "docker");
+    assert_eq!(cgroup["container"]["verified"], false, "but not as verified");
 }

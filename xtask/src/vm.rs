@@ -546,7 +546,7 @@ echo "MEMTRACE-VM: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgro
 status=0
 for t in /tests/*; do
   echo "MEMTRACE-VM: running $(basename $t)"
-  RUST_BACKTRACE=1 $t --test-threads=1 || status=1
+  RUST_BACKTRACE=1 $t --test-threads=1 --show-output || status=1
 done
 if [ $status = 0 ]; then echo "MEMTRACE-VM: PASS"; else echo "MEMTRACE-VM: FAIL"; fi
 sync
