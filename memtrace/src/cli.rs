@@ -37,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the attribution every interval until Ctrl-C.
     Watch(WatchArgs),
+    /// Serve Prometheus metrics (`/metrics`, `/healthz`) until stopped: the node agent.
+    Serve(ServeArgs),
     /// Check this machine: kernel, BTF, cgroup layout, hooks, privileges.
     Doctor(DoctorArgs),
     /// Where did this container's memory go: page cache by file, reconciled with memory.stat,
@@ -125,6 +127,7 @@ impl FilterArgs {
             cgroup: self.cgroup.clone(),
             path_prefix: self.path_prefix.clone(),
             top: self.top,
+            files_per_cgroup: None,
         }
     }
 }
@@ -133,6 +136,8 @@ impl FilterArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub seed: SeedArgs,
     /// Write the report to FILE instead of stdout.
     #[arg(
         long = "output",
@@ -153,9 +158,40 @@ pub struct WatchArgs {
     /// Time between reports: `2s`, `500ms`, `1m`.
     #[arg(long, short = 'i', default_value = "2s", value_parser = parse_interval)]
     pub interval: Option<Duration>,
+    #[command(flatten)]
+    pub seed: SeedArgs,
     /// Stop after this many reports (1 or more).
     #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+}
+
+/// Where `serve` listens unless told: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9463";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve `/metrics` and `/healthz` on (`0.0.0.0:9463` for every interface).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Files of each cgroup with a series of their own; the rest are summed into one.
+    #[arg(long, default_value_t = 20)]
+    pub metrics_top_files: usize,
+    /// Most series one scrape exposes; past it, series are left out and counted.
+    #[arg(long, default_value_t = 10_000)]
+    pub metrics_max_series: usize,
+    /// How long a removed cgroup keeps its series (its cache may outlive it).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub removed_grace: Duration,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+}
+
+/// Whether to scan for cache that predates memtrace before the first report.
+#[derive(Debug, Args, Default, Clone, Copy)]
+pub struct SeedArgs {
+    /// Skip the scan for page cache that existed before memtrace started.
+    #[arg(long)]
+    pub no_seed: bool,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +199,11 @@ pub struct DoctorArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 5m or 30s: {e}"))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         {
             Command::Run(args) => commands::run::run(&cli.global, args).await,
             Command::Watch(args) => commands::watch::watch(&cli.global, args).await,
+            Command::Serve(args) => commands::serve::serve(&cli.global, args).await,
             Command::Doctor(args) => commands::doctor::doctor(&cli.global, &args),
             Command::Explain(args) => commands::explain::explain(&cli.global, args).await,
             Command::Calibrate => commands::calibrate().await,

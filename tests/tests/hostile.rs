@@ -173,7 +173,10 @@ fn a_huge_sparse_file_is_measured_exactly() {
     );
     sparse.wait_for("/tmp/done", STARTUP);
     let host = sparse.upper_path("/tmp/sparse.bin");
-    assert!(fs::metadata(&host).unwrap().len() >= 1 << 40, "a 1 TiB file");
+    assert!(
+        fs::metadata(&host).unwrap().len() >= 1 << 40,
+        "a 1 TiB file"
+    );
     let e = explain_json(&sparse.id);
     let file = e["files"]
         .as_array()
@@ -196,7 +199,10 @@ fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
     let base = std::path::Path::new("/run/runc");
     let fakes = [
         ("memtrace-bad-json", "fifo"),
-        ("memtrace-malformed", "{\"id\": \"x\", \"cgroup_paths\": [1,2"),
+        (
+            "memtrace-malformed",
+            "{\"id\": \"x\", \"cgroup_paths\": [1,2",
+        ),
         ("memtrace-huge", "huge"),
     ];
     for (id, kind) in fakes {
@@ -267,7 +273,13 @@ fn container_identity_from_a_cgroup_name_alone_is_marked_unverified() {
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     let _ = watch.wait();
     let cgroup = found.expect("the claiming cgroup is reported");
-    assert_eq!(cgroup["container"]["id"], id, "the claim is shown: {cgroup}");
+    assert_eq!(
+        cgroup["container"]["id"], id,
+        "the claim is shown: {cgroup}"
+    );
     assert_eq!(cgroup["container"]["runtime"], "docker");
-    assert_eq!(cgroup["container"]["verified"], false, "but not as verified");
+    assert_eq!(
+        cgroup["container"]["verified"], false,
+        "but not as verified"
+    );
 }

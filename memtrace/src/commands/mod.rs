@@ -3,16 +3,18 @@
 pub mod doctor;
 pub mod explain;
 pub mod run;
+pub mod serve;
 pub mod watch;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
-    cli::{GlobalArgs, OutputArgs, TABLE_TOP},
+    cli::{GlobalArgs, OutputArgs, SeedArgs, TABLE_TOP},
+    collector::{seed::SeedOptions, Collector},
     loader::LoadOptions,
-    model::Report,
+    model::{human_bytes, Report},
     view::{self, table::TableOptions, Format},
 };
 
@@ -45,6 +47,33 @@ pub(crate) fn write_out(
     match write(&mut io::stdout().lock()) {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         result => result,
+    }
+}
+
+/// Scans for page cache that predates memtrace (unless `--no-seed`), with progress on stderr
+/// when a person is watching it.
+pub(crate) fn seed_at_start(collector: &mut Collector, seed: SeedArgs) {
+    if seed.no_seed {
+        return;
+    }
+    let interactive = io::stderr().is_terminal();
+    if interactive {
+        eprint!("memtrace: looking for page cache that predates memtrace...");
+    }
+    let summary = collector.seed(&SeedOptions::default());
+    if interactive {
+        eprintln!(
+            "\rmemtrace: found {} in {} files of {} examined ({:.1}s){}",
+            human_bytes(summary.cached_bytes),
+            summary.files_cached,
+            summary.files_examined,
+            summary.seconds,
+            if summary.truncated {
+                "; stopped at its limit"
+            } else {
+                ""
+            }
+        );
     }
 }
 

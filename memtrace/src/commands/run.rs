@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context;
 use tokio::process::Command;
 
-use super::{drain_ticks, emit, load_options, Shutdown};
+use super::{drain_ticks, emit, load_options, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, RunArgs},
     collector::Collector,
@@ -28,6 +28,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
     };
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let mut collector = Collector::start(&load_options(global))?;
+    seed_at_start(&mut collector, args.seed);
 
     let (program, program_args) = args
         .command

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context};
 use tokio::time::MissedTickBehavior;
 
-use super::{drain_ticks, emit, load_options, Shutdown};
+use super::{drain_ticks, emit, load_options, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
@@ -21,6 +21,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let mut collector = Collector::start(&load_options(global))?;
+    seed_at_start(&mut collector, args.seed);
     let filter = args.output.to_filter();
     if let Some(wanted) = &filter.container {
         let known = collector.resolvers.known_containers();

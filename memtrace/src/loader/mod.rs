@@ -12,7 +12,7 @@ use self::{
     btf::{BtfError, KernelBtf},
     preflight::PreflightError,
 };
-use crate::model::{Hook, WritesSource};
+use crate::model::{Hook, ProgramStats, WritesSource};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError, ProgramFd, RawTracePoint},
@@ -371,6 +371,36 @@ impl Tracer {
                 None
             }
         }
+    }
+
+    /// Run time and run count of each attached program, from the kernel's BPF stats (only
+    /// counted while `kernel.bpf_stats_enabled` is 1: `None` otherwise).
+    pub fn program_stats(&self) -> Option<Vec<ProgramStats>> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        if !enabled {
+            return None;
+        }
+        let mut stats = Vec::new();
+        for (name, program) in self._ebpf.programs() {
+            let Ok(fd) = program.fd() else { continue };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd));
+            let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) else {
+                continue;
+            };
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            stats.push(ProgramStats {
+                name: name.to_owned(),
+                run_time_ns: field("run_time_ns:"),
+                run_count: field("run_cnt:"),
+            });
+        }
+        Some(stats)
     }
 
     /// Makes the kernel re-check its cached memcg identities. Cgroup creation already does;

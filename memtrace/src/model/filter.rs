@@ -13,6 +13,8 @@ pub struct Filter {
     pub path_prefix: Option<String>,
     /// The N largest cgroups, and the N largest files in each.
     pub top: Option<usize>,
+    /// The N largest files of each cgroup (all cgroups kept).
+    pub files_per_cgroup: Option<usize>,
 }
 
 impl Filter {
@@ -21,6 +23,7 @@ impl Filter {
             && self.cgroup.is_none()
             && self.path_prefix.is_none()
             && self.top.is_none()
+            && self.files_per_cgroup.is_none()
     }
 }
 
@@ -56,6 +59,11 @@ pub fn apply_filter(
     }
     if let Some(top) = filter.top {
         keep_top(cgroups, top);
+    }
+    if let Some(files) = filter.files_per_cgroup {
+        for cgroup in cgroups.iter_mut() {
+            cgroup.files.truncate(files);
+        }
     }
     if filter.path_prefix.is_none() {
         name_files(cgroups);

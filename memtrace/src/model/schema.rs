@@ -237,6 +237,15 @@ impl PartialEq<&str> for Dev {
     }
 }
 
+/// How long one of memtrace's kernel programs has run, from the kernel's BPF stats
+/// (`kernel.bpf_stats_enabled=1`; zero otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
 /// `cgroup_root.hierarchy_id` of the unified (v2) hierarchy.
 pub const UNIFIED_HIERARCHY: u32 = 0;
 

@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod explain;
 pub mod json;
+pub mod prometheus;
 pub mod table;
 
 use std::io::{self, Write};
