@@ -63,6 +63,9 @@ pub struct CacheCounters {
     /// Kernel address of the file's inode when the entry was made: userspace hands it back to
     /// the `name_inode` program to learn the file's path (checked there against dev and ino).
     pub inode: u64,
+    /// Removals that took the count below zero: pages cached before tracing began were
+    /// dropped. Userspace measures such a file again when this grows.
+    pub underflows: u64,
 }
 
 /// Key of the writers map: a process writing a file, under its own memory cgroup.
@@ -274,5 +277,5 @@ mod pod {
         size_of::<super::InodeName>()
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
-    const _: () = assert!(size_of::<super::CacheCounters>() == 24);
+    const _: () = assert!(size_of::<super::CacheCounters>() == 32);
 }

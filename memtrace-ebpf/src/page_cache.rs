@@ -104,7 +104,11 @@ fn account(key: &CacheKey, pages: u64, inode: u64, direction: Direction) {
     };
     match direction {
         Direction::Added => fresh.pages_added = pages,
-        Direction::Removed => fresh.pages_removed = pages,
+        Direction::Removed => {
+            // The first event of this pair is a removal: these pages predate tracing.
+            fresh.pages_removed = pages;
+            fresh.underflows = 1;
+        }
     }
     if PAGE_CACHE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         return;
@@ -125,5 +129,12 @@ fn bump(counters: *mut CacheCounters, pages: u64, direction: Direction) {
             Direction::Removed => &raw mut (*counters).pages_removed,
         };
         atomic_add(field, pages);
+        // More removed than added: cache that predates tracing is leaving. Flag it so userspace
+        // measures the file (the counters alone would floor at zero).
+        if let Direction::Removed = direction {
+            if (*counters).pages_removed > (*counters).pages_added {
+                atomic_add(&raw mut (*counters).underflows, 1);
+            }
+        }
     }
 }

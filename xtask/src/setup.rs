@@ -42,6 +42,16 @@ pub(crate) fn ensure(needs: Needs) -> Result<()> {
                 "bpftool",
                 "tests compare resolved struct offsets with bpftool's BTF dump",
             ),
+            (
+                "javac",
+                "default-jdk-headless",
+                "the explain test replays a JVM logging in a container",
+            ),
+            (
+                "prometheus",
+                "prometheus",
+                "a real Prometheus server scrapes memtrace serve in the tests",
+            ),
         ] {
             if find_tool(tool).is_none() && !Path::new("/bin").join(tool).exists() {
                 eprintln!("xtask: installing {package}: {why}");

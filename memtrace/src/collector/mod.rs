@@ -20,9 +20,9 @@ use crate::{
     loader::{read_all, LoadError, LoadOptions, Tracer},
     model::{
         aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
-        Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
+        Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
-    resolve::{cgroups::memcg_path_of, paths::KernelPath, Resolvers},
+    resolve::{cgroups::memcg_path_of, open::open_regular, paths::KernelPath, Resolvers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct Collector {
     pub seed_summary: Option<SeedSummary>,
     /// The previous snapshot's figures, for rates.
     last_sample: Option<Sample>,
+    /// Per key, the `underflows` count already answered by measuring the file.
+    underflows_handled: HashMap<CacheKey, u64>,
 }
 
 impl Collector {
@@ -64,6 +66,7 @@ impl Collector {
             seeds: HashMap::default(),
             seed_summary: None,
             last_sample: None,
+            underflows_handled: HashMap::default(),
         })
     }
 
@@ -176,10 +179,13 @@ impl Collector {
         // Where each file's inode lives, for naming files on demand.
         let mut inodes: HashMap<(u32, u64), u64> = HashMap::default();
         inodes.reserve(entries.len());
-        for (key, counters) in entries {
+        for (key, counters) in &entries {
             if counters.inode != 0 {
                 inodes.insert((key.dev, key.ino), counters.inode);
             }
+        }
+        self.remeasure_underflows(&entries, &inodes);
+        for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
             let writers = Vec::new();
             observations.insert(
@@ -263,13 +269,113 @@ impl Collector {
             writes_source: self.tracer.writes_source,
             dirty_source,
             stats,
+            seed: self.seed_summary.clone(),
             totals,
             cgroups,
         })
     }
 }
 
+/// Most files measured again in one snapshot because their pre-existing cache is leaving.
+const REMEASURE_LIMIT: usize = 256;
+
 impl Collector {
+    /// When the kernel saw pages leave a file that it never saw arrive (cache older than
+    /// memtrace), the counters alone would floor at zero: measure the file now, per memcg,
+    /// and count traced changes from here on. Then every file shown holds what the kernel
+    /// holds (± what changed during the measurement).
+    fn remeasure_underflows(
+        &mut self,
+        entries: &[(CacheKey, CacheCounters)],
+        inodes: &HashMap<(u32, u64), u64>,
+    ) {
+        let mut files: Vec<(u32, u64)> = entries
+            .iter()
+            .filter(|(key, counters)| {
+                counters.underflows > self.underflows_handled.get(key).copied().unwrap_or(0)
+            })
+            .map(|(key, _)| (key.dev, key.ino))
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        files.sort_unstable();
+        files.dedup();
+        if files.len() > REMEASURE_LIMIT {
+            log::debug!(
+                "{} files lost pre-existing cache; measuring {REMEASURE_LIMIT} now, the rest next time",
+                files.len()
+            );
+            files.truncate(REMEASURE_LIMIT);
+        }
+        let Ok(reader) = residency::PageOwnerReader::open() else {
+            return;
+        };
+        let memory_hierarchy = self
+            .resolvers
+            .cgroups
+            .hierarchies
+            .memory_hierarchy
+            .unwrap_or(0);
+        for (dev, ino) in files {
+            let tracer = &self.tracer;
+            let resolved = self.resolvers.paths.resolve(dev, ino, || {
+                let inode = inodes.get(&(dev, ino)).copied()?;
+                tracer
+                    .name_inode(inode, dev, ino)
+                    .map(|name| KernelPath::from_name(&name))
+            });
+            let keys: Vec<(CacheKey, CacheCounters)> = entries
+                .iter()
+                .filter(|(key, _)| key.dev == dev && key.ino == ino)
+                .copied()
+                .collect();
+            for (key, counters) in &keys {
+                self.underflows_handled.insert(*key, counters.underflows);
+            }
+            let owners = resolved
+                .host_path
+                .as_deref()
+                .filter(|_| !resolved.deleted)
+                .and_then(|path| open_regular(std::path::Path::new(path), Some(ino)).ok())
+                .and_then(|file| reader.owners(&file).ok());
+            let Some(owners) = owners else {
+                continue;
+            };
+            let active_share = |pages: u64| {
+                (owners.active * pages)
+                    .checked_div(owners.resident)
+                    .unwrap_or(0)
+            };
+            for (key, counters) in &keys {
+                let pages = owners.by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
+                self.seeds.insert(
+                    *key,
+                    SeededCache {
+                        pages,
+                        active_pages: active_share(pages),
+                        provenance: Provenance::Exact,
+                        baseline: *counters,
+                    },
+                );
+            }
+            for (&cgroup_id, &pages) in &owners.by_cgroup {
+                let key = CacheKey {
+                    cgroup_id,
+                    ino,
+                    dev,
+                    hierarchy: memory_hierarchy,
+                };
+                self.seeds.entry(key).or_insert(SeededCache {
+                    pages,
+                    active_pages: active_share(pages),
+                    provenance: Provenance::Exact,
+                    baseline: CacheCounters::default(),
+                });
+            }
+        }
+    }
+
     /// Rates since the previous snapshot; this one becomes the next one's reference.
     fn rate(&mut self, cgroups: &mut [CgroupUsage]) {
         let sample = Sample::of(cgroups, Instant::now());
@@ -305,14 +411,13 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         };
         // Only the file we were told about: a path now holding a symlink, a FIFO or another
         // file measures nothing.
-        let handle =
-            match crate::resolve::open::open_regular(std::path::Path::new(path), Some(file.ino)) {
-                Ok(handle) => handle,
-                Err(err) => {
-                    log::debug!("dirty bytes not measured: {err}");
-                    continue;
-                }
-            };
+        let handle = match open_regular(std::path::Path::new(path), Some(file.ino)) {
+            Ok(handle) => handle,
+            Err(err) => {
+                log::debug!("dirty bytes not measured: {err}");
+                continue;
+            }
+        };
         if source == Some("cachestat") {
             match residency::cachestat(&handle) {
                 Ok(stat) => {

@@ -148,6 +148,7 @@ mod tests {
             pages_added: added,
             pages_removed: removed,
             inode: 0,
+            underflows: 0,
         }
     }
 

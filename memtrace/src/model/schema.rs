@@ -199,6 +199,8 @@ pub struct Report {
     /// Where `files[].dirty_bytes` come from: `cachestat` (null before Linux 6.5).
     pub dirty_source: Option<&'static str>,
     pub stats: KernelStats,
+    /// The scan for cache that predates memtrace, when one ran (`--no-seed` skips it).
+    pub seed: Option<SeedSummary>,
     pub totals: Totals,
     pub cgroups: Vec<CgroupUsage>,
 }

@@ -36,6 +36,7 @@ fn counters(pages_added: u64, pages_removed: u64) -> CacheCounters {
         pages_added,
         pages_removed,
         inode: 0,
+        underflows: 0,
     }
 }
 
@@ -151,6 +152,7 @@ pub(crate) fn fixed_report() -> Report {
             map_capacity: 262_144,
             map_read_errors: 0,
         },
+        seed: None,
         totals,
         cgroups,
     }

@@ -1,0 +1,224 @@
+//! The node agent: `memtrace serve` scraped by a real Prometheus, numbers right from the first
+//! scrape (cache that predates memtrace included), and files whose old cache leaves measured
+//! again. Oracles: memory.stat, cachestat, mincore, and Prometheus's own query API.
+
+use std::{
+    fs::{self, File},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use memtrace_tests::{
+    assert_near,
+    cgroup::MemCgroup,
+    files::{dd_write, resident_bytes, FileId, Scratch},
+    http::{encode, free_port, get, series_value},
+    memtrace, require_root, MIB,
+};
+use serde_json::Value;
+
+/// memtrace serve, stopped when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = memtrace(&["serve", "--listen", &addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("memtrace serve");
+        let serve = Self { child, addr };
+        let started = Instant::now();
+        while get(&serve.addr, "/healthz").is_none_or(|(status, _)| status != 200) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "memtrace serve did not answer /healthz"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        serve
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = get(&self.addr, "/metrics").expect("a scrape");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory effects; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn cachestat_bytes(path: &Path) -> u64 {
+    let file = File::open(path).unwrap();
+    memtrace::collector::residency::cachestat(&file)
+        .expect("cachestat")
+        .cached
+        * memtrace::collector::page_size()
+}
+
+#[test]
+fn the_first_scrape_includes_cache_that_predates_serve() {
+    require_root();
+    let cgroup = MemCgroup::create("agent-seed");
+    let scratch = Scratch::new("agent-seed");
+    let path = scratch.path("before.log");
+    cgroup.run(dd_write(&path, 48).arg("conv=fsync"));
+    let serve = Serve::start(&[]);
+    let text = serve.metrics();
+    let bytes = series_value(
+        &text,
+        "memtrace_file_page_cache_bytes",
+        &[("cgroup", &cgroup.path), ("path", path.to_str().unwrap())],
+    )
+    .unwrap_or_else(|| panic!("the file is in the first scrape:\n{text}"));
+    let mincore = resident_bytes(&File::open(&path).unwrap()).unwrap();
+    assert_near("first scrape vs mincore", bytes as u64, mincore, 2 * MIB);
+    assert_near("48 MiB", bytes as u64, 48 * MIB, 2 * MIB);
+}
+
+#[test]
+fn a_file_cached_before_run_and_rewritten_during_it_shows_its_true_size() {
+    require_root();
+    let scratch = Scratch::new("agent-rewrite");
+    let path = scratch.path("rewritten.log");
+    let status = dd_write(&path, 8).arg("conv=fsync").status().unwrap();
+    assert!(status.success());
+    let id = FileId::of(&path);
+    // No scan at start: only the kernel's removal of pages it never saw added tells memtrace
+    // that cache predates it; it must measure the file then.
+    let out = memtrace(&[
+        "run",
+        "--no-seed",
+        "--json",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "bs=1M",
+        "count=4",
+        "status=none",
+    ])
+    .arg(format!("of={}", path.display()))
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: u64 = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["files"].as_array().unwrap())
+        .filter(|f| f["ino"] == id.ino && f["dev"] == id.dev.as_str())
+        .map(|f| f["cached_bytes"].as_u64().unwrap())
+        .sum();
+    assert_near(
+        "rewritten file vs cachestat",
+        shown,
+        cachestat_bytes(&path),
+        2 * MIB,
+    );
+    assert_near("its true size", shown, 4 * MIB, 2 * MIB);
+}
+
+#[test]
+fn serve_refuses_a_busy_port_clearly() {
+    require_root();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = memtrace(&["serve", "--no-seed", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use") && err.contains("--listen"), "{err}");
+}
+
+/// A real Prometheus (Debian's package) scrapes serve; its query API must return a fresh
+/// cgroup's page cache within 2% of the cgroup's memory.stat.
+#[test]
+fn prometheus_scrapes_serve_and_agrees_with_memory_stat() {
+    require_root();
+    let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("prometheus is required (cargo xtask setup installs Debian's package)");
+    let serve = Serve::start(&["--no-seed"]);
+    let cgroup = MemCgroup::create("agent-prom");
+    let scratch = Scratch::new("agent-prom");
+    cgroup.run(dd_write(&scratch.path("scraped.log"), 32).arg("conv=fsync"));
+
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let config = scratch.path("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: memtrace\n    static_configs:\n      - targets: ['{}']\n",
+            serve.addr
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            scratch.path("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let query = format!(
+        "memtrace_cgroup_page_cache_bytes{{cgroup=\"{}\"}}",
+        cgroup.path
+    );
+    let started = Instant::now();
+    let value = loop {
+        let answer = get(
+            &prom_addr,
+            &format!("/api/v1/query?query={}", encode(&query)),
+        );
+        let value = answer.and_then(|(_, body)| {
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        });
+        if let Some(value) = value.filter(|v| *v > 0.0) {
+            break value;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = prom.kill();
+            panic!("Prometheus never returned {query}");
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    MemCgroup::settle_stats();
+    let kernel = cgroup.page_cache_bytes();
+    eprintln!("Prometheus: {value} B; memory.stat page cache: {kernel} B");
+    assert_near(
+        "Prometheus vs memory.stat (2%)",
+        value as u64,
+        kernel,
+        kernel / 50,
+    );
+}
