@@ -7,6 +7,8 @@
 /// Names of the maps and globals in the kernel object, so both sides spell them alike.
 pub mod names {
     pub const CACHE_MAP: &str = "PAGE_CACHE";
+    pub const CACHE_MAP_B: &str = "PAGE_CACHE_B";
+    pub const ACTIVE_MAP: &str = "ACTIVE_MAP";
     pub const STATS_MAP: &str = "STATS";
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
     pub const NAME_BUF: &str = "NAME_BUF";
@@ -60,12 +62,15 @@ pub struct CacheCounters {
     pub pages_added: u64,
     /// Pages removed from the page cache (truncate, invalidate, reclaim).
     pub pages_removed: u64,
-    /// Kernel address of the file's inode when the entry was made: userspace hands it back to
+    /// Kernel address of the file's inode at the last insertion: userspace hands it back to
     /// the `name_inode` program to learn the file's path (checked there against dev and ino).
     pub inode: u64,
-    /// Removals that took the count below zero: pages cached before tracing began were
-    /// dropped. Userspace measures such a file again when this grows.
-    pub underflows: u64,
+    /// Largest excess of removed over added pages this entry saw: pages cached before the
+    /// entry began (or before tracing) were dropped. Userspace compares it with what it knew
+    /// was resident and measures the file again when it is more.
+    pub max_deficit: u64,
+    /// `inode.i_generation` at the last insertion: a reused inode number has another.
+    pub generation: u64,
 }
 
 /// Key of the writers map: a process writing a file, under its own memory cgroup.
@@ -187,6 +192,8 @@ pub struct KernelOffsets {
     pub css_set_memory: u32,
     /// `cgroup_subsys_state.cgroup`.
     pub css_cgroup: u32,
+    /// `inode.i_generation`: tells a new file from an old one that had the same inode number.
+    pub inode_generation: u32,
 }
 
 /// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.
@@ -277,5 +284,5 @@ mod pod {
         size_of::<super::InodeName>()
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
-    const _: () = assert!(size_of::<super::CacheCounters>() == 32);
+    const _: () = assert!(size_of::<super::CacheCounters>() == 40);
 }

@@ -9,10 +9,28 @@ use memtrace_common::{
     DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
 };
 
-/// Pages in and out per (memcg, file). Userspace may resize it before load (`--max-entries`).
+/// Pages in and out per (memcg, file), in two halves: the programs count into the active one
+/// while userspace empties the other and keeps the totals, so an entry lives one interval and
+/// the maps hold only what changed lately, however many files come and go over weeks.
+/// Userspace may resize both before load (`--max-entries`).
 #[map(name = "PAGE_CACHE")]
 pub(crate) static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
     HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
+
+#[map(name = "PAGE_CACHE_B")]
+pub(crate) static PAGE_CACHE_B: HashMap<CacheKey, CacheCounters> =
+    HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
+
+/// Which half the programs count into: 0 is `PAGE_CACHE`, 1 is `PAGE_CACHE_B`. Userspace
+/// flips it, waits for programs still running on the old half, then empties that half.
+#[map(name = "ACTIVE_MAP")]
+pub(crate) static ACTIVE_MAP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the programs count into `PAGE_CACHE_B` now.
+#[inline(always)]
+pub(crate) fn counting_into_b() -> bool {
+    ACTIVE_MAP.get(0) == Some(&1)
+}
 
 /// Bytes written per (writer's memcg, file, process).
 #[map(name = "WRITERS")]
@@ -86,6 +104,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     task_cgroups: 0,
     css_set_memory: 0,
     css_cgroup: 0,
+    inode_generation: 0,
 };
 
 /// The offsets as the loader set them. The volatile read stops the compiler from folding the

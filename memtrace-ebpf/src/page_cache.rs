@@ -1,12 +1,14 @@
 //! Page-cache insertions and removals, aggregated per (charged memcg, file).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, macros::btf_tracepoint, maps::HashMap, programs::BtfTracePointContext,
+};
 use memtrace_common::{CacheCounters, CacheKey, Stat};
 
 use crate::{
     cgroups::{memcg_identity, MemcgIdentity},
     kernel::{atomic_add, load, load_ptr, ReadFailed},
-    maps::{count, offsets, PAGE_CACHE},
+    maps::{count, counting_into_b, offsets, PAGE_CACHE, PAGE_CACHE_B},
 };
 
 /// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
@@ -38,7 +40,16 @@ enum Direction {
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
     let folio: u64 = ctx.arg(0);
     match folio_key(folio) {
-        Ok((key, pages, inode)) => account(&key, pages, inode, direction),
+        Ok((key, pages, inode)) => {
+            let generation = u64::from(load::<u32>(inode, offsets().inode_generation));
+            let identity = Identity { inode, generation };
+            // One call per half, so the verifier sees one map at each helper call.
+            if counting_into_b() {
+                account(&PAGE_CACHE_B, &key, pages, identity, direction)
+            } else {
+                account(&PAGE_CACHE, &key, pages, identity, direction)
+            }
+        }
         Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
@@ -91,49 +102,76 @@ fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
     ))
 }
 
+/// Which incarnation of the file an event is for.
+#[derive(Clone, Copy)]
+struct Identity {
+    inode: u64,
+    generation: u64,
+}
+
 #[inline(always)]
-fn account(key: &CacheKey, pages: u64, inode: u64, direction: Direction) {
-    if let Some(counters) = PAGE_CACHE.get_ptr_mut(key) {
-        bump(counters, pages, direction);
+fn account(
+    map: &HashMap<CacheKey, CacheCounters>,
+    key: &CacheKey,
+    pages: u64,
+    identity: Identity,
+    direction: Direction,
+) {
+    if let Some(counters) = map.get_ptr_mut(key) {
+        bump(counters, pages, identity, direction);
         return;
     }
     // The inode's address lets userspace ask for the file's path later (`name_inode`).
     let mut fresh = CacheCounters {
-        inode,
+        inode: identity.inode,
+        generation: identity.generation,
         ..CacheCounters::default()
     };
     match direction {
         Direction::Added => fresh.pages_added = pages,
         Direction::Removed => {
-            // The first event of this pair is a removal: these pages predate tracing.
+            // The first event of this entry is a removal: these pages predate the entry.
             fresh.pages_removed = pages;
-            fresh.underflows = 1;
+            fresh.max_deficit = pages;
         }
     }
-    if PAGE_CACHE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
-    match PAGE_CACHE.get_ptr_mut(key) {
-        Some(counters) => bump(counters, pages, direction),
+    match map.get_ptr_mut(key) {
+        Some(counters) => bump(counters, pages, identity, direction),
         None => count(Stat::MapFull),
     }
 }
 
 #[inline(always)]
-fn bump(counters: *mut CacheCounters, pages: u64, direction: Direction) {
+fn bump(counters: *mut CacheCounters, pages: u64, identity: Identity, direction: Direction) {
     // SAFETY: the pointer comes from a map lookup and stays valid for this program run.
     unsafe {
-        let field = match direction {
-            Direction::Added => &raw mut (*counters).pages_added,
-            Direction::Removed => &raw mut (*counters).pages_removed,
-        };
-        atomic_add(field, pages);
-        // More removed than added: cache that predates tracing is leaving. Flag it so userspace
-        // measures the file (the counters alone would floor at zero).
-        if let Direction::Removed = direction {
-            if (*counters).pages_removed > (*counters).pages_added {
-                atomic_add(&raw mut (*counters).underflows, 1);
+        match direction {
+            Direction::Added => {
+                atomic_add(&raw mut (*counters).pages_added, pages);
+                // A new file under a reused inode number: remember the new incarnation (a
+                // plain store; racing writers store the same values).
+                if (*counters).generation != identity.generation
+                    || (*counters).inode != identity.inode
+                {
+                    (*counters).inode = identity.inode;
+                    (*counters).generation = identity.generation;
+                }
+            }
+            Direction::Removed => {
+                atomic_add(&raw mut (*counters).pages_removed, pages);
+                // More removed than added: cache older than this entry is leaving. Userspace
+                // weighs it against what it knew was resident (racing updates may undercount
+                // the maximum by a folio; it only decides whether to measure).
+                let deficit = (*counters)
+                    .pages_removed
+                    .saturating_sub((*counters).pages_added);
+                if deficit > (*counters).max_deficit {
+                    (*counters).max_deficit = deficit;
+                }
             }
         }
     }

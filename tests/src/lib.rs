@@ -32,8 +32,13 @@ pub fn require_root() {
 
 /// Loads memtrace's programs into the running kernel, in process.
 pub fn start_tracer() -> Collector {
+    start_tracer_with(&LoadOptions::default())
+}
+
+/// Like `start_tracer`, with load options (a smaller map, for instance).
+pub fn start_tracer_with(options: &LoadOptions) -> Collector {
     require_root();
-    Collector::start(&LoadOptions::default())
+    Collector::start(options)
         .unwrap_or_else(|err| panic!("memtrace failed to load: {:#}", anyhow::Error::from(err)))
 }
 

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat};
 
 use self::{
-    naming::{name_cgroups, name_files},
+    naming::{ask_kernel, name_cgroups, name_files, InodeIdentities},
     seed::SeedOptions,
 };
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
         aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
         Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
     },
-    resolve::{cgroups::memcg_path_of, open::open_regular, paths::KernelPath, Resolvers},
+    resolve::{cgroups::memcg_path_of, open::open_regular, Resolvers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +41,16 @@ pub struct Collector {
     pub seed_summary: Option<SeedSummary>,
     /// The previous snapshot's figures, for rates.
     last_sample: Option<Sample>,
-    /// Per key, the `underflows` count already answered by measuring the file.
-    underflows_handled: HashMap<CacheKey, u64>,
+    /// Every (memcg, file) drained from the kernel so far: its counters since memtrace
+    /// started, and the drain (flip) in which they last changed.
+    totals: HashMap<CacheKey, Tally>,
+    /// Drains so far.
+    flips: u64,
+    /// Files to measure at the next snapshot.
+    pending_measure: Vec<(u32, u64)>,
+    /// Per key, the `max_deficit` of the entry being counted into that a measurement already
+    /// answered.
+    deficits_handled: HashMap<CacheKey, u64>,
 }
 
 impl Collector {
@@ -66,7 +74,10 @@ impl Collector {
             seeds: HashMap::default(),
             seed_summary: None,
             last_sample: None,
-            underflows_handled: HashMap::default(),
+            totals: HashMap::default(),
+            flips: 0,
+            pending_measure: Vec::new(),
+            deficits_handled: HashMap::default(),
         })
     }
 
@@ -147,7 +158,7 @@ impl Collector {
             self.resolvers.paths.remember(dev, ino, name);
         }
         for (key, seed) in scan.seeds {
-            let baseline = self.tracer.page_cache.get(&key, 0).unwrap_or_default();
+            let baseline = self.combined(&key);
             self.seeds.insert(
                 key,
                 SeededCache {
@@ -173,18 +184,19 @@ impl Collector {
         self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let entries = read_all(&self.tracer.page_cache, &mut stats.map_read_errors);
+        let entries = self.gather(&mut stats);
         let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
         // Where each file's inode lives, for naming files on demand.
-        let mut inodes: HashMap<(u32, u64), u64> = HashMap::default();
+        let mut inodes: InodeIdentities = HashMap::default();
         inodes.reserve(entries.len());
         for (key, counters) in &entries {
             if counters.inode != 0 {
-                inodes.insert((key.dev, key.ino), counters.inode);
+                inodes.insert((key.dev, key.ino), (counters.inode, counters.generation));
             }
         }
-        self.remeasure_underflows(&entries, &inodes);
+        let to_measure = std::mem::take(&mut self.pending_measure);
+        self.measure_files(to_measure, &entries, &inodes);
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
             let writers = Vec::new();
@@ -198,7 +210,7 @@ impl Collector {
                 },
             );
         }
-        stats.map_entries = observations.len() as u64;
+
         for (key, seeded) in &self.seeds {
             observations.entry(*key).or_insert(Observation {
                 key: *key,
@@ -239,14 +251,8 @@ impl Collector {
         self.resolvers.refresh();
         name_cgroups(&mut self.resolvers, &mut cgroups);
         let (resolvers, tracer) = (&mut self.resolvers, &self.tracer);
-        let ask_kernel = |dev: u32, ino: u64| {
-            let inode = inodes.get(&(dev, ino)).copied()?;
-            tracer
-                .name_inode(inode, dev, ino)
-                .map(|name| KernelPath::from_name(&name))
-        };
         apply_filter(&mut cgroups, &mut totals, filter, |shown| {
-            name_files(resolvers, shown, ask_kernel)
+            name_files(resolvers, shown, tracer, &inodes)
         });
         let named = began.elapsed();
         self.rate(&mut cgroups);
@@ -278,24 +284,132 @@ impl Collector {
 
 /// Most files measured again in one snapshot because their pre-existing cache is leaving.
 const REMEASURE_LIMIT: usize = 256;
+/// Keys are pruned every this many drains...
+const PRUNE_EVERY: u64 = 8;
+/// ...once nothing of them is resident and they have not changed for this many drains.
+const PRUNE_AFTER_IDLE_FLIPS: u64 = 4;
+
+/// A key's counters since start, and the drain in which they last changed.
+#[derive(Clone, Copy, Debug)]
+struct Tally {
+    counters: CacheCounters,
+    changed_at: u64,
+}
 
 impl Collector {
-    /// When the kernel saw pages leave a file that it never saw arrive (cache older than
-    /// memtrace), the counters alone would floor at zero: measure the file now, per memcg,
-    /// and count traced changes from here on. Then every file shown holds what the kernel
-    /// holds (± what changed during the measurement).
-    fn remeasure_underflows(
-        &mut self,
-        entries: &[(CacheKey, CacheCounters)],
-        inodes: &HashMap<(u32, u64), u64>,
-    ) {
-        let mut files: Vec<(u32, u64)> = entries
+    /// Empties the half of the kernel map the programs are not counting into (after a flip)
+    /// into the totals, and returns every key's counters since start: totals plus the half
+    /// still counting. Files whose old cache is seen leaving are queued for measuring.
+    fn gather(&mut self, stats: &mut KernelStats) -> Vec<(CacheKey, CacheCounters)> {
+        let drained = self.tracer.flip_and_drain(&mut stats.map_read_errors);
+        self.flips += 1;
+        for (key, entry) in drained {
+            let handled = self.deficits_handled.remove(&key).unwrap_or(0);
+            if entry.max_deficit > handled && entry.max_deficit > self.known_resident(&key) {
+                self.pending_measure.push((key.dev, key.ino));
+            }
+            let tally = self.totals.entry(key).or_insert(Tally {
+                counters: CacheCounters::default(),
+                changed_at: 0,
+            });
+            tally.counters.pages_added += entry.pages_added;
+            tally.counters.pages_removed += entry.pages_removed;
+            if entry.inode != 0 {
+                tally.counters.inode = entry.inode;
+                tally.counters.generation = entry.generation;
+            }
+            tally.changed_at = self.flips;
+        }
+        let counting = self.tracer.read_counting(&mut stats.map_read_errors);
+        stats.map_entries = counting.len() as u64;
+        for (key, entry) in &counting {
+            let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
+            if entry.max_deficit > handled && entry.max_deficit > self.known_resident(key) {
+                self.pending_measure.push((key.dev, key.ino));
+            }
+        }
+        self.prune();
+        let mut combined: HashMap<CacheKey, CacheCounters> = self
+            .totals
             .iter()
-            .filter(|(key, counters)| {
-                counters.underflows > self.underflows_handled.get(key).copied().unwrap_or(0)
-            })
-            .map(|(key, _)| (key.dev, key.ino))
+            .map(|(key, tally)| (*key, tally.counters))
             .collect();
+        for (key, entry) in counting {
+            let sum = combined.entry(key).or_default();
+            sum.pages_added += entry.pages_added;
+            sum.pages_removed += entry.pages_removed;
+            sum.max_deficit = entry.max_deficit;
+            if entry.inode != 0 {
+                sum.inode = entry.inode;
+                sum.generation = entry.generation;
+            }
+        }
+        combined.into_iter().collect()
+    }
+
+    /// A key's counters since start: the totals plus the half being counted into.
+    fn combined(&self, key: &CacheKey) -> CacheCounters {
+        let mut sum = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
+        if let Some(entry) = self.tracer.counting_entry(key) {
+            sum.pages_added += entry.pages_added;
+            sum.pages_removed += entry.pages_removed;
+        }
+        sum
+    }
+
+    /// Pages memtrace knew were resident for `key` from what was drained (and seeded).
+    fn known_resident(&self, key: &CacheKey) -> u64 {
+        let counters = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
+        Observation {
+            key: *key,
+            counters,
+            seeded: self.seeds.get(key).map(|s| Box::new(*s)),
+            writers: Vec::new(),
+        }
+        .resident_pages()
+    }
+
+    /// Forgets keys with nothing resident that have not changed for a while, so memory stays
+    /// flat however many files come and go; their names and seeds go with them.
+    fn prune(&mut self) {
+        if !self.flips.is_multiple_of(PRUNE_EVERY) {
+            return;
+        }
+        let flips = self.flips;
+        let idle: Vec<CacheKey> = self
+            .totals
+            .iter()
+            .filter(|(key, tally)| {
+                flips.saturating_sub(tally.changed_at) >= PRUNE_AFTER_IDLE_FLIPS
+                    && self.known_resident(key) == 0
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &idle {
+            self.totals.remove(key);
+            self.seeds.remove(key);
+            self.deficits_handled.remove(key);
+        }
+        let files: std::collections::HashSet<(u32, u64)> = self
+            .totals
+            .keys()
+            .chain(self.seeds.keys())
+            .map(|k| (k.dev, k.ino))
+            .collect();
+        self.resolvers
+            .paths
+            .retain(|dev, ino| files.contains(&(dev, ino)));
+    }
+
+    /// Measures `files` per memcg now: their cache older than what memtrace counted is
+    /// leaving, so the counters alone would floor at zero. Traced changes count from here on,
+    /// so every file shown holds what the kernel holds (± what changed while measuring).
+    fn measure_files(
+        &mut self,
+        mut files: Vec<(u32, u64)>,
+        entries: &[(CacheKey, CacheCounters)],
+        inodes: &InodeIdentities,
+    ) {
         if files.is_empty() {
             return;
         }
@@ -306,7 +420,7 @@ impl Collector {
                 "{} files lost pre-existing cache; measuring {REMEASURE_LIMIT} now, the rest next time",
                 files.len()
             );
-            files.truncate(REMEASURE_LIMIT);
+            self.pending_measure.extend(files.drain(REMEASURE_LIMIT..));
         }
         let Ok(reader) = residency::PageOwnerReader::open() else {
             return;
@@ -319,11 +433,9 @@ impl Collector {
             .unwrap_or(0);
         for (dev, ino) in files {
             let tracer = &self.tracer;
-            let resolved = self.resolvers.paths.resolve(dev, ino, || {
-                let inode = inodes.get(&(dev, ino)).copied()?;
-                tracer
-                    .name_inode(inode, dev, ino)
-                    .map(|name| KernelPath::from_name(&name))
+            let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
+            let resolved = self.resolvers.paths.resolve(dev, ino, generation, || {
+                ask_kernel(tracer, inodes, dev, ino)
             });
             let keys: Vec<(CacheKey, CacheCounters)> = entries
                 .iter()
@@ -331,7 +443,7 @@ impl Collector {
                 .copied()
                 .collect();
             for (key, counters) in &keys {
-                self.underflows_handled.insert(*key, counters.underflows);
+                self.deficits_handled.insert(*key, counters.max_deficit);
             }
             let owners = resolved
                 .host_path

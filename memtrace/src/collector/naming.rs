@@ -1,6 +1,9 @@
 //! Fills the model's names from the resolvers: cgroup paths, containers and units, file paths.
 
+use rustc_hash::FxHashMap as HashMap;
+
 use crate::{
+    loader::Tracer,
     model::CgroupUsage,
     resolve::{containers::systemd_unit, paths::KernelPath, Resolvers},
 };
@@ -21,17 +24,36 @@ pub(crate) fn name_cgroups(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage
     }
 }
 
-/// File paths (looked up lazily: call it after cutting what will not be shown). `ask_kernel`
-/// asks the kernel for the path of (dev, ino).
+/// Where a file's inode is and which incarnation it is: (kernel address, `i_generation`).
+pub(crate) type InodeIdentities = HashMap<(u32, u64), (u64, u64)>;
+
+/// The kernel's answer for the path of (dev, ino), asked through the inode's address.
+pub(crate) fn ask_kernel(
+    tracer: &Tracer,
+    inodes: &InodeIdentities,
+    dev: u32,
+    ino: u64,
+) -> Option<KernelPath> {
+    let (inode, _) = inodes.get(&(dev, ino)).copied()?;
+    tracer
+        .name_inode(inode, dev, ino)
+        .map(|name| KernelPath::from_name(&name))
+}
+
+/// File paths (looked up lazily: call it after cutting what will not be shown).
 pub(crate) fn name_files(
     resolvers: &mut Resolvers,
     cgroups: &mut [CgroupUsage],
-    mut ask_kernel: impl FnMut(u32, u64) -> Option<KernelPath>,
+    tracer: &Tracer,
+    inodes: &InodeIdentities,
 ) {
     for cgroup in cgroups.iter_mut() {
         for file in cgroup.files.iter_mut() {
             let (dev, ino) = (file.dev.0, file.ino);
-            let resolved = resolvers.paths.resolve(dev, ino, || ask_kernel(dev, ino));
+            let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
+            let resolved = resolvers.paths.resolve(dev, ino, generation, || {
+                ask_kernel(tracer, inodes, dev, ino)
+            });
             file.path = resolved.path;
             file.host_path = resolved.host_path;
             file.path_hex = resolved.path_hex;

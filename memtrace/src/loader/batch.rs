@@ -15,6 +15,7 @@ use aya::{
 };
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 /// Entries asked for per call; a hash bucket larger than this makes the kernel say ENOSPC,
 /// and the next call asks for more.
 const CHUNK: u32 = 8192;
@@ -35,6 +36,18 @@ struct BatchAttr {
 
 /// Every entry of `map`. `Unsupported` when the kernel has no batch lookup for it.
 pub fn dump<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
+    batch(map, BPF_MAP_LOOKUP_BATCH)
+}
+
+/// Every entry of `map`, removed from it as it is read.
+pub fn drain<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
+    batch(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH)
+}
+
+fn batch<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    command: libc::c_long,
+) -> io::Result<Vec<(K, V)>> {
     let fd = IterableMap::map(map).fd().as_fd().as_raw_fd();
     let mut entries = Vec::new();
     let mut chunk = CHUNK;
@@ -59,7 +72,7 @@ pub fn dump<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, 
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
+                command,
                 &mut attr as *mut BatchAttr,
                 size_of::<BatchAttr>() as u32,
             )

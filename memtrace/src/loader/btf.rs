@@ -212,6 +212,7 @@ impl KernelBtf {
             css_set_memory: self.member_offset("css_set", "subsys")?
                 + 8 * self.enum_value("cgroup_subsys_id", "memory_cgrp_id")? as u32,
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
+            inode_generation: self.member_offset("inode", "i_generation")?,
         })
     }
 }

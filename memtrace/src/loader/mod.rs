@@ -183,7 +183,10 @@ enum Programs {
 /// memtrace's programs, loaded and attached. Dropping it detaches everything.
 pub struct Tracer {
     _ebpf: Ebpf,
-    pub(crate) page_cache: HashMap<MapData, CacheKey, CacheCounters>,
+    /// The two halves of the (memcg, file) map, and which one the programs count into.
+    page_cache: [HashMap<MapData, CacheKey, CacheCounters>; 2],
+    active_half: Array<MapData, u32>,
+    counting_into: usize,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
@@ -210,7 +213,11 @@ impl Tracer {
             None
         };
 
-        let page_cache = take_typed_map(&mut ebpf, names::CACHE_MAP)?;
+        let page_cache = [
+            take_typed_map(&mut ebpf, names::CACHE_MAP)?,
+            take_typed_map(&mut ebpf, names::CACHE_MAP_B)?,
+        ];
+        let active_half = take_typed_map(&mut ebpf, names::ACTIVE_MAP)?;
         let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
         let namer = match Namer::load(&mut ebpf) {
@@ -229,6 +236,8 @@ impl Tracer {
         Ok(Self {
             _ebpf: ebpf,
             page_cache,
+            active_half,
+            counting_into: 0,
             stats,
             cgroup_events,
             namer,
@@ -263,10 +272,11 @@ fn open_object(max_entries: u32) -> Result<(Ebpf, Btf), LoadError> {
         .btf(Some(&aya_btf))
         .override_global(names::OFFSETS_GLOBAL, &offsets, true)
         .map_max_entries(names::CACHE_MAP, max_entries)
+        .map_max_entries(names::CACHE_MAP_B, max_entries)
         .load(EBPF_OBJECT)
         .map_err(|source| match &source {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
-                if name == names::CACHE_MAP
+                if (name == names::CACHE_MAP || name == names::CACHE_MAP_B)
                     && matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
             {
                 LoadError::MapTooLarge {
@@ -355,7 +365,52 @@ impl Namer {
     }
 }
 
+/// How long programs that read the old half before a flip may still be counting into it: they
+/// run for microseconds, this leaves them three orders of magnitude more.
+const FLIP_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Tracer {
+    /// Makes the programs count into the other half of the (memcg, file) map, waits for any
+    /// still counting into the old one, and empties it: what it held, entry by entry. Entries
+    /// that cannot be read are counted in `errors`.
+    pub(crate) fn flip_and_drain(&mut self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
+        let old = self.counting_into;
+        let new = 1 - old;
+        if let Err(err) = self.active_half.set(0, new as u32, 0) {
+            log::warn!("cannot switch the (memcg, file) map halves: {err}");
+            return Vec::new();
+        }
+        self.counting_into = new;
+        std::thread::sleep(FLIP_GRACE);
+        match batch::drain(&self.page_cache[old]) {
+            Ok(entries) => entries,
+            Err(err) => {
+                log::debug!("batch drain failed ({err}); draining key by key");
+                let map = &mut self.page_cache[old];
+                let keys: Vec<CacheKey> = map.keys().filter_map(Result::ok).collect();
+                let mut entries = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match map.get(&key, 0) {
+                        Ok(value) => entries.push((key, value)),
+                        Err(_) => *errors += 1,
+                    }
+                    let _ = map.remove(&key);
+                }
+                entries
+            }
+        }
+    }
+
+    /// What the half being counted into holds now (it keeps counting).
+    pub(crate) fn read_counting(&self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
+        read_all(&self.page_cache[self.counting_into], errors)
+    }
+
+    /// The current counters of one key in the half being counted into.
+    pub(crate) fn counting_entry(&self, key: &CacheKey) -> Option<CacheCounters> {
+        self.page_cache[self.counting_into].get(key, 0).ok()
+    }
+
     /// The path of the file whose inode was at `inode` (as the page-cache map recorded it),
     /// if it is still (dev, ino) and has a dentry.
     pub fn name_inode(&self, inode: u64, dev: u32, ino: u64) -> Option<InodeName> {

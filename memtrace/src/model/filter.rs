@@ -148,7 +148,8 @@ mod tests {
             pages_added: added,
             pages_removed: removed,
             inode: 0,
-            underflows: 0,
+            max_deficit: 0,
+            generation: 0,
         }
     }
 

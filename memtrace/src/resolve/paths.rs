@@ -211,6 +211,8 @@ impl ResolvedPath {
 struct Checked {
     resolved: ResolvedPath,
     at: Instant,
+    /// The inode generation the name was found for (0: unknown).
+    generation: u64,
 }
 
 /// A name userspace found for a file (scanning at start), when the kernel has sent none.
@@ -253,6 +255,12 @@ impl PathTable {
         self.mounts = mounts;
     }
 
+    /// Keeps the names of the files `keep` says are still of interest.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, u64) -> bool) {
+        self.checked.retain(|&(dev, ino), _| keep(dev, ino));
+        self.seen.retain(|&(dev, ino), _| keep(dev, ino));
+    }
+
     /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
     pub fn remember(&mut self, dev: u32, ino: u64, name: SeenName) {
         self.checked.remove(&(dev, ino));
@@ -266,13 +274,26 @@ impl PathTable {
     /// The names of file (dev, ino), checked against the filesystem now and then. `ask_kernel`
     /// walks the file's dentries in the kernel (`name_inode`); it is called the first time a
     /// file is named, and again when a name no longer holds (the file moved, or was unnamed).
+    ///
+    /// `generation` is the inode's `i_generation` as the kernel last saw it (0 when unknown):
+    /// a name found for another generation belongs to a file that had this inode number
+    /// before, so the file is named anew.
     pub fn resolve(
         &mut self,
         dev: u32,
         ino: u64,
+        generation: u64,
         ask_kernel: impl FnOnce() -> Option<KernelPath>,
     ) -> ResolvedPath {
         let key = (dev, ino);
+        let reused = self
+            .checked
+            .get(&key)
+            .is_some_and(|c| generation != 0 && c.generation != 0 && c.generation != generation);
+        if reused {
+            self.checked.remove(&key);
+            self.seen.remove(&key);
+        }
         let resolved = match self.checked.get(&key) {
             Some(checked) if checked.at.elapsed() < RECHECK_AFTER => {
                 return checked.resolved.clone();
@@ -298,6 +319,7 @@ impl PathTable {
             Checked {
                 resolved: resolved.clone(),
                 at: Instant::now(),
+                generation,
             },
         );
         resolved
@@ -579,7 +601,7 @@ mod tests {
         name.rdev = 254 << 20;
         let kernel = KernelPath::from_name(&name);
         assert_eq!(
-            table.resolve(3, 99, || Some(kernel)).path.as_deref(),
+            table.resolve(3, 99, 0, || Some(kernel)).path.as_deref(),
             Some("[metadata of block device 254:0]")
         );
     }

@@ -36,7 +36,8 @@ fn counters(pages_added: u64, pages_removed: u64) -> CacheCounters {
         pages_added,
         pages_removed,
         inode: 0,
-        underflows: 0,
+        max_deficit: 0,
+        generation: 0,
     }
 }
 
