@@ -450,6 +450,7 @@ impl Collector {
                 .as_deref()
                 .filter(|_| !resolved.deleted)
                 .and_then(|path| open_regular(std::path::Path::new(path), Some(ino)).ok())
+                .filter(residency::PageOwnerReader::residency_is_honest)
                 .and_then(|file| reader.owners(&file).ok());
             let Some(owners) = owners else {
                 continue;

@@ -251,9 +251,23 @@ impl PageOwnerReader {
         })
     }
 
-    /// Whether exact ownership is available.
+    /// Whether exact ownership is available: kpagecgroup is readable and pagemap shows page
+    /// frame numbers (only to CAP_SYS_ADMIN).
     pub fn exact(&self) -> bool {
-        self.kpagecgroup.is_some()
+        self.kpagecgroup.is_some() && crate::loader::preflight::holds_named("CAP_SYS_ADMIN")
+    }
+
+    /// Whether the kernel tells this process the truth about `file`'s residency: mincore(2)
+    /// and cachestat(2) report a file's real page cache only to its owner, a process that may
+    /// write it, or CAP_FOWNER; to others every page looks resident.
+    pub fn residency_is_honest(file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if crate::loader::preflight::holds_named("CAP_FOWNER") {
+            return true;
+        }
+        // SAFETY: geteuid has no memory effects.
+        let euid = unsafe { libc::geteuid() };
+        file.metadata().is_ok_and(|m| m.uid() == euid)
     }
 
     /// Whether per-page flags (active, dirty, writeback) are readable.

@@ -217,6 +217,10 @@ pub fn scan(
             continue;
         }
         summary.files_examined += 1;
+        if !PageOwnerReader::residency_is_honest(&file) {
+            summary.not_measurable += 1;
+            continue;
+        }
         // An overlay file's pages belong to its layer's file, and a mapping of it is shown
         // under the overlay's device and inode: such files are measured through the layer
         // walks, which come first, under their real identity.

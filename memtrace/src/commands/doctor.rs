@@ -31,6 +31,15 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
         Ok(()) => check("privileges", true, "can load eBPF programs", true),
         Err(err) => check("privileges", false, err.to_string(), true),
     });
+    for capability in preflight::CAPABILITIES {
+        let held = preflight::holds(capability);
+        checks.push(check(
+            format!("capability {}", capability.name),
+            held,
+            capability.purpose,
+            capability.required && preflight::missing_capabilities().contains(&capability.name),
+        ));
+    }
 
     let btf = if Path::new(VMLINUX_BTF).exists() {
         match KernelBtf::from_sys_fs() {

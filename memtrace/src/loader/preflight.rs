@@ -7,14 +7,63 @@ use super::btf::VMLINUX_BTF;
 /// Oldest kernel whose page-cache tracepoints pass a `struct folio`.
 pub const MIN_KERNEL: (u32, u32) = (6, 1);
 
+/// A capability memtrace uses, and what it is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Capability {
+    pub name: &'static str,
+    bit: u32,
+    /// What memtrace does with it, and what degrades without it.
+    pub purpose: &'static str,
+    /// memtrace cannot run without it.
+    pub required: bool,
+}
+
 const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+
+/// Every capability memtrace uses: the least a node agent needs (see deploy/).
+pub const CAPABILITIES: &[Capability] = &[
+    Capability {
+        name: "CAP_BPF",
+        bit: 39,
+        purpose: "create maps and load programs",
+        required: true,
+    },
+    Capability {
+        name: "CAP_PERFMON",
+        bit: 38,
+        purpose: "tracing programs (tp_btf, fexit) that read kernel structures",
+        required: true,
+    },
+    Capability {
+        name: "CAP_DAC_READ_SEARCH",
+        bit: 2,
+        purpose: "open containers' files and /proc/kpagecgroup, /proc/kpageflags; without it, files it cannot read are not measured",
+        required: false,
+    },
+    Capability {
+        name: "CAP_FOWNER",
+        bit: 3,
+        purpose: "honest residency: mincore(2) and cachestat(2) only report a file's real cache to its owner, a writer or CAP_FOWNER (others see every page as resident); without it, files it does not own are not measured",
+        required: false,
+    },
+    Capability {
+        name: "CAP_SYS_PTRACE",
+        bit: 19,
+        purpose: "read other users' /proc/<pid>/fd and map_files (open files, writers); without it, only its own user's",
+        required: false,
+    },
+    Capability {
+        name: "CAP_SYS_ADMIN",
+        bit: CAP_SYS_ADMIN,
+        purpose: "page frame numbers in /proc/self/pagemap, for the exact memcg of cache found at start; without it that cache is attributed by inference (provenance inferred_*)",
+        required: false,
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    #[error("memtrace must run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs; run it with sudo")]
-    NotPrivileged,
+    #[error("memtrace must run as root or with CAP_BPF and CAP_PERFMON to load eBPF programs (missing: {}); run it with sudo, or grant them (setpriv --ambient-caps, setcap on the binary, or a container's capabilities)", missing.join(", "))]
+    NotPrivileged { missing: Vec<&'static str> },
     #[error("this kernel has no BTF at {VMLINUX_BTF}; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (all major distributions since 2021 ship one)")]
     NoBtf,
     #[error("kernel {found} is too old: memtrace needs Linux {}.{} or newer (its page-cache tracepoints pass folios from then on)", MIN_KERNEL.0, MIN_KERNEL.1)]
@@ -49,17 +98,38 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn is_privileged() -> bool {
-    let caps = effective_caps();
-    let has = |cap: u32| caps & (1u64 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+/// Whether this process holds `capability` now.
+pub fn holds(capability: &Capability) -> bool {
+    effective_caps() & (1u64 << capability.bit) != 0
+}
+
+/// Whether this process holds the capability called `name` (`CAP_FOWNER`).
+pub fn holds_named(name: &str) -> bool {
+    CAPABILITIES
+        .iter()
+        .find(|c| c.name == name)
+        .is_some_and(holds)
+}
+
+/// The required capabilities this process lacks. CAP_SYS_ADMIN still grants what CAP_BPF and
+/// CAP_PERFMON do, for kernels and policies from before they existed.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    if effective_caps() & (1u64 << CAP_SYS_ADMIN) != 0 {
+        return Vec::new();
+    }
+    CAPABILITIES
+        .iter()
+        .filter(|c| c.required && !holds(c))
+        .map(|c| c.name)
+        .collect()
 }
 
 pub fn check_privileges() -> Result<(), PreflightError> {
-    if is_privileged() {
+    let missing = missing_capabilities();
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::NotPrivileged)
+        Err(PreflightError::NotPrivileged { missing })
     }
 }
 

@@ -422,6 +422,9 @@ pub struct SeedSummary {
     pub unattributed_bytes: u64,
     /// The scan stopped at its file or time limit.
     pub truncated: bool,
+    /// Files whose residency the kernel would not tell truthfully (no CAP_FOWNER and not
+    /// the owner): not measured.
+    pub not_measurable: usize,
     pub seconds: f64,
 }
 
