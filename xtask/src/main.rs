@@ -2,6 +2,7 @@
 
 mod bench;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -50,6 +51,17 @@ enum Task {
         /// Cgroups the files are spread over.
         #[arg(long, default_value_t = 1_000)]
         cgroups: usize,
+    },
+    /// memtrace serve under file and cgroup churn for an hour (not part of CI).
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Distinct files made and removed over the run.
+        #[arg(long, default_value_t = 1_000_000)]
+        files: u64,
+        /// Cgroups made and removed over the run.
+        #[arg(long, default_value_t = 3_000)]
+        cgroups: u64,
     },
     /// The integration suite on Debian's 6.1 and 6.12 kernels under qemu.
     VmTest {
@@ -142,6 +154,21 @@ fn try_main() -> Result<()> {
             bench::bench(&bench::BenchOptions {
                 rounds,
                 seconds,
+                files,
+                cgroups,
+            })
+        }
+        Task::Soak {
+            minutes,
+            files,
+            cgroups,
+        } => {
+            if !is_root() {
+                bail!("the soak loads eBPF programs and creates cgroups: run it as root");
+            }
+            ensure(Needs::Build)?;
+            soak::soak(&soak::SoakOptions {
+                minutes,
                 files,
                 cgroups,
             })

@@ -173,6 +173,15 @@ impl Collector {
         summary
     }
 
+    /// Moves what the kernel counted into userspace totals and forgets idle keys, without
+    /// building a report: commands that report rarely (`serve` between scrapes, `run` while
+    /// its command runs) call it every few seconds so the kernel map never fills.
+    pub fn maintain(&mut self) -> Result<(), CollectError> {
+        let mut stats = self.kernel_stats()?;
+        self.gather(&mut stats);
+        Ok(())
+    }
+
     /// Everything memtrace attributes now.
     pub fn snapshot(&mut self) -> Result<Report, CollectError> {
         self.snapshot_filtered(&Filter::default())

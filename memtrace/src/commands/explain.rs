@@ -4,7 +4,7 @@ use std::{fs, os::unix::fs::MetadataExt, process::ExitCode, time::Instant};
 
 use anyhow::Context;
 
-use super::{drain_ticks, load_options, write_out, Shutdown};
+use super::{drain_ticks, load_options, maintain_ticks, write_out, Shutdown};
 use crate::{
     cli::{ExplainArgs, GlobalArgs},
     collector::{seed::SeedOptions, Collector},
@@ -35,12 +35,14 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
     let first = Sample::of(&first.cgroups, Instant::now());
     let window = Instant::now();
     let mut drain = drain_ticks();
+    let mut maintain = maintain_ticks();
     let deadline = tokio::time::sleep(args.duration);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             _ = drain.tick() => collector.drain_events(),
+            _ = maintain.tick() => collector.maintain()?,
             _ = shutdown.recv() => break,
         }
     }

@@ -84,6 +84,14 @@ pub(crate) fn drain_ticks() -> tokio::time::Interval {
     ticks
 }
 
+/// How often commands that report rarely move the kernel's counts into userspace.
+pub(crate) fn maintain_ticks() -> tokio::time::Interval {
+    let period = std::time::Duration::from_secs(5);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// SIGINT and SIGTERM, which end tracing cleanly (the programs detach when dropped).
 pub(crate) struct Shutdown {
     interrupt: Signal,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context;
 use tokio::process::Command;
 
-use super::{drain_ticks, emit, load_options, seed_at_start, Shutdown};
+use super::{drain_ticks, emit, load_options, maintain_ticks, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, RunArgs},
     collector::Collector,
@@ -45,10 +45,12 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         })?;
 
     let mut drain = drain_ticks();
+    let mut maintain = maintain_ticks();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
             _ = drain.tick() => collector.drain_events(),
+            _ = maintain.tick() => collector.maintain()?,
             signal = shutdown.recv() => {
                 // The terminal already sent Ctrl-C to the command; a signal sent to memtrace
                 // alone is passed on, so the command ends and the report is still printed.

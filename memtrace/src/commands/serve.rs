@@ -16,7 +16,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{drain_ticks, load_options, seed_at_start, Shutdown};
+use super::{drain_ticks, load_options, maintain_ticks, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, ServeArgs},
     collector::Collector,
@@ -66,9 +66,11 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     tokio::spawn(accept(listener, scrapes));
     let mut removed_since: HashMap<(u32, u64), Instant> = HashMap::new();
     let mut drain = drain_ticks();
+    let mut maintain = maintain_ticks();
     loop {
         tokio::select! {
             _ = drain.tick() => collector.drain_events(),
+            _ = maintain.tick() => collector.maintain()?,
             Some(reply) = scrape_requests.recv() => {
                 let text = scrape(&mut collector, &args, &mut removed_since)?;
                 // The scraper may have gone away meanwhile: nothing to do then.

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context};
 use tokio::time::MissedTickBehavior;
 
-use super::{drain_ticks, emit, load_options, seed_at_start, Shutdown};
+use super::{drain_ticks, emit, load_options, maintain_ticks, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
@@ -37,6 +37,7 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drain = drain_ticks();
+    let mut maintain = maintain_ticks();
     let format = args.output.format(Format::Ndjson);
     let redraw = format == Format::Table && io::stdout().is_terminal();
     let mut printed = 0u64;
@@ -46,6 +47,10 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             _ = ticks.tick() => false,
             _ = drain.tick() => {
                 collector.drain_events();
+                continue;
+            }
+            _ = maintain.tick() => {
+                collector.maintain()?;
                 continue;
             }
             _ = shutdown.recv() => true,

@@ -1,0 +1,200 @@
+//! `cargo xtask soak`: memtrace serve under an hour (by default) of file and cgroup churn, as a
+//! node agent lives for weeks: a million distinct files over thousands of cgroups made and
+//! removed, scraped every round. Reports RSS over time, lost events, map use, and the final
+//! agreement of a fresh cgroup with memory.stat. Not part of CI (it takes an hour).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{setup::run, workspace};
+
+pub(crate) struct SoakOptions {
+    pub(crate) minutes: u64,
+    pub(crate) files: u64,
+    pub(crate) cgroups: u64,
+}
+
+fn scrape(addr: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr).context("connect to memtrace serve")?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn memory_root() -> PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    if v1.join("cgroup.procs").exists() {
+        v1.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(&cargo).current_dir(workspace()).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "memtrace",
+        "-p",
+        "memtrace-tests",
+        "--bin",
+        "memtrace",
+        "--bin",
+        "page-churn",
+    ]))?;
+    let memtrace = workspace().join("target/release/memtrace");
+    let churn = workspace().join("target/release/page-churn");
+    let work = PathBuf::from("/var/tmp/memtrace-soak");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let cgroup_root = memory_root().join("memtrace-soak");
+    fs::create_dir_all(&cgroup_root)?;
+    let addr = "127.0.0.1:19463";
+    let mut serve = Command::new(&memtrace)
+        .args(["serve", "--no-seed", "--listen", addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start memtrace serve")?;
+    let pid = serve.id();
+    thread::sleep(Duration::from_secs(3));
+
+    let rounds = options.minutes.max(1);
+    let files_per_round = options.files.div_ceil(rounds);
+    let cgroups_per_round = options.cgroups.div_ceil(rounds).max(1);
+    let started = Instant::now();
+    let mut table = String::from(
+        "| minute | files so far | cgroups so far | RSS (MiB) | map entries | lost events |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut lost = 0.0;
+    for round in 0..rounds {
+        let round_started = Instant::now();
+        let dir = work.join(format!("r{round}"));
+        let cgroups = cgroup_root.join(format!("r{round}"));
+        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&cgroups)?;
+        let out = Command::new(&churn)
+            .args(["many-files"])
+            .arg(&dir)
+            .arg(&cgroups)
+            .args([files_per_round.to_string(), cgroups_per_round.to_string()])
+            .output()
+            .context("page-churn")?;
+        if !out.status.success() {
+            bail!(
+                "page-churn failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The files go, and so do their cgroups: pages leave, memcgs die.
+        fs::remove_dir_all(&dir)?;
+        if let Ok(entries) = fs::read_dir(&cgroups) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&cgroups);
+        let text = scrape(addr)?;
+        lost = sum_of(&text, "memtrace_lost_events_total");
+        let entries = sum_of(&text, "memtrace_map_entries ");
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {:.1} | {entries:.0} | {lost:.0} |",
+            round + 1,
+            files_per_round * (round + 1),
+            cgroups_per_round * (round + 1),
+            rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        );
+        eprintln!("soak: minute {} done", round + 1);
+        let spent = round_started.elapsed();
+        if spent < Duration::from_secs(60) {
+            thread::sleep(Duration::from_secs(60) - spent);
+        }
+    }
+    // Agreement at the end: a fresh cgroup's 32 MiB file, as memory.stat counts it.
+    let fresh = cgroup_root.join("final");
+    fs::create_dir_all(&fresh)?;
+    let file = work.join("final.log");
+    let status = Command::new("sh")
+        .args(["-c", &format!(
+            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={} bs=1M count=32 conv=fsync status=none",
+            fresh.display(),
+            file.display()
+        )])
+        .status()?;
+    if !status.success() {
+        bail!("writing the final file failed");
+    }
+    thread::sleep(Duration::from_secs(3));
+    let text = scrape(addr)?;
+    let path = "/memtrace-soak/final";
+    let shown = text
+        .lines()
+        .filter(|l| l.starts_with("memtrace_cgroup_page_cache_bytes{"))
+        .find(|l| l.contains(&format!("cgroup=\"{path}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let stat = fs::read_to_string(fresh.join("memory.stat")).unwrap_or_default();
+    let kernel: f64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cache ").or_else(|| l.strip_prefix("file ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: kill of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = serve.wait();
+    let peak = rss_kib(pid, "VmHWM:");
+    let _ = fs::remove_file(&file);
+    let _ = fs::remove_dir(&fresh);
+    let _ = fs::remove_dir(&cgroup_root);
+    let report = format!(
+        "Soak: {} minutes, {} files over {} cgroups made and removed, memtrace serve scraped every minute.\n\n{table}\nEnd: a fresh cgroup's 32 MiB file: memtrace {shown:.0} B, memory.stat {kernel:.0} B ({:+.2}%); lost events {lost:.0}; {:.0} s in all.{}\n",
+        rounds,
+        files_per_round * rounds,
+        cgroups_per_round * rounds,
+        if kernel > 0.0 { (shown - kernel) * 100.0 / kernel } else { f64::NAN },
+        started.elapsed().as_secs_f64(),
+        if peak > 0 { format!(" Peak RSS {:.1} MiB.", peak as f64 / 1024.0) } else { String::new() },
+    );
+    let out_dir = workspace().join("target/soak");
+    fs::create_dir_all(&out_dir)?;
+    fs::write(out_dir.join("report.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
