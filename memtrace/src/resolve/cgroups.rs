@@ -152,6 +152,13 @@ impl CgroupTable {
         self.known.get(&(hierarchy, id))
     }
 
+    /// Forgets removed cgroups `keep` does not ask for (their cache is gone): the table stays
+    /// as large as the live cgroups, however many come and go.
+    pub fn forget_removed(&mut self, mut keep: impl FnMut(u32, u64) -> bool) {
+        self.known
+            .retain(|&(hierarchy, id), name| !name.removed || keep(hierarchy, id));
+    }
+
     /// Every cgroup known so far: (hierarchy, id, name).
     pub fn known(&self) -> impl Iterator<Item = (u32, u64, &CgroupName)> {
         self.known.iter().map(|(&(h, id), name)| (h, id, name))
