@@ -37,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the attribution every interval until Ctrl-C.
     Watch(WatchArgs),
+    /// The live view: cgroups by page cache, drill into files, explain (default on a terminal).
+    Top(TopArgs),
     /// Serve Prometheus metrics (`/metrics`, `/healthz`) until stopped: the node agent.
     Serve(ServeArgs),
     /// Check this machine: kernel, BTF, cgroup layout, hooks, privileges.
@@ -184,6 +186,24 @@ pub struct ServeArgs {
     pub removed_grace: Duration,
     #[command(flatten)]
     pub seed: SeedArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TopArgs {
+    /// Time between refreshes (`+`/`-` change it while running).
+    #[arg(long, short = 'i', default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+}
+
+impl Default for TopArgs {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            seed: SeedArgs::default(),
+        }
+    }
 }
 
 /// Whether to scan for cache that predates memtrace before the first report.

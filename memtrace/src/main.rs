@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use memtrace::{
-    cli::{Cli, Command, WatchArgs},
+    cli::{Cli, Command, TopArgs, WatchArgs},
     commands,
 };
 
@@ -26,12 +26,18 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli
-            .command
-            .unwrap_or_else(|| Command::Watch(WatchArgs::default()))
-        {
+        // On a terminal the live view; piped, the watch table.
+        let default = || {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                Command::Top(TopArgs::default())
+            } else {
+                Command::Watch(WatchArgs::default())
+            }
+        };
+        match cli.command.unwrap_or_else(default) {
             Command::Run(args) => commands::run::run(&cli.global, args).await,
             Command::Watch(args) => commands::watch::watch(&cli.global, args).await,
+            Command::Top(args) => commands::top::top(&cli.global, args).await,
             Command::Serve(args) => commands::serve::serve(&cli.global, args).await,
             Command::Doctor(args) => commands::doctor::doctor(&cli.global, &args),
             Command::Explain(args) => commands::explain::explain(&cli.global, args).await,

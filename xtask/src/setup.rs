@@ -48,6 +48,11 @@ pub(crate) fn ensure(needs: Needs) -> Result<()> {
                 "the explain test replays a JVM logging in a container",
             ),
             (
+                "tmux",
+                "tmux",
+                "the live view is tested in a real pseudo-terminal",
+            ),
+            (
                 "prometheus",
                 "prometheus",
                 "a real Prometheus server scrapes memtrace serve in the tests",

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod explain;
 pub mod run;
 pub mod serve;
+pub mod top;
 pub mod watch;
 
 use std::io::{self, IsTerminal, Write};

@@ -239,6 +239,14 @@ impl PartialEq<&str> for Dev {
     }
 }
 
+/// Node-wide page-cache figures from /proc/meminfo, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeMemory {
+    pub cached: u64,
+    pub shmem: u64,
+    pub dirty: u64,
+}
+
 /// How long one of memtrace's kernel programs has run, from the kernel's BPF stats
 /// (`kernel.bpf_stats_enabled=1`; zero otherwise).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -2,7 +2,24 @@
 
 use std::{collections::BTreeMap, fs, io, path::Path};
 
-use crate::model::MemoryFigures;
+use crate::model::{MemoryFigures, NodeMemory};
+
+/// The node's page cache, shmem and dirty bytes, from /proc/meminfo.
+pub fn read_node_memory() -> NodeMemory {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    NodeMemory {
+        cached: kib("Cached:"),
+        shmem: kib("Shmem:"),
+        dirty: kib("Dirty:"),
+    }
+}
 
 /// Reads the figures of the memory cgroup directory `dir`.
 pub fn read_memory(dir: &Path, v2: bool) -> io::Result<MemoryFigures> {

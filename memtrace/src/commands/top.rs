@@ -1,0 +1,169 @@
+//! `memtrace top`: the live view, fed by the same collector as every other command.
+
+use std::{
+    io,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::DefaultTerminal;
+
+use super::{load_options, Shutdown};
+use crate::{
+    cli::{GlobalArgs, TopArgs},
+    collector::{seed::SeedOptions, Collector},
+    model::{
+        explain::{files_of_target, Explanation, Target, TargetKind},
+        human_bytes, Filter, SCHEMA_VERSION, UNIFIED_HIERARCHY,
+    },
+    resolve::memstat::{read_memory, read_node_memory},
+    view::top::{Action, Key, Mode, TopState},
+};
+
+/// Files named per cgroup for the drill-in view.
+const FILES_SHOWN: usize = 50;
+
+pub async fn top(global: &GlobalArgs, args: TopArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    // Loaded before the screen is taken, so a refusal prints as usual.
+    let collector = Collector::start(&load_options(global))?;
+    // ratatui::init installs a panic hook that restores the terminal first.
+    let mut terminal = ratatui::init();
+    let result = run(&mut terminal, collector, &args, &mut shutdown).await;
+    ratatui::restore();
+    result
+}
+
+async fn run(
+    terminal: &mut DefaultTerminal,
+    mut collector: Collector,
+    args: &TopArgs,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<ExitCode> {
+    let mut state = TopState::new(args.interval.as_millis() as u64);
+    state.node = read_node_memory();
+    if !args.seed.no_seed {
+        state.status = "scanning for page cache that predates memtrace...".to_owned();
+        terminal.draw(|f| state.draw(f))?;
+        let summary = collector.seed(&SeedOptions::default());
+        state.status = format!(
+            "found at start: {} in {} files ({:.1}s)",
+            human_bytes(summary.cached_bytes),
+            summary.files_cached,
+            summary.seconds
+        );
+    }
+    let filter = Filter {
+        files_per_cgroup: Some(FILES_SHOWN),
+        ..Filter::default()
+    };
+    let mut last = Instant::now();
+    let mut next = Instant::now();
+    loop {
+        if !state.paused && Instant::now() >= next {
+            let report = collector.snapshot_filtered(&filter)?;
+            state.node = read_node_memory();
+            state.update(report, last.elapsed().as_secs_f64());
+            last = Instant::now();
+            next = last + Duration::from_millis(state.interval_ms);
+        }
+        terminal.draw(|f| state.draw(f))?;
+        tokio::select! {
+            _ = shutdown.recv() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        collector.drain_events();
+        while event::poll(Duration::ZERO)? {
+            let Event::Key(press) = event::read()? else {
+                continue;
+            };
+            if press.kind != KeyEventKind::Press {
+                continue;
+            }
+            let key = match press.code {
+                KeyCode::Char('c') if press.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(ExitCode::SUCCESS)
+                }
+                KeyCode::Up => Key::Up,
+                KeyCode::Down => Key::Down,
+                KeyCode::Enter => Key::Enter,
+                KeyCode::Esc => Key::Esc,
+                KeyCode::Backspace => Key::Backspace,
+                KeyCode::Char(c) => Key::Char(c),
+                _ => continue,
+            };
+            match state.key(key) {
+                Action::None => {}
+                Action::Quit => return Ok(ExitCode::SUCCESS),
+                Action::Faster => state.interval_ms = (state.interval_ms / 2).max(250),
+                Action::Slower => state.interval_ms = (state.interval_ms * 2).min(60_000),
+                Action::Explain(hierarchy, id) => {
+                    state.mode = Some(Mode::Explain(explain(&mut collector, hierarchy, id)?));
+                }
+            }
+        }
+    }
+}
+
+/// The verdict and largest files for one cgroup, from a fresh snapshot and its memory.stat.
+fn explain(collector: &mut Collector, hierarchy: u32, id: u64) -> io::Result<Vec<String>> {
+    let report = collector
+        .snapshot_filtered(&Filter {
+            files_per_cgroup: Some(10),
+            ..Filter::default()
+        })
+        .map_err(io::Error::other)?;
+    let Some(cgroup) = report
+        .cgroups
+        .iter()
+        .find(|c| c.hierarchy == hierarchy && c.id == id)
+    else {
+        return Ok(vec!["this cgroup is gone".to_owned()]);
+    };
+    let path = cgroup.path.clone().unwrap_or_default();
+    let memory = collector
+        .resolvers
+        .cgroups
+        .hierarchies
+        .directory_of(hierarchy, &path)
+        .and_then(|dir| read_memory(&dir, hierarchy == UNIFIED_HIERARCHY).ok());
+    let files = files_of_target(&report, None, hierarchy, &path);
+    let mut explanation = Explanation {
+        schema_version: SCHEMA_VERSION,
+        target: Target {
+            query: path.clone(),
+            kind: TargetKind::Cgroup,
+            cgroup_id: id,
+            hierarchy,
+            cgroup_path: path,
+            container: cgroup.container.clone(),
+        },
+        memory,
+        attributed_bytes: files.iter().map(|f| f.cached_bytes).sum(),
+        attributed_exact_bytes: files
+            .iter()
+            .filter(|f| f.provenance.is_exact())
+            .map(|f| f.cached_bytes)
+            .sum(),
+        coverage: None,
+        unattributed_bytes: 0,
+        files,
+        seed: None,
+        observed_seconds: 0.0,
+        stats: report.stats.clone(),
+        verdict: Vec::new(),
+    };
+    explanation.conclude();
+    let mut lines = explanation.verdict.clone();
+    lines.push(String::new());
+    for file in explanation.files.iter().take(10) {
+        lines.push(format!(
+            "{:>10}  {}",
+            human_bytes(file.cached_bytes),
+            file.path.as_deref().unwrap_or("(unnamed)")
+        ));
+    }
+    Ok(lines)
+}

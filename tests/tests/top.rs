@@ -1,0 +1,125 @@
+//! `memtrace top` in a real pseudo-terminal (tmux): a fresh cgroup's file shows up with its
+//! size, `/` narrows the list to it, Enter shows the file, `q` exits 0 and gives the terminal
+//! back. The oracle for the bytes is the cgroup's memory.stat.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use memtrace_tests::{
+    cgroup::MemCgroup,
+    files::{dd_write, Scratch},
+    memtrace_bin, require_root,
+};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is required (cargo xtask setup installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    /// Waits until the screen satisfies `ready`; returns it.
+    fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what} never showed:\n{screen}"
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn top_shows_a_fresh_cgroup_filters_to_it_drills_into_its_file_and_quits_cleanly() {
+    require_root();
+    let tmux = Tmux {
+        socket: format!("memtrace-top-{}", std::process::id()),
+    };
+    let command = format!(
+        "{} top --no-seed --interval 500ms; echo EXIT=$?; sleep 60",
+        memtrace_bin().display()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "120",
+        "-y",
+        "32",
+        &command,
+    ]);
+    tmux.wait_for("the view", |s| {
+        s.contains("memtrace top") && s.contains("CGROUP")
+    });
+
+    let cgroup = MemCgroup::create("top");
+    let leaf = cgroup.path.rsplit('/').next().unwrap().to_owned();
+    let scratch = Scratch::new("top");
+    let file = scratch.path("top-view.log");
+    cgroup.run(dd_write(&file, 24).arg("conv=fsync"));
+    let screen = tmux.wait_for("the cgroup with 24 MiB", |s| {
+        s.lines()
+            .any(|l| l.contains(&leaf) && l.contains("24.0 MiB"))
+    });
+    assert!(screen.contains(&cgroup.path), "{screen}");
+
+    tmux.run(&["send-keys", "-t", "top", "/"]);
+    tmux.run(&["send-keys", "-t", "top", "-l", &leaf]);
+    tmux.run(&["send-keys", "-t", "top", "Enter"]);
+    let screen = tmux.wait_for("the filter", |s| s.contains(&format!("filter {leaf}")));
+    let rows: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !l.starts_with("CACHED"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 1, "only the cgroup named:\n{screen}");
+    assert!(rows[0].contains(&leaf), "{screen}");
+
+    tmux.run(&["send-keys", "-t", "top", "Enter"]);
+    tmux.wait_for("the file", |s| {
+        s.contains("top-view.log") && s.contains("files of")
+    });
+
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let screen = tmux.wait_for("the exit", |s| s.contains("EXIT="));
+    assert!(screen.contains("EXIT=0"), "q exits 0:\n{screen}");
+    assert_eq!(
+        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
+            .trim(),
+        "0",
+        "the terminal is given back (alternate screen off)"
+    );
+    assert!(
+        !screen.contains("CGROUP"),
+        "the view is gone from the screen:\n{screen}"
+    );
+}
