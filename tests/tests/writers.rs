@@ -22,6 +22,14 @@ fn writer_shows_with_pid_comm_bytes_rate_and_dirty_then_fsync_cleans() {
         .writes_source
         .expect("a write hook is attached");
     eprintln!("writes source on this kernel: {source:?}");
+    // The VM matrix's kernels allow fexit: there the fallback is a failure, not a choice.
+    if std::env::var_os("MEMTRACE_REQUIRE_FEXIT").is_some() {
+        assert_eq!(
+            source,
+            WritesSource::VfsWrite,
+            "fexit on vfs_write must attach on this kernel"
+        );
+    }
     let scratch = Scratch::new("writer-rate");
     let cgroup = MemCgroup::create("writer-rate");
     let log = scratch.path("rate.log");

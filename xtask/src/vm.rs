@@ -61,7 +61,12 @@ pub(crate) fn vm_test(only: Option<&str>) -> Result<Tally> {
                 println!(
                     "vm {series} ({}): PASS, {} tests passed, {seconds}s",
                     result.release, result.tests_passed
-                )
+                );
+                println!(
+                    "[{series}] hooks: {}; filesystems: ext4; suites: {}",
+                    result.hooks,
+                    GUEST_TESTS.join(" ")
+                );
             }
             Ok(result) => {
                 println!(
@@ -181,6 +186,8 @@ fn build_guest_binaries() -> Result<GuestBinaries> {
 
 struct SeriesResult {
     release: String,
+    /// The guest's hooks, as `memtrace doctor` printed them.
+    hooks: String,
     passed: bool,
     tests_passed: u64,
     tests_failed: u64,
@@ -274,8 +281,16 @@ fn run_series(
             BOOT_TIMEOUT.as_secs()
         );
     }
+    let hooks = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("MEMTRACE-VM: hooks: ")
+                .map(|(_, h)| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "(not reported)".to_owned());
     Ok(SeriesResult {
         release,
+        hooks,
         passed,
         tests_passed,
         tests_failed,
@@ -532,7 +547,7 @@ fn build_initramfs(
 /// tests' files, then the tests, then power off.
 const INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@
+export PATH=/bin:/sbin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@ MEMTRACE_REQUIRE_FEXIT=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -543,6 +558,7 @@ for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "MEMTRACE-VM: i
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
 mount -t ext4 /dev/vda /var/tmp || { echo "MEMTRACE-VM: no ext4 disk"; cat /proc/partitions; dmesg | grep -iE "virtio|vda|ext4|module" | tail -20; }
 echo "MEMTRACE-VM: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "MEMTRACE-VM: hooks: $($MEMTRACE_BIN doctor | grep 'load and attach' | sed 's/.*load and attach *//')"
 status=0
 for t in /tests/*; do
   echo "MEMTRACE-VM: running $(basename $t)"
