@@ -381,13 +381,27 @@ impl PathTable {
                 ..ResolvedPath::named(fs_path, None)
             };
         };
-        self.resolve_host_path(host, ino, kernel.nlink == 0)
+        self.place(host, ino, kernel.nlink == 0, false)
     }
 
     /// Checks a host path against the file's inode (finding a renamed file in its directory),
     /// then places it in an overlay layer if it is in one.
-    fn resolve_host_path(&self, mut host: PathBuf, ino: u64, mut deleted: bool) -> ResolvedPath {
-        if !deleted && !is_same_file(&host, ino) {
+    fn resolve_host_path(&self, host: PathBuf, ino: u64, deleted: bool) -> ResolvedPath {
+        self.place(host, ino, deleted, true)
+    }
+
+    /// Places a host path in an overlay layer if it is in one. With `search_renamed`, a path
+    /// that no longer names the file is looked for by inode in its directory (a name found
+    /// earlier, now possibly stale); a path the kernel just gave is current, and its
+    /// `nlink` says whether it is deleted.
+    fn place(
+        &self,
+        mut host: PathBuf,
+        ino: u64,
+        mut deleted: bool,
+        search_renamed: bool,
+    ) -> ResolvedPath {
+        if search_renamed && !deleted && !is_same_file(&host, ino) {
             match find_in_directory(&host, ino) {
                 Some(current) => host = current,
                 None => deleted = true,
