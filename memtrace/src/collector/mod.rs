@@ -19,8 +19,9 @@ use self::{
 use crate::{
     loader::{read_all, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, apply_filter, CgroupUsage, Comm, FileUsage, Filter, KernelStats, Observation,
-        Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage, SCHEMA_VERSION,
+        aggregate, apply_filter, host_path_of, CgroupUsage, Comm, FileUsage, Filter, KernelStats,
+        Observation, Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage,
+        SCHEMA_VERSION,
     },
     resolve::{cgroups::memcg_path_of, open::open_regular, Resolvers},
 };
@@ -47,7 +48,9 @@ pub struct Collector {
     /// Drains so far.
     flips: u64,
     /// Files to measure at the next snapshot.
-    pending_measure: Vec<(u32, u64)>,
+    pending_measure: std::collections::HashSet<(u32, u64)>,
+    /// Map entries userspace failed to read, since start.
+    map_read_errors: u64,
     /// Per key, the `max_deficit` of the entry being counted into that a measurement already
     /// answered.
     deficits_handled: HashMap<CacheKey, u64>,
@@ -76,7 +79,8 @@ impl Collector {
             last_sample: None,
             totals: HashMap::default(),
             flips: 0,
-            pending_measure: Vec::new(),
+            pending_measure: std::collections::HashSet::new(),
+            map_read_errors: 0,
             deficits_handled: HashMap::default(),
         })
     }
@@ -193,18 +197,10 @@ impl Collector {
         self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let entries = self.gather(&mut stats);
+        let (entries, inodes) = self.gather(&mut stats);
         let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
-        // Where each file's inode lives, for naming files on demand.
-        let mut inodes: InodeIdentities = HashMap::default();
-        inodes.reserve(entries.len());
-        for (key, counters) in &entries {
-            if counters.inode != 0 {
-                inodes.insert((key.dev, key.ino), (counters.inode, counters.generation));
-            }
-        }
-        let to_measure = std::mem::take(&mut self.pending_measure);
+        let to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         self.measure_files(to_measure, &entries, &inodes);
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
@@ -309,13 +305,19 @@ impl Collector {
     /// Empties the half of the kernel map the programs are not counting into (after a flip)
     /// into the totals, and returns every key's counters since start: totals plus the half
     /// still counting. Files whose old cache is seen leaving are queued for measuring.
-    fn gather(&mut self, stats: &mut KernelStats) -> Vec<(CacheKey, CacheCounters)> {
-        let drained = self.tracer.flip_and_drain(&mut stats.map_read_errors);
+    fn gather(
+        &mut self,
+        stats: &mut KernelStats,
+    ) -> (Vec<(CacheKey, CacheCounters)>, InodeIdentities) {
+        let mut errors = 0;
+        let drained = self.tracer.flip_and_drain(&mut errors);
+        let drained_count = drained.len();
         self.flips += 1;
         for (key, entry) in drained {
             let handled = self.deficits_handled.remove(&key).unwrap_or(0);
-            if entry.max_deficit > handled && entry.max_deficit > self.known_resident(&key) {
-                self.pending_measure.push((key.dev, key.ino));
+            // Removals a measurement already answered are in its seed: only the rest count.
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key) {
+                self.pending_measure.insert((key.dev, key.ino));
             }
             let tally = self.totals.entry(key).or_insert(Tally {
                 counters: CacheCounters::default(),
@@ -329,12 +331,15 @@ impl Collector {
             }
             tally.changed_at = self.flips;
         }
-        let counting = self.tracer.read_counting(&mut stats.map_read_errors);
-        stats.map_entries = counting.len() as u64;
+        let counting = self.tracer.read_counting(&mut errors);
+        self.map_read_errors += errors;
+        stats.map_read_errors = self.map_read_errors;
+        // The half just drained held a whole interval's keys: that is the map's real use.
+        stats.map_entries = drained_count.max(counting.len()) as u64;
         for (key, entry) in &counting {
             let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
-            if entry.max_deficit > handled && entry.max_deficit > self.known_resident(key) {
-                self.pending_measure.push((key.dev, key.ino));
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(key) {
+                self.pending_measure.insert((key.dev, key.ino));
             }
         }
         self.prune();
@@ -343,6 +348,24 @@ impl Collector {
             .iter()
             .map(|(key, tally)| (*key, tally.counters))
             .collect();
+        // Each file's inode as last seen: the latest drain's, then the half still counting
+        // (keys of the same file under other cgroups may hold an older incarnation).
+        let mut identities: InodeIdentities = HashMap::default();
+        let mut seen_at: HashMap<(u32, u64), u64> = HashMap::default();
+        for (key, tally) in &self.totals {
+            let file = (key.dev, key.ino);
+            if tally.counters.inode != 0
+                && seen_at.get(&file).is_none_or(|&at| tally.changed_at >= at)
+            {
+                seen_at.insert(file, tally.changed_at);
+                identities.insert(file, (tally.counters.inode, tally.counters.generation));
+            }
+        }
+        for (key, entry) in &counting {
+            if entry.inode != 0 {
+                identities.insert((key.dev, key.ino), (entry.inode, entry.generation));
+            }
+        }
         for (key, entry) in counting {
             let sum = combined.entry(key).or_default();
             sum.pages_added += entry.pages_added;
@@ -353,7 +376,7 @@ impl Collector {
                 sum.generation = entry.generation;
             }
         }
-        combined.into_iter().collect()
+        (combined.into_iter().collect(), identities)
     }
 
     /// A key's counters since start: the totals plus the half being counted into.
@@ -408,6 +431,21 @@ impl Collector {
         self.resolvers
             .paths
             .retain(|dev, ino| files.contains(&(dev, ino)));
+        let cgroups: std::collections::HashSet<(u32, u64)> = self
+            .totals
+            .keys()
+            .chain(self.seeds.keys())
+            .map(|k| (k.hierarchy, k.cgroup_id))
+            .collect();
+        self.resolvers
+            .cgroups
+            .forget_removed(|hierarchy, id| cgroups.contains(&(hierarchy, id)));
+        // Give freed memory back, so RSS follows what is kept.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap pages.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Measures `files` per memcg now: their cache older than what memtrace counted is
@@ -458,10 +496,24 @@ impl Collector {
                 .host_path
                 .as_deref()
                 .filter(|_| !resolved.deleted)
-                .and_then(|path| open_regular(std::path::Path::new(path), Some(ino)).ok())
+                .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()))
+                .and_then(|path| open_regular(&path, Some(ino)).ok())
                 .filter(residency::PageOwnerReader::residency_is_honest)
                 .and_then(|file| reader.owners(&file).ok());
             let Some(owners) = owners else {
+                continue;
+            };
+            // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
+            // are: a file charged to one cgroup gets its resident pages, by inference; a
+            // file shared by several keeps what memtrace had.
+            let (by_cgroup, provenance) = if reader.exact() {
+                (owners.by_cgroup.clone(), Provenance::Exact)
+            } else if let [(key, _)] = keys.as_slice() {
+                (
+                    std::iter::once((key.cgroup_id, owners.resident)).collect(),
+                    Provenance::InferredOwner,
+                )
+            } else {
                 continue;
             };
             let active_share = |pages: u64| {
@@ -470,18 +522,18 @@ impl Collector {
                     .unwrap_or(0)
             };
             for (key, counters) in &keys {
-                let pages = owners.by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
+                let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
                 self.seeds.insert(
                     *key,
                     SeededCache {
                         pages,
                         active_pages: active_share(pages),
-                        provenance: Provenance::Exact,
+                        provenance,
                         baseline: *counters,
                     },
                 );
             }
-            for (&cgroup_id, &pages) in &owners.by_cgroup {
+            for (&cgroup_id, &pages) in &by_cgroup {
                 let key = CacheKey {
                     cgroup_id,
                     ino,
@@ -491,7 +543,7 @@ impl Collector {
                 self.seeds.entry(key).or_insert(SeededCache {
                     pages,
                     active_pages: active_share(pages),
-                    provenance: Provenance::Exact,
+                    provenance,
                     baseline: CacheCounters::default(),
                 });
             }
@@ -531,9 +583,10 @@ fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static
         let Some(path) = file.host_path.as_deref() else {
             continue;
         };
+        let path = host_path_of(path, file.host_path_hex.as_deref());
         // Only the file we were told about: a path now holding a symlink, a FIFO or another
         // file measures nothing.
-        let handle = match open_regular(std::path::Path::new(path), Some(file.ino)) {
+        let handle = match open_regular(&path, Some(file.ino)) {
             Ok(handle) => handle,
             Err(err) => {
                 log::debug!("dirty bytes not measured: {err}");

@@ -16,10 +16,12 @@
 //! and MGLRU's walkers skip such mappings too. This is what the kernel's own
 //! `tools/mm/page-types -f` does.
 //!
-//! A page can also vanish between mincore and the touch (a container truncating its log): a
-//! touch through memory would then kill memtrace with SIGBUS. The touch is a 1-byte `write`
-//! from the mapping into a pipe instead, so the kernel does the access and a vanished page is
-//! an `EFAULT`, counted as unowned.
+//! A page can also vanish between mincore and the touch. Truncated away (a container rotating
+//! its log), a touch through memory would kill memtrace with SIGBUS: the touch is a 1-byte
+//! `write` from the mapping into a pipe instead, so the kernel does the access and the page
+//! beyond the end is an `EFAULT`, not counted. Evicted but still within the file, the touch
+//! reads it back in (no readahead: `MADV_RANDOM`), charged to memtrace's own cgroup: a window
+//! of microseconds between mincore and the touch, the one disturbance left.
 
 use std::{
     collections::HashMap,

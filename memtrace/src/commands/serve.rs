@@ -164,6 +164,8 @@ fn scrape(
     let memory = report
         .cgroups
         .iter()
+        // A removed cgroup's directory is gone (or is another cgroup's now).
+        .filter(|c| !c.removed)
         .filter_map(|c| {
             let dir = hierarchies.directory_of(c.hierarchy, c.path.as_deref()?)?;
             let figures = read_memory(&dir, c.hierarchy == UNIFIED_HIERARCHY).ok()?;

@@ -39,17 +39,32 @@ pub fn dump<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, 
     batch(map, BPF_MAP_LOOKUP_BATCH)
 }
 
-/// Every entry of `map`, removed from it as it is read.
-pub fn drain<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
-    batch(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH)
+/// Every entry of `map`, removed from it as it is read. Entries already removed stay in the
+/// result even when a later call fails (the error comes with them): they exist nowhere else.
+pub fn drain<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> (Vec<(K, V)>, Option<io::Error>) {
+    let mut entries = Vec::new();
+    match batch_into(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut entries) {
+        Ok(()) => (entries, None),
+        Err(err) => (entries, Some(err)),
+    }
 }
 
 fn batch<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
     command: libc::c_long,
 ) -> io::Result<Vec<(K, V)>> {
-    let fd = IterableMap::map(map).fd().as_fd().as_raw_fd();
     let mut entries = Vec::new();
+    batch_into(map, command, &mut entries)?;
+    Ok(entries)
+}
+
+/// Appends `map`'s entries to `entries`, a batch call at a time.
+fn batch_into<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    command: libc::c_long,
+    entries: &mut Vec<(K, V)>,
+) -> io::Result<()> {
+    let fd = IterableMap::map(map).fd().as_fd().as_raw_fd();
     let mut chunk = CHUNK;
     // The cursor is an opaque bucket index (u32 for hash maps); 8 bytes leaves room.
     let mut cursor_in = 0u64;
@@ -98,7 +113,7 @@ fn batch<K: Pod, V: Pod>(
         );
         match err {
             None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 20) => {
                 chunk *= 2;
                 continue;

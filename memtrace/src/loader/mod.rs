@@ -382,23 +382,21 @@ impl Tracer {
         }
         self.counting_into = new;
         std::thread::sleep(FLIP_GRACE);
-        match batch::drain(&self.page_cache[old]) {
-            Ok(entries) => entries,
-            Err(err) => {
-                log::debug!("batch drain failed ({err}); draining key by key");
-                let map = &mut self.page_cache[old];
-                let keys: Vec<CacheKey> = map.keys().filter_map(Result::ok).collect();
-                let mut entries = Vec::with_capacity(keys.len());
-                for key in keys {
-                    match map.get(&key, 0) {
-                        Ok(value) => entries.push((key, value)),
-                        Err(_) => *errors += 1,
-                    }
-                    let _ = map.remove(&key);
+        let (mut entries, failed) = batch::drain(&self.page_cache[old]);
+        if let Some(err) = failed {
+            // What the batch call removed is in `entries`; read the rest key by key.
+            log::debug!("batch drain stopped ({err}); draining the rest key by key");
+            let map = &mut self.page_cache[old];
+            let keys: Vec<CacheKey> = map.keys().filter_map(Result::ok).collect();
+            for key in keys {
+                match map.get(&key, 0) {
+                    Ok(value) => entries.push((key, value)),
+                    Err(_) => *errors += 1,
                 }
-                entries
+                let _ = map.remove(&key);
             }
         }
+        entries
     }
 
     /// What the half being counted into holds now (it keeps counting).

@@ -63,6 +63,23 @@ pub fn name_text(bytes: &[u8]) -> (std::sync::Arc<str>, Option<std::sync::Arc<st
     }
 }
 
+/// The exact bytes of a name given as `name_text` gave it: the hex when there is one.
+pub fn name_bytes(text: &str, hex: Option<&str>) -> Vec<u8> {
+    match hex {
+        Some(hex) if hex.len() % 2 == 0 => (0..hex.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect(),
+        _ => text.as_bytes().to_vec(),
+    }
+}
+
+/// A host path from its text and hex, as a path the filesystem knows.
+pub fn host_path_of(text: &str, hex: Option<&str>) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(name_bytes(text, hex)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub mod schema;
 pub use self::{
     aggregate::{aggregate, Observation, SeededCache},
     filter::{apply_filter, under, Filter},
-    format::{escape_control, human_bytes, human_count, name_text},
+    format::{escape_control, host_path_of, human_bytes, human_count, name_bytes, name_text},
     rates::{Rates, Sample},
     schema::*,
 };

@@ -21,7 +21,7 @@ use std::{
 use memtrace_common::{InodeName, PATH_NO_DENTRY};
 use rustc_hash::FxHashMap;
 
-use crate::model::{name_text, Dev, Layer};
+use crate::model::{host_path_of, name_text, Dev, Layer};
 
 use super::mounts::{read_mountinfo, unescape_bytes, Mount};
 
@@ -304,8 +304,24 @@ impl PathTable {
             {
                 resolved.clone()
             }
+            // A name as a process sees it (found by the scan at start): kept until the kernel
+            // can name the file.
+            Some(Checked { resolved, .. })
+                if resolved.host_path.is_none() && resolved.path.is_some() =>
+            {
+                let kept = resolved.clone();
+                let anew = self.name_anew(dev, ino, ask_kernel);
+                if anew.path.is_some() {
+                    anew
+                } else {
+                    kept
+                }
+            }
             Some(Checked { resolved, .. }) if resolved.host_path.is_some() => {
-                let host = resolved.host_path.as_deref().map(PathBuf::from);
+                let host = resolved
+                    .host_path
+                    .as_deref()
+                    .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()));
                 match host.filter(|h| is_same_file(h, ino)) {
                     Some(host) => self.resolve_host_path(host, ino, false),
                     // Renamed or moved: ask the kernel where it is now.

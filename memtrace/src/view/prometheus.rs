@@ -46,10 +46,13 @@ fn escape(value: &str) -> String {
 /// Who a cgroup is, as labels: `cgroup` (its path, or `id:N` when it has none), container,
 /// container id, pod and namespace (empty where they do not apply).
 fn cgroup_labels(cgroup: &CgroupUsage) -> Labels {
-    let path = cgroup
-        .path
-        .clone()
-        .unwrap_or_else(|| format!("id:{}", cgroup.id));
+    // A removed cgroup's path can be taken again by a new cgroup while the old one's cache
+    // lingers: the removed one is told apart, so no two series share labels.
+    let path = match (&cgroup.path, cgroup.removed) {
+        (Some(path), false) => path.clone(),
+        (Some(path), true) => format!("{path} (removed, id {})", cgroup.id),
+        (None, _) => format!("id:{}", cgroup.id),
+    };
     let container = cgroup.container.as_ref();
     let pod = container.and_then(|c| c.pod.as_ref());
     vec![
@@ -129,7 +132,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     // Attribution summed over each cgroup's subtree, to compare with memory.stat's
     // hierarchical page cache.
     let mut subtree: HashMap<(u32, &str), u64> = HashMap::new();
-    for cgroup in &report.cgroups {
+    for cgroup in report.cgroups.iter().filter(|c| !c.removed) {
         let Some(path) = cgroup.path.as_deref() else {
             continue;
         };
