@@ -133,15 +133,16 @@ pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
         let text = scrape(addr)?;
         lost = sum_of(&text, "memtrace_lost_events_total");
         let entries = sum_of(&text, "memtrace_map_entries ");
-        let _ = writeln!(
-            table,
+        let row = format!(
             "| {} | {} | {} | {:.1} | {entries:.0} | {lost:.0} |",
             round + 1,
             files_per_round * (round + 1),
             cgroups_per_round * (round + 1),
             rss_kib(pid, "VmRSS:") as f64 / 1024.0,
         );
-        eprintln!("soak: minute {} done", round + 1);
+        // Each row as it comes, so a run cut short still says what it saw.
+        eprintln!("soak: {row}");
+        let _ = writeln!(table, "{row}");
         let spent = round_started.elapsed();
         if spent < Duration::from_secs(60) {
             thread::sleep(Duration::from_secs(60) - spent);
