@@ -378,11 +378,8 @@ impl PathTable {
         }
         let fs_path = Path::new(OsStr::from_bytes(&kernel.fs_path));
         if !kernel.complete {
-            // Only the end of the path is known. A process holding the file open knows all of
-            // it; otherwise say what is known, and that it is partial.
-            if let Some(host) = held_open_path(dev, ino) {
-                return self.resolve_host_path(host, ino, kernel.nlink == 0);
-            }
+            // Only the end of the path is known (deeper than 128 components, longer than
+            // 8 KiB, or a read failed midway): say what is known, and that it is partial.
             let tail = Path::new("…").join(fs_path.strip_prefix("/").unwrap_or(fs_path));
             return ResolvedPath {
                 complete: false,
@@ -465,24 +462,6 @@ impl PathTable {
 
 fn is_same_file(path: &Path, ino: u64) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino)
-}
-
-/// The path of (dev, ino) as a process holding it open sees it, when that is a host path.
-fn held_open_path(dev: u32, ino: u64) -> Option<PathBuf> {
-    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
-    super::procs::open_file_links()
-        .into_iter()
-        .filter(|(_, link)| {
-            fs::metadata(link).is_ok_and(|m| {
-                m.ino() == ino && libc::major(m.dev()) == major && libc::minor(m.dev()) == minor
-            })
-        })
-        .find_map(|(_, link)| {
-            let target = fs::read_link(&link).ok()?;
-            // Only a path that names the same file on the host (the holder may be in another
-            // mount namespace).
-            is_same_file(&target, ino).then_some(target)
-        })
 }
 
 /// The entry with inode `ino` in `path`'s directory: a renamed or rotated file.
