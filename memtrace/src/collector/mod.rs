@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat};
+use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
 
 use self::{
     naming::{ask_kernel, name_cgroups, name_files, InodeIdentities},
@@ -51,6 +51,8 @@ pub struct Collector {
     pending_measure: std::collections::HashSet<(u32, u64)>,
     /// Map entries userspace failed to read, since start.
     map_read_errors: u64,
+    /// Writers that have exited, moved out of the kernel map.
+    writer_totals: HashMap<WriterKey, WriterStats>,
     /// Per key, the `max_deficit` of the entry being counted into that a measurement already
     /// answered.
     deficits_handled: HashMap<CacheKey, u64>,
@@ -81,6 +83,7 @@ impl Collector {
             flips: 0,
             pending_measure: std::collections::HashSet::new(),
             map_read_errors: 0,
+            writer_totals: HashMap::default(),
             deficits_handled: HashMap::default(),
         })
     }
@@ -198,7 +201,7 @@ impl Collector {
         self.drain_events();
         let mut stats = self.kernel_stats()?;
         let (entries, inodes) = self.gather(&mut stats);
-        let writer_entries = read_all(&self.tracer.writers, &mut stats.map_read_errors);
+        let writer_entries = self.gather_writers(&mut stats);
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
         let to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         self.measure_files(to_measure, &entries, &inodes);
@@ -379,6 +382,26 @@ impl Collector {
         (combined.into_iter().collect(), identities)
     }
 
+    /// Every writer's figures since start. Entries of processes that have exited cannot grow
+    /// any more: they move from the kernel map into userspace, so the map holds only live
+    /// writers, however many come and go.
+    fn gather_writers(&mut self, stats: &mut KernelStats) -> Vec<(WriterKey, WriterStats)> {
+        let live = read_all(&self.tracer.writers, &mut stats.map_read_errors);
+        let mut entries = Vec::with_capacity(live.len() + self.writer_totals.len());
+        for (key, value) in live {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let exited = unsafe { libc::kill(key.tgid as i32, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if exited && self.tracer.writers.remove(&key).is_ok() {
+                self.writer_totals.insert(key, value);
+            } else {
+                entries.push((key, value));
+            }
+        }
+        entries.extend(self.writer_totals.iter().map(|(k, v)| (*k, *v)));
+        entries
+    }
+
     /// A key's counters since start: the totals plus the half being counted into.
     fn combined(&self, key: &CacheKey) -> CacheCounters {
         let mut sum = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
@@ -422,6 +445,11 @@ impl Collector {
             self.seeds.remove(key);
             self.deficits_handled.remove(key);
         }
+        // Exited writers of files that are gone from every cgroup go too.
+        let kept: std::collections::HashSet<(u32, u64)> =
+            self.totals.keys().map(|k| (k.dev, k.ino)).collect();
+        self.writer_totals
+            .retain(|key, _| kept.contains(&(key.dev, key.ino)));
         let files: std::collections::HashSet<(u32, u64)> = self
             .totals
             .keys()
