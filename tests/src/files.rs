@@ -145,3 +145,12 @@ pub fn resident_bytes(file: &File) -> io::Result<u64> {
         Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64)
     }
 }
+
+/// Bytes of `path` in the page cache, as cachestat(2) counts them (the kernel's own figure).
+pub fn cachestat_bytes(path: &Path) -> u64 {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    memtrace::collector::residency::cachestat(&file)
+        .expect("cachestat (Linux 6.5+)")
+        .cached
+        * memtrace::collector::page_size()
+}

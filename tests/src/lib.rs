@@ -97,3 +97,25 @@ pub fn assert_near(what: &str, actual: u64, expected: u64, tolerance: u64) {
         expected as f64 / MIB as f64
     );
 }
+
+/// `memtrace explain TARGET --json`, asserted to succeed, as JSON.
+pub fn explain_json(target: &str) -> serde_json::Value {
+    let out = memtrace(&[
+        "explain",
+        target,
+        "--json",
+        "--duration",
+        "200ms",
+        "--top",
+        "50",
+    ])
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .expect("run memtrace explain");
+    assert!(
+        out.status.success(),
+        "memtrace explain {target} exited with {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
+}

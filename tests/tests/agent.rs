@@ -13,6 +13,7 @@ use std::{
 use memtrace_tests::{
     assert_near,
     cgroup::MemCgroup,
+    files::cachestat_bytes,
     files::{dd_write, resident_bytes, FileId, Scratch},
     http::{encode, free_port, get, series_value},
     memtrace, require_root, MIB,
@@ -59,14 +60,6 @@ impl Drop for Serve {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
-}
-
-fn cachestat_bytes(path: &Path) -> u64 {
-    let file = File::open(path).unwrap();
-    memtrace::collector::residency::cachestat(&file)
-        .expect("cachestat")
-        .cached
-        * memtrace::collector::page_size()
 }
 
 #[test]

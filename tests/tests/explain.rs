@@ -11,8 +11,8 @@ use std::{
 
 use memtrace::{collector::seed::SeedOptions, model::Provenance};
 use memtrace_tests::{
-    assert_near, cgroup_in, container::OverlayContainer, files::resident_bytes, memtrace,
-    require_root, start_tracer, MIB,
+    assert_near, cgroup_in, container::OverlayContainer, files::cachestat_bytes,
+    files::resident_bytes, memtrace, require_root, start_tracer, MIB,
 };
 use serde_json::Value;
 
@@ -65,12 +65,6 @@ fn start_jvm_container(name: &str) -> OverlayContainer {
     );
     container.wait_for("/tmp/done", Duration::from_secs(180));
     container
-}
-
-fn cachestat_bytes(path: &Path) -> u64 {
-    let file = File::open(path).unwrap();
-    let stat = memtrace::collector::residency::cachestat(&file).expect("cachestat");
-    stat.cached * memtrace::collector::page_size()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! should.
 
 use std::{
-    fs::{self, File},
+    fs::{self},
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread,
@@ -13,32 +13,12 @@ use std::{
 };
 
 use memtrace_tests::{
-    assert_near, container::OverlayContainer, files::Scratch, memtrace, require_root, MIB,
+    assert_near, container::OverlayContainer, explain_json, files::cachestat_bytes, files::Scratch,
+    memtrace, require_root, MIB,
 };
 use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(30);
-
-fn explain_json(target: &str) -> Value {
-    let out = memtrace(&[
-        "explain",
-        target,
-        "--json",
-        "--duration",
-        "200ms",
-        "--top",
-        "50",
-    ])
-    .stderr(Stdio::inherit())
-    .output()
-    .expect("run memtrace explain");
-    assert!(
-        out.status.success(),
-        "memtrace explain {target} exited with {}",
-        out.status
-    );
-    serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
-}
 
 #[test]
 fn a_log_truncated_in_a_loop_during_explain_does_not_kill_memtrace() {
@@ -156,14 +136,6 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
         12 * MIB,
         2 * MIB,
     );
-}
-
-fn cachestat_bytes(path: &std::path::Path) -> u64 {
-    let file = File::open(path).unwrap();
-    memtrace::collector::residency::cachestat(&file)
-        .expect("cachestat")
-        .cached
-        * memtrace::collector::page_size()
 }
 
 /// A 1 TiB sparse file with a few cached pages costs what a small file costs: explain

@@ -2,36 +2,15 @@
 //! state as it was. The oracle is the cgroup's memory.stat, before and after. Runs on the host
 //! and in the VM matrix (6.1, 6.12), whose kernels decide recency differently.
 
-use std::{fs::File, process::Stdio};
+use std::fs::File;
 
 use memtrace_tests::{
     assert_near,
     cgroup::MemCgroup,
+    explain_json,
     files::{dd_write, resident_bytes, Scratch},
-    memtrace, require_root, MIB,
+    require_root, MIB,
 };
-use serde_json::Value;
-
-fn explain_json(target: &str) -> Value {
-    let out = memtrace(&[
-        "explain",
-        target,
-        "--json",
-        "--duration",
-        "200ms",
-        "--top",
-        "50",
-    ])
-    .stderr(Stdio::inherit())
-    .output()
-    .expect("run memtrace explain");
-    assert!(
-        out.status.success(),
-        "memtrace explain {target} exited with {}",
-        out.status
-    );
-    serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
-}
 
 fn lru(cgroup: &MemCgroup) -> (u64, u64) {
     MemCgroup::settle_stats();
