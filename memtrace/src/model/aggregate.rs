@@ -156,32 +156,7 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(cgroup_id: u64, ino: u64) -> CacheKey {
-        CacheKey {
-            cgroup_id,
-            ino,
-            dev: (254 << 20) | 3,
-            hierarchy: 4,
-        }
-    }
-
-    fn traced(entries: Vec<(CacheKey, CacheCounters)>) -> Vec<Observation> {
-        entries
-            .into_iter()
-            .map(|(k, c)| Observation::traced(k, c))
-            .collect()
-    }
-
-    fn counters(added: u64, removed: u64) -> CacheCounters {
-        CacheCounters {
-            pages_added: added,
-            pages_removed: removed,
-            inode: 0,
-            max_deficit: 0,
-            generation: 0,
-        }
-    }
+    use crate::model::fixtures::{counters, key, traced};
 
     #[test]
     fn seeded_cache_plus_traced_changes_is_never_double_counted() {

@@ -122,36 +122,9 @@ fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
 
 #[cfg(test)]
 mod tests {
-    use memtrace_common::{CacheCounters, CacheKey};
-
     use super::*;
-    use crate::model::{aggregate, Container, Observation};
-
-    fn key(cgroup_id: u64, ino: u64) -> CacheKey {
-        CacheKey {
-            cgroup_id,
-            ino,
-            dev: (254 << 20) | 3,
-            hierarchy: 4,
-        }
-    }
-
-    fn traced(entries: Vec<(CacheKey, CacheCounters)>) -> Vec<Observation> {
-        entries
-            .into_iter()
-            .map(|(k, c)| Observation::traced(k, c))
-            .collect()
-    }
-
-    fn counters(added: u64, removed: u64) -> CacheCounters {
-        CacheCounters {
-            pages_added: added,
-            pages_removed: removed,
-            inode: 0,
-            max_deficit: 0,
-            generation: 0,
-        }
-    }
+    use crate::model::fixtures::{counters, key, traced};
+    use crate::model::{aggregate, Container};
 
     fn named(mut cgroups: Vec<CgroupUsage>) -> Vec<CgroupUsage> {
         for c in &mut cgroups {

@@ -14,6 +14,8 @@ pub mod aggregate;
 pub mod doctor;
 pub mod explain;
 pub mod filter;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod format;
 pub mod rates;
 pub mod schema;

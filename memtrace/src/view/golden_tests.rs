@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use memtrace_common::{CacheCounters, CacheKey};
-
 use crate::{
     model::{
         aggregate,
         explain::{ExplainedFile, Explanation, Target, TargetKind, Writer},
+        fixtures::{counters, key},
         Comm, Container, Hook, KernelStats, Layer, MemoryFigures, Observation, Pod, Provenance,
         Report, Runtime, SeededCache, WriterUsage, WritesSource, SCHEMA_VERSION,
     },
@@ -20,25 +19,6 @@ fn comm(name: &str) -> Comm {
     let mut raw = [0u8; 16];
     raw[..name.len()].copy_from_slice(name.as_bytes());
     Comm(raw)
-}
-
-fn key(cgroup_id: u64, ino: u64) -> CacheKey {
-    CacheKey {
-        cgroup_id,
-        ino,
-        dev: (254 << 20) | 3,
-        hierarchy: 4,
-    }
-}
-
-fn counters(pages_added: u64, pages_removed: u64) -> CacheCounters {
-    CacheCounters {
-        pages_added,
-        pages_removed,
-        inode: 0,
-        max_deficit: 0,
-        generation: 0,
-    }
 }
 
 /// A node with a container logging to its writable layer, a systemd service, and a cgroup
