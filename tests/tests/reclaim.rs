@@ -6,6 +6,7 @@ use std::{
     fs::{self, File},
     io::Write,
     os::unix::fs::MetadataExt,
+    sync::Mutex,
 };
 
 use memtrace::loader::LoadOptions;
@@ -21,8 +22,13 @@ fn write(path: &std::path::Path, bytes: usize) -> File {
     file
 }
 
+/// The two tests share one directory tree on one filesystem: while the forty thousand files
+/// are being made, they take every inode number the other test frees, so they run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn forty_thousand_files_pass_through_a_4096_entry_map_with_nothing_lost() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut tracer = start_tracer_with(&LoadOptions { max_entries: 4096 });
     let cgroup = MemCgroup::create("reclaim");
     let scratch = Scratch::new("reclaim");
@@ -69,6 +75,7 @@ fn forty_thousand_files_pass_through_a_4096_entry_map_with_nothing_lost() {
 
 #[test]
 fn a_file_that_reuses_a_deleted_files_inode_number_is_named_by_its_own_path() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut tracer = start_tracer();
     let scratch = Scratch::new("reuse");
     let old = scratch.path("old.log");
