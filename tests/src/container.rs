@@ -54,12 +54,28 @@ impl OverlayContainer {
         Self::start_with(name, script, extend, &[])
     }
 
+    /// Like `start`, with a memory-backed tmpfs (as a Kubernetes memory `emptyDir`) mounted at
+    /// each of `tmpfs` in the container only.
+    pub fn start_with_tmpfs(name: &str, script: &str, tmpfs: &[&str]) -> Self {
+        Self::start_full(name, script, |_| {}, &[], tmpfs)
+    }
+
     /// Like `start_with_image`, with host directories bind-mounted read-only (host, container).
     pub fn start_with(
         name: &str,
         script: &str,
         extend: impl FnOnce(&Path),
         binds: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(name, script, extend, binds, &[])
+    }
+
+    fn start_full(
+        name: &str,
+        script: &str,
+        extend: impl FnOnce(&Path),
+        binds: &[(&str, &str)],
+        tmpfs: &[&str],
     ) -> Self {
         let id = format!("{name}-{}", std::process::id());
         let base = Path::new(BASE).join(&id);
@@ -93,7 +109,7 @@ impl OverlayContainer {
             rootfs,
             base,
         };
-        container.write_config(&bundle, script, binds);
+        container.write_config(&bundle, script, binds, tmpfs);
         // The container inherits runc's stdio and keeps it open: give it a file, not a pipe
         // a caller would wait on.
         let log_path = container.base.join("runc.log");
@@ -116,7 +132,7 @@ impl OverlayContainer {
         container
     }
 
-    fn write_config(&self, bundle: &Path, script: &str, binds: &[(&str, &str)]) {
+    fn write_config(&self, bundle: &Path, script: &str, binds: &[(&str, &str)], tmpfs: &[&str]) {
         run(Command::new("runc").args(["spec", "--bundle"]).arg(bundle));
         let path = bundle.join("config.json");
         let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
@@ -131,6 +147,12 @@ impl OverlayContainer {
         for (host, inside) in binds {
             mounts.push(serde_json::json!({
                 "destination": inside, "type": "bind", "source": host, "options": ["rbind", "ro"]
+            }));
+        }
+        for inside in tmpfs {
+            mounts.push(serde_json::json!({
+                "destination": inside, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", "size=128m"]
             }));
         }
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

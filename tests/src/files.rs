@@ -7,8 +7,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Where test files go: a disk filesystem (tmpfs pages fire no add tracepoint).
+/// Where test files go: a disk filesystem (tmpfs pages fire no add tracepoint). The VM runs
+/// the attribution suite once per filesystem by pointing `MEMTRACE_SCRATCH_ROOT` at each disk.
 const SCRATCH_ROOT: &str = "/var/tmp/memtrace-tests";
+
+fn scratch_root() -> PathBuf {
+    std::env::var_os("MEMTRACE_SCRATCH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SCRATCH_ROOT))
+}
 
 /// A file's identity as memtrace reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,14 +26,77 @@ pub struct FileId {
 }
 
 impl FileId {
+    /// The identity the kernel's page cache uses: the inode number and its superblock's device.
+    /// That device is the mount's `MAJ:MIN` in mountinfo, which is not always stat's `st_dev`:
+    /// btrfs reports each subvolume's own anonymous device to stat.
     pub fn of(path: &Path) -> Self {
         let meta = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
-        let dev = meta.dev();
         FileId {
-            dev: format!("{}:{}", libc::major(dev), libc::minor(dev)),
+            dev: superblock_dev(path),
             ino: meta.ino(),
         }
     }
+}
+
+/// `MAJ:MIN` of the superblock `path` is on, from the mount id statx gives and mountinfo.
+pub fn superblock_dev(path: &Path) -> String {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statx is plain integer data, valid when zeroed.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx reads a NUL-terminated path and writes into the struct we pass.
+    let ret = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            0,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    assert_eq!(ret, 0, "statx {}", path.display());
+    assert!(
+        stx.stx_mask & libc::STATX_MNT_ID != 0,
+        "statx gave no mount id for {}",
+        path.display()
+    );
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let id: u64 = fields.next()?.parse().ok()?;
+            let dev = fields.nth(1)?;
+            (id == stx.stx_mnt_id).then(|| dev.to_owned())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "mount {} of {} not in mountinfo",
+                stx.stx_mnt_id,
+                path.display()
+            )
+        })
+}
+
+/// The filesystem type of `path` (statfs magic), named for messages.
+pub fn filesystem_of(path: &Path) -> &'static str {
+    match statfs_magic(path) {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        _ => "other",
+    }
+}
+
+fn statfs_magic(dir: &Path) -> i64 {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statfs is plain integer data, valid when zeroed.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs reads a NUL-terminated path and writes into the struct we pass.
+    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    assert_eq!(ret, 0, "statfs {}", dir.display());
+    st.f_type as i64
 }
 
 /// A directory for one test, removed when dropped.
@@ -36,7 +106,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir = Path::new(SCRATCH_ROOT).join(format!("{name}-{}", std::process::id()));
+        let dir = scratch_root().join(format!("{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         assert_not_tmpfs(&dir);
@@ -55,15 +125,9 @@ impl Drop for Scratch {
 }
 
 fn assert_not_tmpfs(dir: &Path) {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: statfs is plain integer data, valid when zeroed.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs reads a NUL-terminated path and writes into the struct we pass.
-    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
-    assert_eq!(ret, 0, "statfs {}", dir.display());
     assert_ne!(
-        st.f_type,
-        libc::TMPFS_MAGIC,
+        filesystem_of(dir),
+        "tmpfs",
         "{} is on tmpfs, whose pages bypass the page-cache tracepoints; tests need a disk filesystem",
         dir.display()
     );
@@ -153,4 +217,93 @@ pub fn cachestat_bytes(path: &Path) -> u64 {
         .expect("cachestat (Linux 6.5+)")
         .cached
         * memtrace::collector::page_size()
+}
+
+/// How a file's resident pages sit in folios, from the kernel's own page flags
+/// (/proc/self/pagemap, then /proc/kpageflags): independent of memtrace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FolioCensus {
+    /// Resident pages found mapped.
+    pub pages: u64,
+    /// Folios of more than one page (compound heads).
+    pub large_folios: u64,
+    /// Pages inside those large folios.
+    pub pages_in_large_folios: u64,
+}
+
+/// Counts the large folios holding `file`'s resident pages. It maps the file and reads one byte
+/// of each resident page (already cached, so nothing is read in), then looks up each page's
+/// frame and its flags. Needs root (frame numbers are hidden otherwise).
+pub fn folio_census(file: &File) -> io::Result<FolioCensus> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const PFN_MASK: u64 = (1 << 55) - 1;
+    const KPF_COMPOUND_HEAD: u64 = 1 << 15;
+    const KPF_COMPOUND_TAIL: u64 = 1 << 16;
+    let len = file.metadata()?.len() as usize;
+    let mut census = FolioCensus::default();
+    if len == 0 {
+        return Ok(census);
+    }
+    let page = 4096usize;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let kpageflags = File::open("/proc/kpageflags")?;
+    // SAFETY: a fresh read-only shared mapping of our file, unmapped before returning; mincore
+    // writes one byte per page into a vector of exactly that size, and only pages it reports
+    // resident are read, within the mapping.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let pages = len.div_ceil(page);
+        let mut resident = vec![0u8; pages];
+        let mut result = Ok(());
+        if libc::mincore(addr, len, resident.as_mut_ptr()) != 0 {
+            result = Err(io::Error::last_os_error());
+        }
+        for (index, _) in resident.iter().enumerate().filter(|(_, r)| *r & 1 != 0) {
+            if result.is_err() {
+                break;
+            }
+            let at = (addr as usize) + index * page;
+            std::ptr::read_volatile(at as *const u8);
+            let mut entry = [0u8; 8];
+            if let Err(e) = pagemap.read_exact_at(&mut entry, (at / page * 8) as u64) {
+                result = Err(e);
+                break;
+            }
+            let entry = u64::from_ne_bytes(entry);
+            if entry & PRESENT == 0 {
+                continue;
+            }
+            let pfn = entry & PFN_MASK;
+            if pfn == 0 {
+                result = Err(io::Error::other("pagemap hides frame numbers: run as root"));
+                break;
+            }
+            let mut flags = [0u8; 8];
+            if let Err(e) = kpageflags.read_exact_at(&mut flags, pfn * 8) {
+                result = Err(e);
+                break;
+            }
+            let flags = u64::from_ne_bytes(flags);
+            census.pages += 1;
+            if flags & KPF_COMPOUND_HEAD != 0 {
+                census.large_folios += 1;
+            }
+            if flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) != 0 {
+                census.pages_in_large_folios += 1;
+            }
+        }
+        libc::munmap(addr, len);
+        result.map(|()| census)
+    }
 }

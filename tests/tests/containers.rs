@@ -1,7 +1,8 @@
 //! Real runc containers on overlay roots: memtrace names the container, the path inside it,
-//! the file in its writable layer, and the bytes.
+//! the file in its writable layer, and the bytes; and a memory `emptyDir` (a tmpfs only the
+//! container mounts) with the container.
 
-use std::{fs::File, time::Duration};
+use std::{fs::File, path::Path, time::Duration};
 
 use memtrace::model::Layer;
 use memtrace::model::{FileUsage, Filter, Report};
@@ -192,4 +193,44 @@ fn unknown_container_is_a_clear_error() {
         err.contains("no container matches `no-such-container-xyz`"),
         "unclear error: {err}"
     );
+}
+
+#[test]
+fn a_memory_emptydir_inside_a_container_is_named_with_the_container() {
+    let mut tracer = start_tracer();
+    let pod = OverlayContainer::start_with_tmpfs(
+        "emptydir",
+        "dd if=/dev/zero of=/cache/data.bin bs=1M count=16 2>/dev/null; touch /tmp/done; sleep 600",
+        &["/cache"],
+    );
+    pod.wait_for("/tmp/done", STARTUP);
+    // The kernel's figure for the container: its memcg's shmem.
+    let stat = std::fs::read_to_string(pod.memory_cgroup_dir().join("memory.stat"))
+        .expect("the container's memory.stat");
+    let shmem = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("shmem "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("memory.stat shmem");
+    assert_near("the container's shmem", shmem, 16 * MIB, 64 * 4096);
+
+    // Only the container's mount namespace has this tmpfs: memtrace finds it there.
+    assert!(!Path::new("/cache/data.bin").exists());
+    let report = tracer.snapshot().expect("snapshot");
+    let cg = cgroup_in(&report, pod.cgroup_id()).expect("the container's cgroup is reported");
+    let container = cg.container.as_ref().expect("recognized as a container");
+    assert_eq!(container.id, pod.id);
+    let file = cg
+        .files
+        .iter()
+        .find(|f| f.path.as_deref() == Some("/cache/data.bin"))
+        .unwrap_or_else(|| panic!("the emptyDir file is named: {:?}", cg.files));
+    assert_eq!(file.fs, Some("tmpfs"));
+    assert_near(
+        "its bytes vs memory.stat shmem",
+        file.cached_bytes,
+        shmem,
+        64 * 4096,
+    );
+    assert!(report.shmem.mounts >= 1, "{:?}", report.shmem);
 }

@@ -1,9 +1,10 @@
 //! `cargo xtask vm-test`: the integration suite on other kernels, under qemu.
 //!
 //! For each kernel series it looks up Debian's newest build by name, downloads and unpacks it
-//! once (cached under target/vm), builds an initramfs with busybox, the test binaries, their
-//! shared libraries and the modules for a virtio ext4 disk, boots it under TCG with cgroup v2
-//! and the memory controller, and reads the results from the serial console.
+//! once (cached under target/vm), builds an initramfs with busybox, bpftool, the test binaries,
+//! their shared libraries and the modules for virtio disks formatted ext4, XFS and btrfs, boots
+//! it under TCG with cgroup v2 and the memory controller, and reads the results from the serial
+//! console. The attribution suite runs once per filesystem; the others on ext4.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -29,11 +30,36 @@ pub(crate) const SERIES: &[(&str, &str)] = &[
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$"),
 ];
 
-/// Integration test binaries run in the guest (the ones that need neither bpftool, runc nor
-/// setpriv, which the guest lacks).
-const GUEST_TESTS: &[&str] = &["attribution", "writers", "names", "observer"];
-/// Modules the guest loads for its disk: virtio block over PCI, and ext4 (which wants crc32c).
-const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+/// Integration test binaries run in the guest (the ones that need neither runc nor setpriv,
+/// which the guest lacks).
+const GUEST_TESTS: &[&str] = &[
+    "attribution",
+    "writers",
+    "names",
+    "observer",
+    "btf_offsets",
+    "tmpfs",
+];
+/// The suite that runs on every filesystem.
+const PER_FILESYSTEM_TEST: &str = "attribution";
+/// Disk filesystems in the guest: name, the mkfs command that makes one on an image file. The
+/// first is the guest's /var/tmp, the others mount at /fs/<name>.
+const GUEST_FILESYSTEMS: &[(&str, &[&str])] = &[
+    // No metadata checksums: the guest has no modprobe to load crc32c on demand.
+    ("ext4", &["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum"]),
+    ("xfs", &["mkfs.xfs", "-q", "-f"]),
+    ("btrfs", &["mkfs.btrfs", "-q", "-f"]),
+];
+/// Modules the guest loads for its disks: virtio block over PCI and the filesystems (their
+/// dependencies, such as crc32c and the RAID helpers btrfs links, come with them).
+const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "xfs",
+    "btrfs",
+];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Runs the guest suite on every series (or `only` one); prints a pass/fail line per kernel and
@@ -63,8 +89,9 @@ pub(crate) fn vm_test(only: Option<&str>) -> Result<Tally> {
                     result.release, result.tests_passed
                 );
                 println!(
-                    "[{series}] hooks: {}; filesystems: ext4; suites: {}",
+                    "[{series}] hooks: {}; filesystems: {}; suites: {} ({PER_FILESYSTEM_TEST} on each filesystem)",
                     result.hooks,
+                    result.filesystems,
                     GUEST_TESTS.join(" ")
                 );
             }
@@ -101,6 +128,9 @@ fn ensure_tools() -> Result<()> {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("cpio", "cpio"),
         ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.xfs", "xfsprogs"),
+        ("mkfs.btrfs", "btrfs-progs"),
+        ("bpftool", "bpftool"),
         ("xz", "xz-utils"),
         ("zstd", "zstd"),
     ] {
@@ -175,6 +205,8 @@ fn build_guest_binaries() -> Result<GuestBinaries> {
     let helpers = vec![
         workspace().join("target/debug/rate-writer"),
         workspace().join("target/debug/memtrace"),
+        // The BTF offset test's independent reading of the kernel's types.
+        PathBuf::from("/usr/sbin/bpftool"),
     ];
     for helper in &helpers {
         if !helper.exists() {
@@ -188,6 +220,8 @@ struct SeriesResult {
     release: String,
     /// The guest's hooks, as `memtrace doctor` printed them.
     hooks: String,
+    /// The filesystems the guest mounted and ran the attribution suite on.
+    filesystems: String,
     passed: bool,
     tests_passed: u64,
     tests_failed: u64,
@@ -214,12 +248,13 @@ fn run_series(
     fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.gz");
     build_initramfs(&root, &release, binaries, &work.join("stage"), &initramfs)?;
-    let disk = work.join("disk.img");
-    run(Command::new("truncate").args(["-s", "2G"]).arg(&disk))?;
-    // No metadata checksums: the guest has no modprobe to load crc32c on demand.
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "^metadata_csum"])
-        .arg(&disk))?;
+    let mut disks = Vec::new();
+    for (name, mkfs) in GUEST_FILESYSTEMS {
+        let disk = work.join(format!("{name}.img"));
+        run(Command::new("truncate").args(["-s", "2G"]).arg(&disk))?;
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&disk))?;
+        disks.push(disk);
+    }
 
     let log = work.join("console.log");
     eprintln!("xtask: booting {release} under qemu (TCG)");
@@ -239,8 +274,12 @@ fn run_series(
         .arg("-initrd")
         .arg(&initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .args(disks.iter().flat_map(|disk| {
+            [
+                "-drive".to_owned(),
+                format!("file={},format=raw,if=virtio", disk.display()),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console)
@@ -265,10 +304,13 @@ fn run_series(
     }
     let (tests_passed, tests_failed) = (tally.passed, tally.failed);
     // Echo the guest's test output, so a failure can be read where it happened.
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("test ") || l.contains("MEMTRACE-VM") || l.contains("panicked"))
-    {
+    for line in text.lines().filter(|l| {
+        l.starts_with("test ")
+            || l.contains("MEMTRACE-VM")
+            || l.contains("panicked")
+            || l.contains(" large folios (")
+            || l.starts_with("folio order:")
+    }) {
         println!("  [{series}] {line}");
     }
     let passed = status.is_some()
@@ -288,9 +330,18 @@ fn run_series(
                 .map(|(_, h)| h.trim().to_owned())
         })
         .unwrap_or_else(|| "(not reported)".to_owned());
+    let filesystems = text
+        .lines()
+        .filter_map(|l| {
+            l.split_once("MEMTRACE-VM: mounted ")
+                .map(|(_, fs)| fs.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     Ok(SeriesResult {
         release,
         hooks,
+        filesystems,
         passed,
         tests_passed,
         tests_failed,
@@ -523,8 +574,18 @@ fn build_initramfs(
     let init = stage.join("init");
     let mut script = fs::File::create(&init)?;
     let memtrace = workspace().join("target/debug/memtrace");
+    // Disks appear in the order qemu was given them: vda, vdb, ...
+    let others = GUEST_FILESYSTEMS
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, (name, _))| format!("{name}:vd{}", (b'a' + i as u8) as char))
+        .collect::<Vec<_>>()
+        .join(" ");
     script.write_all(
         INIT.replace("@MEMTRACE_BIN@", &memtrace.display().to_string())
+            .replace("@OTHER_FILESYSTEMS@", &others)
+            .replace("@PER_FILESYSTEM_TEST@", PER_FILESYSTEM_TEST)
             .as_bytes(),
     )?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
@@ -544,10 +605,11 @@ fn build_initramfs(
 }
 
 /// The guest's PID 1: mounts, cgroup v2 with the memory controller, an ext4 disk for the
-/// tests' files, then the tests, then power off.
+/// tests' files and the other filesystems' disks, then the tests (the per-filesystem suite
+/// again on each other filesystem), then power off. A disk that does not mount fails the run.
 const INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@ MEMTRACE_REQUIRE_FEXIT=1
+export PATH=/bin:/sbin:/usr/sbin:/usr/bin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@ MEMTRACE_REQUIRE_FEXIT=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -556,13 +618,23 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory" > /sys/fs/cgroup/cgroup.subtree_control
 for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "MEMTRACE-VM: insmod $m failed"; done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
-mount -t ext4 /dev/vda /var/tmp || { echo "MEMTRACE-VM: no ext4 disk"; cat /proc/partitions; dmesg | grep -iE "virtio|vda|ext4|module" | tail -20; }
+status=0
+if mount -t ext4 /dev/vda /var/tmp; then echo "MEMTRACE-VM: mounted ext4"; else status=1; echo "MEMTRACE-VM: no ext4 disk"; cat /proc/partitions; dmesg | grep -iE "virtio|vda|ext4|module" | tail -20; fi
+others=""
+for spec in @OTHER_FILESYSTEMS@; do
+  fs=${spec%%:*}; disk=${spec##*:}
+  mkdir -p /fs/$fs
+  if mount -t $fs /dev/$disk /fs/$fs; then echo "MEMTRACE-VM: mounted $fs"; others="$others $fs"; else status=1; echo "MEMTRACE-VM: FAILED to mount $fs from /dev/$disk"; dmesg | grep -iE "$fs|$disk" | tail -10; fi
+done
 echo "MEMTRACE-VM: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 echo "MEMTRACE-VM: hooks: $($MEMTRACE_BIN doctor | grep 'load and attach' | sed 's/.*load and attach *//')"
-status=0
 for t in /tests/*; do
-  echo "MEMTRACE-VM: running $(basename $t)"
+  echo "MEMTRACE-VM: running $(basename $t) on ext4"
   RUST_BACKTRACE=1 $t --test-threads=1 --show-output || status=1
+done
+for fs in $others; do
+  echo "MEMTRACE-VM: running @PER_FILESYSTEM_TEST@ on $fs"
+  MEMTRACE_SCRATCH_ROOT=/fs/$fs/memtrace-tests RUST_BACKTRACE=1 /tests/@PER_FILESYSTEM_TEST@ --test-threads=1 --show-output || status=1
 done
 if [ $status = 0 ]; then echo "MEMTRACE-VM: PASS"; else echo "MEMTRACE-VM: FAIL"; fi
 sync

@@ -3,6 +3,7 @@
 mod naming;
 pub mod residency;
 pub mod seed;
+pub mod shmem;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, Wri
 use self::{
     naming::{ask_kernel, name_cgroups, name_files, InodeIdentities},
     seed::SeedOptions,
+    shmem::ShmemScanner,
 };
 use crate::{
     loader::{read_all, LoadError, LoadOptions, Tracer},
@@ -56,6 +58,8 @@ pub struct Collector {
     /// Per key, the `max_deficit` of the entry being counted into that a measurement already
     /// answered.
     deficits_handled: HashMap<CacheKey, u64>,
+    /// tmpfs/shmem files, measured instead of traced.
+    shmem: ShmemScanner,
 }
 
 impl Collector {
@@ -85,6 +89,7 @@ impl Collector {
             map_read_errors: 0,
             writer_totals: HashMap::default(),
             deficits_handled: HashMap::default(),
+            shmem: ShmemScanner::default(),
         })
     }
 
@@ -180,6 +185,21 @@ impl Collector {
         summary
     }
 
+    /// Finds and measures the tmpfs/shmem files (see `shmem`), and names the new ones.
+    fn scan_shmem(&mut self) {
+        self.resolvers.refresh();
+        let hierarchies = self.resolvers.cgroups.hierarchies.clone();
+        let memory_hierarchy = hierarchies.memory_hierarchy.unwrap_or(0);
+        let names = self.shmem.scan(memory_hierarchy, self.page_size, |pid| {
+            let path = memcg_path_of(pid, memory_hierarchy)?;
+            let dir = hierarchies.directory_of(memory_hierarchy, &path)?;
+            std::fs::metadata(dir).ok().map(|m| m.ino())
+        });
+        for ((dev, ino), name) in names {
+            self.resolvers.paths.remember(dev, ino, name);
+        }
+    }
+
     /// Moves what the kernel counted into userspace totals and forgets idle keys, without
     /// building a report: commands that report rarely (`serve` between scrapes, `run` while
     /// its command runs) call it every few seconds so the kernel map never fills.
@@ -200,10 +220,17 @@ impl Collector {
         self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let (entries, inodes) = self.gather(&mut stats);
+        let (mut entries, inodes) = self.gather(&mut stats);
         let writer_entries = self.gather_writers(&mut stats);
+        if self.shmem.due() {
+            self.scan_shmem();
+        }
+        // Only removals of shmem pages are traced: their files are measured instead.
+        let shmem_devs = &self.shmem.devs;
+        entries.retain(|(key, _)| !shmem_devs.contains(&key.dev));
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
-        let to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
+        let mut to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
+        to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
         self.measure_files(to_measure, &entries, &inodes);
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
@@ -215,17 +242,39 @@ impl Collector {
                     counters,
                     seeded,
                     writers,
+                    shmem: false,
                 },
             );
         }
 
         for (key, seeded) in &self.seeds {
+            if self.shmem.devs.contains(&key.dev) {
+                continue;
+            }
             observations.entry(*key).or_insert(Observation {
                 key: *key,
                 counters: seeded.baseline,
                 seeded: Some(Box::new(*seeded)),
                 writers: Vec::new(),
+                shmem: false,
             });
+        }
+        for (key, measured) in &self.shmem.files {
+            observations.insert(
+                *key,
+                Observation {
+                    key: *key,
+                    counters: CacheCounters::default(),
+                    seeded: Some(Box::new(SeededCache {
+                        pages: measured.pages,
+                        active_pages: measured.active_pages,
+                        provenance: measured.provenance,
+                        baseline: CacheCounters::default(),
+                    })),
+                    writers: Vec::new(),
+                    shmem: true,
+                },
+            );
         }
         for (writer, written) in writer_entries {
             let key = CacheKey {
@@ -241,6 +290,7 @@ impl Collector {
                 counters: CacheCounters::default(),
                 seeded: None,
                 writers: Vec::new(),
+                shmem: false,
             });
             // Most files have one writer: no room for four.
             observation.writers.reserve_exact(1);
@@ -284,6 +334,7 @@ impl Collector {
             dirty_source,
             stats,
             seed: self.seed_summary.clone(),
+            shmem: self.shmem.summary.clone(),
             totals,
             cgroups,
         })
@@ -416,6 +467,7 @@ impl Collector {
     fn known_resident(&self, key: &CacheKey) -> u64 {
         let counters = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
         Observation {
+            shmem: false,
             key: *key,
             counters,
             seeded: self.seeds.get(key).map(|s| Box::new(*s)),

@@ -26,8 +26,39 @@ pub enum BtfError {
     MissingMember { strukt: String, member: String },
     #[error("kernel BTF: `{enum_name}` has no value `{name}`")]
     MissingEnumValue { enum_name: String, name: String },
+    #[error("kernel BTF: `folio` has neither `_folio_order` (Linux 6.1–6.5) nor `_flags_1` (6.6+), so memtrace cannot tell how many pages a large folio holds on this kernel; it knows the layouts of Linux 6.1 and later")]
+    UnknownFolioLayout,
     #[error("kernel BTF is malformed")]
     Malformed(#[source] btf_rs::Error),
+}
+
+/// Where a kernel keeps a large folio's order (log2 of its pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolioOrderLayout {
+    /// 6.1–6.5: the byte `_folio_order` in the second struct page. `_flags_1` exists there too,
+    /// but is that page's whole flags word, not the order.
+    FolioOrder(u32),
+    /// 6.6+: the low byte of `_flags_1` (the second page's flags word).
+    Flags1LowByte(u32),
+}
+
+impl FolioOrderLayout {
+    /// Chooses from the offsets of `folio._folio_order` and `folio._flags_1`, where present:
+    /// `_folio_order` wins wherever it exists; a kernel with neither is refused.
+    pub fn choose(folio_order: Option<u32>, flags_1: Option<u32>) -> Result<Self, BtfError> {
+        match (folio_order, flags_1) {
+            (Some(offset), _) => Ok(Self::FolioOrder(offset)),
+            (None, Some(offset)) => Ok(Self::Flags1LowByte(offset)),
+            (None, None) => Err(BtfError::UnknownFolioLayout),
+        }
+    }
+
+    /// The byte the kernel programs read the order from (the low byte, on little-endian).
+    pub fn offset(self) -> u32 {
+        match self {
+            Self::FolioOrder(offset) | Self::Flags1LowByte(offset) => offset,
+        }
+    }
 }
 
 /// The running kernel's type information.
@@ -178,12 +209,11 @@ impl KernelBtf {
 
     /// Everything the page-cache programs read, for this kernel.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
-        // 6.1–6.5 have both members: `_folio_order` is the order there and `_flags_1` is the
-        // second page's whole flags word. 6.6+ dropped `_folio_order` and keeps the order in
-        // the low byte of `_flags_1`. So `_folio_order` wins wherever it exists.
-        let folio_order = self
-            .member_offset("folio", "_folio_order")
-            .or_else(|_| self.member_offset("folio", "_flags_1"))?;
+        let folio_order = FolioOrderLayout::choose(
+            self.member_offset("folio", "_folio_order").ok(),
+            self.member_offset("folio", "_flags_1").ok(),
+        )?
+        .offset();
         let pg_head_bit = self.enum_value("pageflags", "PG_head")?;
         Ok(KernelOffsets {
             folio_flags: self.member_offset("folio", "flags")?,
@@ -214,5 +244,34 @@ impl KernelBtf {
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
             inode_generation: self.member_offset("inode", "i_generation")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_6_1_to_6_5_read_folio_order_not_the_flags_word_beside_it() {
+        // 6.1's struct folio: _flags_1 at 64, _head_1 at 72, _folio_dtor at 80, _folio_order
+        // at 81.
+        let layout = FolioOrderLayout::choose(Some(81), Some(64)).unwrap();
+        assert_eq!(layout, FolioOrderLayout::FolioOrder(81));
+        assert_eq!(layout.offset(), 81);
+    }
+
+    #[test]
+    fn linux_6_6_and_later_read_the_low_byte_of_flags_1() {
+        let layout = FolioOrderLayout::choose(None, Some(64)).unwrap();
+        assert_eq!(layout, FolioOrderLayout::Flags1LowByte(64));
+        assert_eq!(layout.offset(), 64);
+    }
+
+    #[test]
+    fn a_kernel_with_neither_member_is_refused_with_the_reason() {
+        let err = FolioOrderLayout::choose(None, None).unwrap_err();
+        assert!(matches!(err, BtfError::UnknownFolioLayout));
+        let message = err.to_string();
+        assert!(message.contains("_folio_order") && message.contains("_flags_1"));
     }
 }

@@ -28,6 +28,9 @@ pub struct Observation {
     /// Boxed: most observations have none, and there can be hundreds of thousands.
     pub seeded: Option<Box<SeededCache>>,
     pub writers: Vec<WriterUsage>,
+    /// A tmpfs/shmem file: `seeded` holds its measurement at this report, not a seed, and
+    /// `counters` are zero (no tracepoint sees its pages arrive).
+    pub shmem: bool,
 }
 
 impl Observation {
@@ -37,6 +40,7 @@ impl Observation {
             key,
             counters,
             seeded: None,
+            shmem: false,
         }
     }
 
@@ -76,6 +80,7 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
             counters,
             seeded,
             mut writers,
+            shmem,
         } = observation;
         writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
         let added = counters.pages_added.saturating_mul(page_size);
@@ -96,8 +101,14 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
                 cached_bytes,
                 added_bytes: added,
                 removed_bytes: removed,
-                seeded_bytes: seeded.as_deref().map_or(0, |s| s.pages * page_size),
-                seeded_active_bytes: seeded.as_deref().map_or(0, |s| s.active_pages * page_size),
+                seeded_bytes: seeded
+                    .as_deref()
+                    .filter(|_| !shmem)
+                    .map_or(0, |s| s.pages * page_size),
+                seeded_active_bytes: seeded
+                    .as_deref()
+                    .filter(|_| !shmem)
+                    .map_or(0, |s| s.active_pages * page_size),
                 provenance: seeded
                     .as_deref()
                     .map_or(Provenance::Traced, |s| s.provenance),
@@ -107,6 +118,7 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
                 writers,
                 dirty_bytes: None,
                 writeback_bytes: None,
+                fs: shmem.then_some("tmpfs"),
             });
     }
 
@@ -169,6 +181,7 @@ mod tests {
             baseline: counters(30, 0),
         };
         let observation = Observation {
+            shmem: false,
             key: key(5, 9),
             counters: counters(50, 70),
             seeded: Some(Box::new(seed)),
@@ -183,6 +196,7 @@ mod tests {
         assert_eq!(file.seeded_active_bytes, 40 * 4096);
         assert_eq!(file.provenance, Provenance::Exact);
         let evicted = Observation {
+            shmem: false,
             counters: counters(30, 500),
             ..observation
         };

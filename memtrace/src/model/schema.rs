@@ -141,6 +141,11 @@ pub struct FileUsage {
     /// From cachestat(2) on the file (null when it could not be measured).
     pub dirty_bytes: Option<u64>,
     pub writeback_bytes: Option<u64>,
+    /// `tmpfs` for tmpfs and shmem files (memfds, SysV segments): no tracepoint sees their
+    /// pages, so `cached_bytes` is measured at each report (`added`/`removed` stay 0), and it
+    /// is not reclaimable without swap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs: Option<&'static str>,
 }
 
 fn is_true(value: &bool) -> bool {
@@ -201,6 +206,8 @@ pub struct Report {
     pub stats: KernelStats,
     /// The scan for cache that predates memtrace, when one ran (`--no-seed` skips it).
     pub seed: Option<SeedSummary>,
+    /// The tmpfs/shmem files, found and measured at each report (no tracepoint sees them).
+    pub shmem: ShmemSummary,
     pub totals: Totals,
     pub cgroups: Vec<CgroupUsage>,
 }
@@ -417,6 +424,24 @@ pub struct MemoryFigures {
     pub working_set_bytes: u64,
     /// Which files these came from.
     pub source: String,
+}
+
+/// What the last tmpfs/shmem scan found (see `collector::shmem`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ShmemSummary {
+    /// tmpfs superblocks walked (each once, whichever namespaces mount it).
+    pub mounts: usize,
+    pub files_examined: usize,
+    pub files_cached: usize,
+    pub cached_bytes: u64,
+    /// Files whose pages were read for their memcg this scan (the rest kept their split).
+    pub owner_walks: usize,
+    pub not_measurable: usize,
+    /// Resident bytes whose memcg could be neither read nor inferred.
+    pub unattributed_bytes: u64,
+    /// The scan stopped at its file or time limit.
+    pub truncated: bool,
+    pub seconds: f64,
 }
 
 /// What the scan did.

@@ -350,7 +350,12 @@ impl PathTable {
     ) -> ResolvedPath {
         if let Some(kernel) = ask_kernel() {
             let resolved = self.resolve_kernel_path(dev, ino, &kernel);
-            if resolved.path.is_some() {
+            // A filesystem no host mount shows (a container's own tmpfs) gets only its
+            // filesystem-relative path from the kernel: the path a process sees, found by a
+            // scan, says more.
+            let seen_says_more = resolved.host_path.is_none()
+                && self.seen.get(&(dev, ino)).is_some_and(|seen| !seen.on_host);
+            if resolved.path.is_some() && !seen_says_more {
                 self.seen.remove(&(dev, ino));
                 return resolved;
             }

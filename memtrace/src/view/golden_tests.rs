@@ -26,6 +26,7 @@ fn comm(name: &str) -> Comm {
 pub(crate) fn fixed_report() -> Report {
     let observations = vec![
         Observation {
+            shmem: false,
             key: key(100, 11),
             counters: counters(20_000, 500),
             seeded: Some(Box::new(SeededCache {
@@ -134,6 +135,7 @@ pub(crate) fn fixed_report() -> Report {
             map_read_errors: 0,
         },
         seed: None,
+        shmem: Default::default(),
         totals,
         cgroups,
     }

@@ -1,0 +1,119 @@
+//! tmpfs and shmem, which no page-cache tracepoint sees: a file on a tmpfs written in a fresh
+//! memcg is named with its bytes by `explain` and by `watch` started after it (a container's
+//! memory `emptyDir` is in the containers suite). The oracles are mincore(2) on the file and
+//! the memcg's own memory.stat `shmem`.
+
+use std::{fs::File, path::PathBuf, process::Command};
+
+use memtrace_tests::{
+    assert_near, cgroup::MemCgroup, explain_json, files::dd_write, files::resident_bytes,
+    files::Scratch, memtrace, MIB,
+};
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(scratch: &Scratch) -> Self {
+        let dir = scratch.path("tmpfs");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=128m",
+                "memtrace-test",
+                dir.to_str().unwrap(),
+            ])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+fn shmem_of(cgroup: &MemCgroup) -> u64 {
+    cgroup.memory_stat().get("shmem").copied().unwrap_or(0)
+}
+
+#[test]
+fn a_tmpfs_file_written_in_a_fresh_memcg_is_named_by_explain_and_by_watch_started_after() {
+    memtrace_tests::require_root();
+    let scratch = Scratch::new("tmpfs");
+    let tmpfs = Tmpfs::mount(&scratch);
+    let cgroup = MemCgroup::create("tmpfs");
+    let path = tmpfs.dir.join("cache.bin");
+    // Written before any memtrace runs: nothing could have traced it.
+    cgroup.run(&mut dd_write(&path, 32));
+    MemCgroup::settle_stats();
+    let resident = resident_bytes(&File::open(&path).unwrap()).expect("mincore");
+    let shmem = shmem_of(&cgroup);
+    assert_near("the kernel's resident bytes", resident, 32 * MIB, 0);
+    assert_near("the memcg's shmem", shmem, 32 * MIB, 64 * 4096);
+
+    let explained = explain_json(&cgroup.path);
+    let files = explained["files"].as_array().expect("files");
+    let file = files
+        .iter()
+        .find(|f| f["path"].as_str() == path.to_str())
+        .unwrap_or_else(|| panic!("explain names {}: {files:?}", path.display()));
+    assert_near(
+        "explain's bytes vs mincore",
+        file["cached_bytes"].as_u64().unwrap(),
+        resident,
+        4 * 4096,
+    );
+    let coverage = explained["coverage"].as_f64().expect("coverage");
+    assert!(
+        coverage >= 0.95,
+        "explain covers {:.1}% of the memcg's page cache (shmem included), expected ≥ 95%",
+        coverage * 100.0
+    );
+
+    let out = memtrace(&["watch", "--json", "--count", "1", "--no-seed"])
+        .output()
+        .expect("run memtrace watch");
+    assert!(out.status.success(), "watch exited with {}", out.status);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let report: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a report")).expect("JSON");
+    let cg = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("watch reports the memcg");
+    let file = cg["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str() == path.to_str())
+        .expect("watch names the tmpfs file");
+    assert_eq!(file["fs"].as_str(), Some("tmpfs"));
+    assert_eq!(
+        file["provenance"].as_str(),
+        Some("exact"),
+        "memcg read per page"
+    );
+    assert_near(
+        "watch's bytes vs mincore",
+        file["cached_bytes"].as_u64().unwrap(),
+        resident,
+        4 * 4096,
+    );
+    assert_near(
+        "watch's cgroup total vs memory.stat shmem",
+        cg["cached_bytes"].as_u64().unwrap(),
+        shmem,
+        shmem / 50,
+    );
+}
