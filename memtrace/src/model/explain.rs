@@ -45,6 +45,9 @@ pub struct ExplainedFile {
     pub path: Option<Arc<str>>,
     pub host_path: Option<Arc<str>>,
     pub cached_bytes: u64,
+    /// `tmpfs` for tmpfs/shmem files (measured, and not reclaimable without swap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs: Option<&'static str>,
     /// From cachestat(2) on the file, when it can still be opened.
     pub dirty_bytes: Option<u64>,
     pub writeback_bytes: Option<u64>,
@@ -104,6 +107,7 @@ pub fn files_of_target(
                     path: f.path.clone(),
                     host_path: f.host_path.clone(),
                     cached_bytes: f.cached_bytes,
+                    fs: f.fs,
                     dirty_bytes: f.dirty_bytes,
                     writeback_bytes: f.writeback_bytes,
                     seeded_active_bytes: f.seeded_active_bytes,
@@ -204,7 +208,10 @@ fn verdict(e: &Explanation) -> Vec<String> {
         human_bytes(top.cached_bytes),
         percent(top.cached_bytes, cache.max(e.attributed_bytes))
     );
-    if top.layer == Some(Layer::Upper) {
+    let on_tmpfs = top.fs == Some("tmpfs");
+    if on_tmpfs {
+        line += ", on tmpfs (shmem)";
+    } else if top.layer == Some(Layer::Upper) {
         line += ", in the container's writable layer";
     }
     if top.deleted {
@@ -228,6 +235,13 @@ fn verdict(e: &Explanation) -> Vec<String> {
         human_bytes(memory.active_file_bytes),
         human_bytes(memory.inactive_file_bytes),
     ));
+    // Worth a line when it matters: a top file on tmpfs, or a twentieth of the cache.
+    if on_tmpfs || memory.shmem_bytes > cache / 20 {
+        lines.push(format!(
+            "{} of the page cache is shmem (tmpfs, memory emptyDir volumes, /dev/shm, memfds): the kernel cannot reclaim it without swap.",
+            human_bytes(memory.shmem_bytes)
+        ));
+    }
     if memory.dirty_bytes + memory.writeback_bytes > 0 {
         lines.push(format!(
             "{} is dirty and {} under writeback: it cannot be reclaimed until written to disk.",
@@ -236,7 +250,9 @@ fn verdict(e: &Explanation) -> Vec<String> {
         ));
     }
     let looks_like_log = name.ends_with(".log") || name.contains("/log");
-    lines.push(if top.deleted {
+    lines.push(if on_tmpfs {
+        "Fix: delete what the program no longer needs from the tmpfs, or cap it (a Kubernetes emptyDir's sizeLimit, tmpfs size=); its pages stay until the file is deleted or truncated.".to_owned()
+    } else if top.deleted {
         "Fix: restart or signal the process holding the deleted file (logrotate copytruncate or a reopen on SIGHUP avoids this).".to_owned()
     } else if looks_like_log {
         "Fix: lower the log level, rotate and cap the log, or log to stdout or a volume with its own limits; `fadvise(DONTNEED)` or truncating a rotated log frees its cache.".to_owned()
@@ -246,7 +262,7 @@ fn verdict(e: &Explanation) -> Vec<String> {
     if let Some(coverage) = e.coverage {
         if coverage < 0.9 {
             lines.push(format!(
-                "memtrace accounts for {:.0}% of the page cache; the rest ({}) is in files it did not find (tmpfs/shmem, files not open and outside container layers and log directories).",
+                "memtrace accounts for {:.0}% of the page cache; the rest ({}) is in files it did not find (files not open and outside container layers and log directories, or tmpfs files past the scan's limits).",
                 coverage * 100.0,
                 human_bytes(e.unattributed_bytes)
             ));
@@ -296,6 +312,7 @@ mod tests {
             path: Some("/tmp/spring.log".into()),
             host_path: Some("/var/lib/x/diff/tmp/spring.log".into()),
             cached_bytes: bytes,
+            fs: None,
             dirty_bytes: Some(0),
             writeback_bytes: Some(0),
             seeded_active_bytes: 0,
@@ -356,5 +373,24 @@ mod tests {
             text.contains("accounts for 40% of the page cache"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn verdict_says_tmpfs_is_not_reclaimable_and_how_to_cap_it() {
+        let memory = MemoryFigures {
+            usage_bytes: 100 << 20,
+            page_cache_bytes: 64 << 20,
+            shmem_bytes: 64 << 20,
+            ..MemoryFigures::default()
+        };
+        let mut cache = log_file(64 << 20);
+        cache.path = Some("/cache/data.bin".into());
+        cache.fs = Some("tmpfs");
+        let text = explanation(vec![cache], memory).verdict.join("\n");
+        assert!(text.contains("/cache/data.bin holds 64.0 MiB"), "{text}");
+        assert!(text.contains("on tmpfs (shmem)"), "{text}");
+        assert!(text.contains("cannot reclaim it without swap"), "{text}");
+        assert!(text.contains("sizeLimit"), "{text}");
+        assert!(!text.contains("writable layer"), "{text}");
     }
 }

@@ -66,6 +66,9 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
             .or(f.host_path.as_deref())
             .unwrap_or("(unnamed)");
         let mut notes = Vec::new();
+        if let Some(fs) = f.fs {
+            notes.push(fs.to_owned());
+        }
         if f.deleted {
             notes.push("deleted".to_owned());
         }

@@ -174,6 +174,7 @@ pub(crate) fn fixed_explanation() -> Explanation {
             path: Some("/tmp/spring.log".into()),
             host_path: Some("/var/lib/snap/7/fs/tmp/spring.log".into()),
             cached_bytes: 780 << 20,
+            fs: None,
             dirty_bytes: Some(2 << 20),
             writeback_bytes: Some(0),
             seeded_active_bytes: 0,

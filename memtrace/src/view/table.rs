@@ -155,6 +155,9 @@ fn file_label(file: &FileUsage) -> String {
     if file.deleted {
         label += " [deleted]";
     }
+    if let Some(fs) = file.fs {
+        label += &format!(" [{fs}]");
+    }
     if let Some(writer) = file.writers.first() {
         label += &format!("  [writer {} pid {}", writer.comm, writer.pid);
         if let Some(rate) = file.write_rate_bytes_per_second.filter(|r| *r > 0.0) {

@@ -452,6 +452,9 @@ impl TopState {
                 if f.deleted {
                     name += " [deleted]";
                 }
+                if let Some(fs) = f.fs {
+                    name += &format!(" [{fs}]");
+                }
                 if let (Some(layer), Some(host)) = (f.layer, f.host_path.as_deref()) {
                     name += &format!("  ({} layer {host})", format!("{layer:?}").to_lowercase());
                 }
