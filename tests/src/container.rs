@@ -27,6 +27,8 @@ pub struct OverlayContainer {
     pub upper: PathBuf,
     /// The overlay mount: the container's root filesystem.
     pub rootfs: PathBuf,
+    /// runc's `cgroupsPath`: `/memtrace-tests/<id>`, or where a kubelet would put it.
+    pub cgroups_path: String,
     base: PathBuf,
 }
 
@@ -57,7 +59,21 @@ impl OverlayContainer {
     /// Like `start`, with a memory-backed tmpfs (as a Kubernetes memory `emptyDir`) mounted at
     /// each of `tmpfs` in the container only.
     pub fn start_with_tmpfs(name: &str, script: &str, tmpfs: &[&str]) -> Self {
-        Self::start_full(name, script, |_| {}, &[], tmpfs)
+        let id = format!("{name}-{}", std::process::id());
+        Self::start_full(id, None, script, |_| {}, &[], tmpfs)
+    }
+
+    /// Starts container `id` in the cgroup `cgroups_path` (as a kubelet's systemd driver
+    /// would place it: `/kubepods.slice/.../cri-containerd-<id>.scope`).
+    pub fn start_in_cgroup(id: &str, cgroups_path: &str, script: &str) -> Self {
+        Self::start_full(
+            id.to_owned(),
+            Some(cgroups_path.to_owned()),
+            script,
+            |_| {},
+            &[],
+            &[],
+        )
     }
 
     /// Like `start_with_image`, with host directories bind-mounted read-only (host, container).
@@ -67,17 +83,19 @@ impl OverlayContainer {
         extend: impl FnOnce(&Path),
         binds: &[(&str, &str)],
     ) -> Self {
-        Self::start_full(name, script, extend, binds, &[])
+        let id = format!("{name}-{}", std::process::id());
+        Self::start_full(id, None, script, extend, binds, &[])
     }
 
     fn start_full(
-        name: &str,
+        id: String,
+        cgroups_path: Option<String>,
         script: &str,
         extend: impl FnOnce(&Path),
         binds: &[(&str, &str)],
         tmpfs: &[&str],
     ) -> Self {
-        let id = format!("{name}-{}", std::process::id());
+        let cgroups_path = cgroups_path.unwrap_or_else(|| format!("/memtrace-tests/{id}"));
         let base = Path::new(BASE).join(&id);
         if base.exists() {
             let _ = Command::new("umount").arg(base.join("merged")).status();
@@ -107,6 +125,7 @@ impl OverlayContainer {
             image,
             upper,
             rootfs,
+            cgroups_path,
             base,
         };
         container.write_config(&bundle, script, binds, tmpfs);
@@ -142,7 +161,7 @@ impl OverlayContainer {
         process.remove("rlimits");
         process.insert("terminal".into(), Value::Bool(false));
         process.insert("args".into(), serde_json::json!(["sh", "-c", script]));
-        config["linux"]["cgroupsPath"] = Value::String(format!("/memtrace-tests/{}", self.id));
+        config["linux"]["cgroupsPath"] = Value::String(self.cgroups_path.clone());
         let mounts = config["mounts"].as_array_mut().expect("mounts");
         for (host, inside) in binds {
             mounts.push(serde_json::json!({
@@ -225,6 +244,26 @@ impl Drop for OverlayContainer {
         }
         let _ = Command::new("umount").arg(&self.rootfs).status();
         let _ = fs::remove_dir_all(&self.base);
+        // runc removes the container's own cgroup; slices made for it above that stay.
+        if !self.cgroups_path.starts_with("/memtrace-tests/") {
+            remove_parent_cgroups(&self.cgroups_path);
+        }
+    }
+}
+
+/// Removes the (now empty) parents of `cgroups_path` in every mounted hierarchy.
+fn remove_parent_cgroups(cgroups_path: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
+    let mut parent = Path::new(cgroups_path).parent();
+    while let Some(dir) = parent.filter(|p| p != &Path::new("/")) {
+        let relative = dir.strip_prefix("/").unwrap_or(dir);
+        for root in roots.iter().chain([PathBuf::from("/sys/fs/cgroup")].iter()) {
+            let _ = fs::remove_dir(root.join(relative));
+        }
+        parent = dir.parent();
     }
 }
 

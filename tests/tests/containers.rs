@@ -234,3 +234,39 @@ fn a_memory_emptydir_inside_a_container_is_named_with_the_container() {
     );
     assert!(report.shmem.mounts >= 1, "{:?}", report.shmem);
 }
+
+#[test]
+fn a_container_in_a_kubelet_systemd_slice_is_recognized_with_its_pod() {
+    let mut tracer = start_tracer();
+    // As a kubelet with the systemd cgroup driver and containerd place a burstable pod's
+    // container: runc is given the same path, so the cgroup is named exactly so.
+    let uid = format!("5d1c6c4e-7a2b-4c3d-9e8f-{:012x}", std::process::id());
+    let id = format!("{:064x}", 0xc0de_0000_u64 + u64::from(std::process::id()));
+    let slice = format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    );
+    let pod = OverlayContainer::start_in_cgroup(
+        &id,
+        &format!("{slice}/cri-containerd-{id}.scope"),
+        "dd if=/dev/zero of=/tmp/app.log bs=1M count=8 2>/dev/null; touch /tmp/done; sleep 600",
+    );
+    pod.wait_for("/tmp/done", STARTUP);
+    let report = tracer.snapshot().expect("snapshot");
+    let cg = cgroup_in(&report, pod.cgroup_id()).expect("the container's cgroup is reported");
+    assert!(
+        cg.path
+            .as_deref()
+            .is_some_and(|p| p.ends_with(&format!("cri-containerd-{id}.scope"))),
+        "{:?}",
+        cg.path
+    );
+    let container = cg.container.as_ref().expect("recognized as a container");
+    assert_eq!(container.runtime, memtrace::model::Runtime::Containerd);
+    assert_eq!(container.id, id);
+    let pod_info = container.pod.as_ref().expect("the pod, from the slice");
+    assert_eq!(pod_info.uid, uid);
+    assert_eq!(pod_info.qos, "burstable");
+    let log = file_at(&report, pod.cgroup_id(), "/tmp/app.log").expect("its log, by its path");
+    assert_near("its bytes", log.cached_bytes, 8 * MIB, ONE_FOLIO);
+}
