@@ -30,8 +30,8 @@ pub(crate) const SERIES: &[(&str, &str)] = &[
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$"),
 ];
 
-/// Integration test binaries run in the guest (the ones that need neither runc nor setpriv,
-/// which the guest lacks).
+/// Integration test binaries run in the guest: all but those that need setpriv, tmux,
+/// Prometheus or a JVM, which the guest lacks.
 const GUEST_TESTS: &[&str] = &[
     "attribution",
     "writers",
@@ -39,6 +39,7 @@ const GUEST_TESTS: &[&str] = &[
     "observer",
     "btf_offsets",
     "tmpfs",
+    "containers",
 ];
 /// The suite that runs on every filesystem.
 const PER_FILESYSTEM_TEST: &str = "attribution";
@@ -59,6 +60,8 @@ const GUEST_MODULES: &[&str] = &[
     "ext4",
     "xfs",
     "btrfs",
+    // Container roots.
+    "overlay",
 ];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -131,6 +134,7 @@ fn ensure_tools() -> Result<()> {
         ("mkfs.xfs", "xfsprogs"),
         ("mkfs.btrfs", "btrfs-progs"),
         ("bpftool", "bpftool"),
+        ("runc", "runc"),
         ("xz", "xz-utils"),
         ("zstd", "zstd"),
     ] {
@@ -207,6 +211,8 @@ fn build_guest_binaries() -> Result<GuestBinaries> {
         workspace().join("target/debug/memtrace"),
         // The BTF offset test's independent reading of the kernel's types.
         PathBuf::from("/usr/sbin/bpftool"),
+        // The containers suite's runtime.
+        PathBuf::from("/usr/sbin/runc"),
     ];
     for helper in &helpers {
         if !helper.exists() {
@@ -538,6 +544,7 @@ fn build_initramfs(
     let _ = fs::remove_dir_all(stage);
     for dir in [
         "bin", "sbin", "proc", "sys", "dev", "tmp", "var/tmp", "root", "tests", "modules", "etc",
+        "run",
     ] {
         fs::create_dir_all(stage.join(dir))?;
     }

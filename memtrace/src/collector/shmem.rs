@@ -49,7 +49,9 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// A file's owner split is read again from its pages after this long, even if its size held.
 const REMEASURE_OWNERS_AFTER: Duration = Duration::from_secs(30);
-/// Most files one scan looks at, and its time budget: past either, the scan stops and says so.
+/// Most files one scan looks at, and the time it may take: past either, the scan stops and says
+/// so, and the files it did not reach keep their last measurement (a file never measured waits
+/// for a later scan, which reaches further: files measured before cost one cachestat).
 const MAX_FILES: usize = 20_000;
 const TIME_BUDGET: Duration = Duration::from_millis(250);
 
@@ -94,195 +96,250 @@ impl ShmemScanner {
         self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY)
     }
 
-    /// Finds and measures every shmem file; returns names for the files found.
+    /// Finds and measures every shmem file; returns names for the files first found now.
     /// `memcg_of_pid` is the fallback owner when pages cannot name their memcg.
     pub fn scan(
         &mut self,
         memory_hierarchy: u32,
         page_size: u64,
-        mut memcg_of_pid: impl FnMut(u32) -> Option<u64>,
+        memcg_of_pid: impl FnMut(u32) -> Option<u64>,
     ) -> Vec<((u32, u64), SeenName)> {
         let started = Instant::now();
         self.last_scan = Some(started);
-        let mut summary = ShmemSummary::default();
-        let mut names = Vec::new();
         let Ok(reader) = PageOwnerReader::open() else {
-            return names;
+            return Vec::new();
         };
-        let mut files = HashMap::new();
-        let mut seen: HashSet<(u32, u64)> = HashSet::new();
-        let mut measured = HashMap::new();
-        let found = self.find(&mut summary, started);
-        for Found { file, name, pid } in found {
-            let Ok(meta) = file.metadata() else { continue };
-            // tmpfs has no device of its own: stat's device is the superblock's, as the
-            // kernel's counters key it.
-            let dev = super::seed::kernel_dev(libc::major(meta.dev()), libc::minor(meta.dev()));
-            let id = (dev, meta.ino());
-            if !seen.insert(id) {
-                continue;
-            }
-            self.devs.insert(dev);
-            summary.files_examined += 1;
-            if !PageOwnerReader::residency_is_honest(&file) {
-                summary.not_measurable += 1;
-                continue;
-            }
-            let Ok(resident) = resident_pages(&file, page_size as usize) else {
-                continue;
-            };
-            if resident == 0 {
-                continue;
-            }
-            let last = self.measured.remove(&id);
-            let known = last.is_some();
-            let measurement = match last {
-                Some(last)
-                    if last.resident == resident && last.at.elapsed() < REMEASURE_OWNERS_AFTER =>
-                {
-                    last
-                }
-                _ => {
-                    let Ok(owners) = reader.owners(&file) else {
-                        continue;
-                    };
-                    summary.owner_walks += 1;
-                    let mut split: Vec<(u64, ShmemPages)> = owners
-                        .by_cgroup
-                        .iter()
-                        .filter(|&(&memcg, _)| memcg != 0)
-                        .map(|(&memcg, &pages)| {
-                            let active = (owners.active * pages)
-                                .checked_div(owners.resident)
-                                .unwrap_or(0);
-                            (
-                                memcg,
-                                ShmemPages {
-                                    pages,
-                                    active_pages: active,
-                                    provenance: Provenance::Exact,
-                                },
-                            )
-                        })
-                        .collect();
-                    let owned: u64 = split.iter().map(|(_, p)| p.pages).sum();
-                    let rest = owners.resident.saturating_sub(owned);
-                    if rest > 0 {
-                        match memcg_of_pid(pid) {
-                            Some(memcg) => split.push((
-                                memcg,
-                                ShmemPages {
-                                    pages: rest,
-                                    active_pages: 0,
-                                    provenance: Provenance::InferredOwner,
-                                },
-                            )),
-                            None => summary.unattributed_bytes += rest * page_size,
-                        }
-                    }
-                    Measured {
-                        resident,
-                        at: Instant::now(),
-                        split,
-                    }
-                }
-            };
-            for (memcg, pages) in &measurement.split {
-                let key = CacheKey {
-                    cgroup_id: *memcg,
-                    ino: id.1,
-                    dev,
-                    hierarchy: memory_hierarchy,
-                };
-                let entry = files.entry(key).or_insert(ShmemPages {
-                    pages: 0,
-                    active_pages: 0,
-                    provenance: pages.provenance,
-                });
-                entry.pages += pages.pages;
-                entry.active_pages += pages.active_pages;
-                summary.cached_bytes += pages.pages * page_size;
-            }
-            summary.files_cached += 1;
-            measured.insert(id, measurement);
-            // A file already named keeps its name: naming it again would re-check it each scan.
-            if !known {
-                names.push((id, name));
+        let mut measurer = Measurer {
+            reader,
+            memory_hierarchy,
+            page_size,
+            started,
+            memcg_of_pid,
+            previous: std::mem::take(&mut self.measured),
+            measured: HashMap::new(),
+            files: HashMap::new(),
+            seen: HashSet::new(),
+            names: Vec::new(),
+            summary: ShmemSummary::default(),
+        };
+        find(&mut self.devs, &mut measurer);
+        if measurer.summary.truncated {
+            for (id, last) in std::mem::take(&mut measurer.previous) {
+                measurer.keep(id, last);
             }
         }
+        let Measurer {
+            measured,
+            files,
+            names,
+            mut summary,
+            ..
+        } = measurer;
         self.measured = measured;
         self.files = files;
         summary.seconds = started.elapsed().as_secs_f64();
         self.summary = summary;
         names
     }
+}
 
-    /// tmpfs mounts of every mount namespace, walked once per superblock; then shmem files
-    /// held open or mapped by processes.
-    fn find(&mut self, summary: &mut ShmemSummary, started: Instant) -> Vec<Found> {
-        let mut found = Vec::new();
-        let mut walked: HashSet<(u32, u32)> = HashSet::new();
-        for pid in one_pid_per_mount_namespace() {
-            let Ok(mounts) = read_mountinfo(Some(pid)) else {
-                continue;
-            };
-            for mount in mounts.iter().filter(|m| m.fs_type == "tmpfs") {
-                self.devs
-                    .insert(super::seed::kernel_dev(mount.major, mount.minor));
-                if !walked.insert((mount.major, mount.minor)) {
-                    continue;
-                }
-                let budget = Budget {
-                    started,
-                    files: &mut found,
-                    truncated: &mut summary.truncated,
-                };
-                walk_tmpfs(pid, &mount.mount_point, budget);
-            }
-        }
-        summary.mounts = walked.len();
-        let own_pid = std::process::id();
-        for (pid, link) in open_file_links() {
-            if pid == own_pid {
-                continue;
-            }
-            if found.len() >= MAX_FILES || started.elapsed() > TIME_BUDGET {
-                summary.truncated = true;
-                break;
-            }
-            let Ok(target) = fs::read_link(&link) else {
-                continue;
-            };
-            // memfds, SysV segments and shared anonymous memory live on the kernel's internal
-            // shm mount, which no mountinfo lists: known by their names, checked by statfs.
-            let text = target.as_os_str().as_bytes();
-            let internal = [&b"/memfd:"[..], b"/SYSV", b"/dev/zero (deleted)"]
-                .iter()
-                .any(|prefix| text.starts_with(prefix));
-            let on_tmpfs = internal
-                || fs::metadata(&link).is_ok_and(|m| {
-                    self.devs.contains(&super::seed::kernel_dev(
-                        libc::major(m.dev()),
-                        libc::minor(m.dev()),
-                    ))
-                });
-            if !on_tmpfs {
-                continue;
-            }
-            let Ok(file) = open_proc_link(&link) else {
-                continue;
-            };
-            if !is_tmpfs(&file) {
-                continue;
-            }
-            found.push(Found {
-                file,
-                name: name_of_link(&target),
-                pid,
-            });
-        }
-        found
+/// Measures each file as it is found (so one is open at a time), reusing a file's last owner
+/// split while its resident page count holds.
+struct Measurer<F> {
+    reader: PageOwnerReader,
+    memory_hierarchy: u32,
+    page_size: u64,
+    started: Instant,
+    memcg_of_pid: F,
+    previous: HashMap<(u32, u64), Measured>,
+    measured: HashMap<(u32, u64), Measured>,
+    files: HashMap<CacheKey, ShmemPages>,
+    seen: HashSet<(u32, u64)>,
+    names: Vec<((u32, u64), SeenName)>,
+    summary: ShmemSummary,
+}
+
+impl<F: FnMut(u32) -> Option<u64>> Measurer<F> {
+    /// Whether finding must stop: too many files, or its time is up.
+    fn spent(&mut self) -> bool {
+        let spent =
+            self.summary.files_examined >= MAX_FILES || self.started.elapsed() > TIME_BUDGET;
+        self.summary.truncated |= spent;
+        spent
     }
+
+    fn visit(&mut self, devs: &mut HashSet<u32>, Found { file, name, pid }: Found) {
+        let Ok(meta) = file.metadata() else { return };
+        // tmpfs has no device of its own: stat's device is the superblock's, as the kernel's
+        // counters key it.
+        let dev = super::seed::kernel_dev(libc::major(meta.dev()), libc::minor(meta.dev()));
+        let id = (dev, meta.ino());
+        if !self.seen.insert(id) {
+            return;
+        }
+        devs.insert(dev);
+        self.summary.files_examined += 1;
+        let last = self.previous.remove(&id);
+        let known = last.is_some();
+        if !PageOwnerReader::residency_is_honest(&file) {
+            self.summary.not_measurable += 1;
+            return;
+        }
+        let Ok(resident) = resident_pages(&file, self.page_size as usize) else {
+            return;
+        };
+        if resident == 0 {
+            return;
+        }
+        let measurement = match last {
+            Some(last)
+                if last.resident == resident && last.at.elapsed() < REMEASURE_OWNERS_AFTER =>
+            {
+                last
+            }
+            _ => match self.owners(&file, pid, resident) {
+                Some(measurement) => measurement,
+                None => return,
+            },
+        };
+        self.keep(id, measurement);
+        // A file already named keeps its name: naming it again would re-check it each scan.
+        if !known {
+            self.names.push((id, name));
+        }
+    }
+
+    /// Reads which memcg holds each resident page.
+    fn owners(&mut self, file: &File, pid: u32, resident: u64) -> Option<Measured> {
+        let owners = self.reader.owners(file).ok()?;
+        self.summary.owner_walks += 1;
+        let mut split: Vec<(u64, ShmemPages)> = owners
+            .by_cgroup
+            .iter()
+            .filter(|&(&memcg, _)| memcg != 0)
+            .map(|(&memcg, &pages)| {
+                let active = (owners.active * pages)
+                    .checked_div(owners.resident)
+                    .unwrap_or(0);
+                (
+                    memcg,
+                    ShmemPages {
+                        pages,
+                        active_pages: active,
+                        provenance: Provenance::Exact,
+                    },
+                )
+            })
+            .collect();
+        let owned: u64 = split.iter().map(|(_, p)| p.pages).sum();
+        let rest = owners.resident.saturating_sub(owned);
+        if rest > 0 {
+            match (self.memcg_of_pid)(pid) {
+                Some(memcg) => split.push((
+                    memcg,
+                    ShmemPages {
+                        pages: rest,
+                        active_pages: 0,
+                        provenance: Provenance::InferredOwner,
+                    },
+                )),
+                None => self.summary.unattributed_bytes += rest * self.page_size,
+            }
+        }
+        Some(Measured {
+            resident,
+            at: Instant::now(),
+            split,
+        })
+    }
+
+    fn keep(&mut self, id: (u32, u64), measurement: Measured) {
+        for (memcg, pages) in &measurement.split {
+            add_pages(&mut self.files, self.memory_hierarchy, id, *memcg, pages);
+            self.summary.cached_bytes += pages.pages * self.page_size;
+        }
+        self.summary.files_cached += 1;
+        self.measured.insert(id, measurement);
+    }
+}
+
+/// tmpfs mounts of every mount namespace, walked once per superblock; then shmem files held
+/// open or mapped by processes. Each file found goes to the measurer at once.
+fn find<F: FnMut(u32) -> Option<u64>>(devs: &mut HashSet<u32>, measurer: &mut Measurer<F>) {
+    let mut walked: HashSet<(u32, u32)> = HashSet::new();
+    for pid in one_pid_per_mount_namespace() {
+        let Ok(mounts) = read_mountinfo(Some(pid)) else {
+            continue;
+        };
+        for mount in mounts.iter().filter(|m| m.fs_type == "tmpfs") {
+            devs.insert(super::seed::kernel_dev(mount.major, mount.minor));
+            if walked.insert((mount.major, mount.minor)) {
+                walk_tmpfs(pid, &mount.mount_point, &mut |found| {
+                    measurer.visit(devs, found);
+                    !measurer.spent()
+                });
+            }
+        }
+    }
+    measurer.summary.mounts = walked.len();
+    let own_pid = std::process::id();
+    for (pid, link) in open_file_links() {
+        if pid == own_pid {
+            continue;
+        }
+        if measurer.spent() {
+            break;
+        }
+        let Ok(target) = fs::read_link(&link) else {
+            continue;
+        };
+        // memfds, SysV segments and shared anonymous memory live on the kernel's internal shm
+        // mount, which no mountinfo lists: known by their names, checked by statfs.
+        let text = target.as_os_str().as_bytes();
+        let internal = [&b"/memfd:"[..], b"/SYSV", b"/dev/zero (deleted)"]
+            .iter()
+            .any(|prefix| text.starts_with(prefix));
+        let on_tmpfs = internal
+            || fs::metadata(&link).is_ok_and(|m| {
+                devs.contains(&super::seed::kernel_dev(
+                    libc::major(m.dev()),
+                    libc::minor(m.dev()),
+                ))
+            });
+        if !on_tmpfs {
+            continue;
+        }
+        let Ok(file) = open_proc_link(&link) else {
+            continue;
+        };
+        if !is_tmpfs(&file) {
+            continue;
+        }
+        let name = name_of_link(&target);
+        measurer.visit(devs, Found { file, name, pid });
+    }
+}
+
+fn add_pages(
+    files: &mut HashMap<CacheKey, ShmemPages>,
+    hierarchy: u32,
+    (dev, ino): (u32, u64),
+    memcg: u64,
+    pages: &ShmemPages,
+) {
+    let key = CacheKey {
+        cgroup_id: memcg,
+        ino,
+        dev,
+        hierarchy,
+    };
+    let entry = files.entry(key).or_insert(ShmemPages {
+        pages: 0,
+        active_pages: 0,
+        provenance: pages.provenance,
+    });
+    entry.pages += pages.pages;
+    entry.active_pages += pages.active_pages;
 }
 
 /// The name /proc gives a shmem file: memfds and SysV segments are always "deleted" (they
@@ -331,24 +388,10 @@ fn one_pid_per_mount_namespace() -> Vec<u32> {
     pids
 }
 
-/// Where a walk puts what it finds, and when it must stop.
-struct Budget<'a> {
-    started: Instant,
-    files: &'a mut Vec<Found>,
-    truncated: &'a mut bool,
-}
-
-impl Budget<'_> {
-    fn spent(&mut self) -> bool {
-        let spent = self.files.len() >= MAX_FILES || self.started.elapsed() > TIME_BUDGET;
-        *self.truncated |= spent;
-        spent
-    }
-}
-
 /// Walks the tmpfs mounted at `mount_point` in `pid`'s mount namespace (as that process sees
-/// it, through /proc/<pid>/root), staying on that filesystem.
-fn walk_tmpfs(pid: u32, mount_point: &Path, mut budget: Budget) {
+/// it, through /proc/<pid>/root), staying on that filesystem; hands each regular file to
+/// `visit`, and stops when it returns false.
+fn walk_tmpfs(pid: u32, mount_point: &Path, visit: &mut dyn FnMut(Found) -> bool) {
     let Ok(root) = open_path(None, Path::new(&format!("/proc/{pid}/root")), 0) else {
         return;
     };
@@ -367,11 +410,9 @@ fn walk_tmpfs(pid: u32, mount_point: &Path, mut budget: Budget) {
     if !top_meta.is_dir() || !is_tmpfs(&top) {
         return;
     }
+    let on_host = is_own_mount_namespace(pid);
     let mut pending = vec![PathBuf::new()];
     while let Some(dir) = pending.pop() {
-        if budget.spent() {
-            return;
-        }
         let Ok(handle) = open_beneath(&top, &dir, libc::O_RDONLY | libc::O_DIRECTORY) else {
             continue;
         };
@@ -386,20 +427,20 @@ fn walk_tmpfs(pid: u32, mount_point: &Path, mut budget: Budget) {
             if kind.is_dir() {
                 pending.push(child);
             } else if kind.is_file() {
-                if budget.spent() {
-                    return;
-                }
                 if let Ok(file) = open_file_beneath(&top, &child) {
-                    budget.files.push(Found {
+                    let found = Found {
                         file,
                         name: SeenName {
                             path: mount_point.join(&child),
                             // Only the host's own namespace names host paths.
-                            on_host: is_own_mount_namespace(pid),
+                            on_host,
                             deleted: false,
                         },
                         pid,
-                    });
+                    };
+                    if !visit(found) {
+                        return;
+                    }
                 }
             }
         }
