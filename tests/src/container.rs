@@ -133,8 +133,14 @@ impl OverlayContainer {
         // a caller would wait on.
         let log_path = container.base.join("runc.log");
         let log = fs::File::create(&log_path).expect("create runc log");
-        let status = Command::new("runc")
-            .args(["run", "-d", "--bundle"])
+        let mut runc = Command::new("runc");
+        runc.args(["run", "-d"]);
+        // A VM's initramfs root cannot be pivoted away from: runc must not try.
+        if root_is_initramfs() {
+            runc.arg("--no-pivot");
+        }
+        let status = runc
+            .arg("--bundle")
             .arg(&bundle)
             .arg(&container.id)
             .stdin(Stdio::null())
@@ -249,6 +255,20 @@ impl Drop for OverlayContainer {
             remove_parent_cgroups(&self.cgroups_path);
         }
     }
+}
+
+/// Whether `/` is the kernel's initial rootfs (an initramfs), where pivot_root is refused.
+fn root_is_initramfs() -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let fs_type = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next());
+            fields.get(4) == Some(&"/") && fs_type == Some("rootfs")
+        })
+    })
 }
 
 /// Removes the (now empty) parents of `cgroups_path` in every mounted hierarchy.

@@ -270,3 +270,52 @@ fn a_container_in_a_kubelet_systemd_slice_is_recognized_with_its_pod() {
     let log = file_at(&report, pod.cgroup_id(), "/tmp/app.log").expect("its log, by its path");
     assert_near("its bytes", log.cached_bytes, 8 * MIB, ONE_FOLIO);
 }
+
+#[test]
+fn explain_names_a_pods_log_written_before_memtrace_started() {
+    // The story, with busybox as the logger (light enough for the VMs): a container in a
+    // kubelet-style pod slice writes a log held open, and only then does memtrace start.
+    let uid = format!("7e2f1a3b-4c5d-4e6f-8a9b-{:012x}", std::process::id());
+    let id = format!("{:064x}", 0xe7a1_0000_u64 + u64::from(std::process::id()));
+    let slice = format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    );
+    let pod = OverlayContainer::start_in_cgroup(
+        &id,
+        &format!("{slice}/cri-containerd-{id}.scope"),
+        "exec 3>/tmp/spring.log; dd if=/dev/zero bs=1M count=48 >&3 2>/dev/null; \
+         touch /tmp/done; sleep 600",
+    );
+    pod.wait_for("/tmp/done", STARTUP);
+    let e = memtrace_tests::explain_json(&id);
+    assert_eq!(e["target"]["container"]["id"].as_str(), Some(id.as_str()));
+    assert_eq!(
+        e["target"]["container"]["pod"]["uid"].as_str(),
+        Some(uid.as_str())
+    );
+    let top = &e["files"][0];
+    assert_eq!(
+        top["path"].as_str(),
+        Some("/tmp/spring.log"),
+        "the log is named first: {e:#}"
+    );
+    let host = pod.upper_path("/tmp/spring.log");
+    let mincore = resident_bytes(&File::open(&host).unwrap()).unwrap();
+    let cached = top["cached_bytes"].as_u64().unwrap();
+    assert_near("the log vs mincore (±5%)", cached, mincore, mincore / 20);
+    assert!(cached >= 40 * MIB, "the log is 48 MiB: {cached}");
+    let coverage = e["coverage"].as_f64().expect("coverage");
+    assert!(
+        coverage >= 0.95,
+        "explain covers {:.1}% of the container's memory.stat page cache, expected ≥ 95%",
+        coverage * 100.0
+    );
+    let holder = top["writers"].as_array().expect("writers");
+    assert!(
+        holder
+            .iter()
+            .any(|w| w["comm"] == "sleep" || w["comm"] == "sh"),
+        "the process holding the log open for writing is named: {holder:?}"
+    );
+}
