@@ -1,10 +1,15 @@
 //! `cargo xtask bench`: what memtrace costs, measured as ratios of interleaved runs.
 //!
-//! Each round runs every workload with no tracer, with memtrace, and with a bpftrace script
-//! aggregating the same tracepoints per (cgroup, dev, ino), in a rotating order so machine
-//! noise lands on all three alike. Results go to target/bench/report.{md,json}.
+//! Each round runs every workload with no tracer, with memtrace, with a bpftrace script
+//! aggregating the same tracepoints per (cgroup, dev, ino), and with two floors (empty programs
+//! on memtrace's own hooks), in a rotating order so machine noise lands on all alike. Then one
+//! run per workload with the kernel's BPF stats on says where memtrace's nanoseconds go, per
+//! program, beside the floor's. The many-files workload interleaves the same way, with
+//! memtrace's output read as it comes. Results go to target/bench/report.{md,json} and the
+//! README's Performance table; a missed goal fails the command after the report is written.
 
 use std::{
+    collections::HashMap,
     fs,
     io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
@@ -108,6 +113,8 @@ impl Tracer {
 
 pub(crate) struct BenchOptions {
     pub rounds: usize,
+    /// Interleaved rounds of the many-files workload (each is three runs of 100,000 files).
+    pub rounds_many: usize,
     pub seconds: f64,
     pub files: usize,
     pub cgroups: usize,
@@ -241,7 +248,20 @@ fn workload(churn: &Path, args: &[&str]) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    serde_json::from_slice(&out.stdout).context("page-churn output")
+    let result: Value = serde_json::from_slice(&out.stdout).context("page-churn output")?;
+    match result["pages_per_second"].as_f64() {
+        Some(rate) if rate.is_finite() && rate > 0.0 => Ok(result),
+        _ => bail!("page-churn {args:?} reported no rate: {result}"),
+    }
+}
+
+/// A median that must exist: a rate that could not be measured is an error, not 0.
+fn measured(what: &str, values: Vec<f64>) -> Result<f64> {
+    let value = median(values.into_iter().filter(|v| v.is_finite()).collect());
+    if value.is_nan() {
+        bail!("{what} could not be measured");
+    }
+    Ok(value)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -262,6 +282,69 @@ struct Sample {
     pages_per_second: f64,
     /// memtrace's own CPU time over the run, as a fraction of one core.
     tracer_cpu: Option<f64>,
+}
+
+/// The page-churn workloads: name, and bytes per write (0 for reads).
+const WORKLOADS: &[(&str, u64)] = &[("churn", 4096), ("churn-1m", 1 << 20), ("read-churn", 0)];
+
+impl Floor {
+    /// Kernel program runs per page a workload causes on these hooks: one add and one delete,
+    /// plus the writer hook: fexit on `vfs_write` runs once per write call, the fallback
+    /// (`writeback_dirty_folio`) once per page dirtied.
+    fn events_per_page(&self, write_bytes: u64) -> f64 {
+        let has = |name: &str| self.hooks.iter().any(|(n, _)| n == name);
+        let writer = if write_bytes == 0 {
+            0.0
+        } else if has("vfs_write") {
+            4096.0 / write_bytes as f64
+        } else if has("writeback_dirty_folio") {
+            1.0
+        } else {
+            0.0
+        };
+        2.0 + writer
+    }
+
+    fn describe(&self) -> String {
+        self.hooks
+            .iter()
+            .map(|(name, kind)| format!("{name} ({kind})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One goal of the performance issue, and whether this run met it.
+struct Goal {
+    what: String,
+    measured: String,
+    met: bool,
+}
+
+impl Goal {
+    fn at_least(what: &str, value: f64, target: f64, shown: String) -> Self {
+        Self {
+            what: format!("{what} ≥ {}", percent_or_plain(target)),
+            measured: shown,
+            met: value >= target,
+        }
+    }
+
+    fn at_most(what: &str, value: f64, target: f64, unit: &str) -> Self {
+        Self {
+            what: format!("{what} ≤ {target} {unit}"),
+            measured: format!("{value:.1} {unit}"),
+            met: value <= target,
+        }
+    }
+}
+
+fn percent_or_plain(value: f64) -> String {
+    if value <= 1.0 {
+        format!("{:.0}%", value * 100.0)
+    } else {
+        format!("{value}")
+    }
 }
 
 pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
@@ -295,15 +378,7 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     let memtrace = workspace().join("target/release/memtrace");
     let churn = workspace().join("target/release/page-churn");
     let floor = Floor::discover(&memtrace)?;
-    eprintln!(
-        "xtask: memtrace's hooks here: {}",
-        floor
-            .hooks
-            .iter()
-            .map(|(name, kind)| format!("{name} ({kind})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    eprintln!("xtask: memtrace's hooks here: {}", floor.describe());
     let work = PathBuf::from(WORK_DIR);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -318,10 +393,12 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
         Tracer::EmptyBtfProbes,
     ];
     let mut results = serde_json::Map::new();
+    let mut goals = Vec::new();
     let mut markdown = String::from(
-        "| workload | tracer | pages/s (median) | throughput vs none | ns added per page event | tracer CPU (1 core) |\n|---|---|---:|---:|---:|---:|\n",
+        "| workload | tracer | pages/s (median) | throughput vs none | ns added per program run | over the tp_btf floor | memtrace CPU (1 core) |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
-    for (name, events_per_page) in [("churn", 2.0), ("read-churn", 2.0)] {
+    for &(name, write_bytes) in WORKLOADS {
+        let events_per_page = floor.events_per_page(write_bytes);
         let mut samples: Vec<Vec<Sample>> = Vec::new();
         for round in 0..options.rounds {
             let mut this_round = Vec::new();
@@ -338,9 +415,9 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
                         (r.cpu_ticks() - r.cpu_ticks_at_start) as f64 / ticks_per_second() / wall
                     });
                 drop(running);
-                let pages_per_second = result["pages_per_second"].as_f64().unwrap_or(0.0);
+                let pages_per_second = result["pages_per_second"].as_f64().unwrap_or(f64::NAN);
                 eprintln!(
-                    "bench {name} round {round} {:>8}: {pages_per_second:.0} pages/s",
+                    "bench {name} round {round} {:>12}: {pages_per_second:.0} pages/s",
                     tracer.name()
                 );
                 this_round.push(Sample {
@@ -357,31 +434,41 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
                 .find(|s| s.tracer == t)
                 .map_or(f64::NAN, |s| s.pages_per_second)
         };
-        let base = median(samples.iter().map(|r| rate(r, Tracer::None)).collect());
+        let base = measured(
+            &format!("{name} without a tracer"),
+            samples.iter().map(|r| rate(r, Tracer::None)).collect(),
+        )?;
         let mut entry = serde_json::Map::new();
         entry.insert("none_pages_per_second".into(), json!(base));
+        entry.insert("program_runs_per_page".into(), json!(events_per_page));
         for tracer in [
             Tracer::Memtrace,
             Tracer::Bpftrace,
             Tracer::EmptyProbes,
             Tracer::EmptyBtfProbes,
         ] {
+            let what = format!("{name} with {}", tracer.name());
             // Paired ratios: each round's run against the same round's baseline.
-            let ratio = median(
+            let ratio = measured(
+                &what,
                 samples
                     .iter()
                     .map(|r| rate(r, tracer) / rate(r, Tracer::None))
                     .collect(),
-            );
-            let added_ns = median(
-                samples
-                    .iter()
-                    .map(|r| {
-                        (1.0 / rate(r, tracer) - 1.0 / rate(r, Tracer::None)) / events_per_page
-                            * 1e9
-                    })
-                    .collect(),
-            );
+            )?;
+            let per_run_ns = |against: Tracer| {
+                measured(
+                    &what,
+                    samples
+                        .iter()
+                        .map(|r| {
+                            (1.0 / rate(r, tracer) - 1.0 / rate(r, against)) / events_per_page * 1e9
+                        })
+                        .collect(),
+                )
+            };
+            let added_ns = per_run_ns(Tracer::None)?;
+            let over_floor_ns = per_run_ns(Tracer::EmptyBtfProbes)?;
             let cpu = median(
                 samples
                     .iter()
@@ -390,14 +477,20 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
                     .filter_map(|s| s.tracer_cpu)
                     .collect(),
             );
-            let pages = median(samples.iter().map(|r| rate(r, tracer)).collect());
+            let pages = measured(&what, samples.iter().map(|r| rate(r, tracer)).collect())?;
             entry.insert(
                 tracer.name().into(),
-                json!({ "pages_per_second": pages, "throughput_ratio": ratio, "ns_added_per_event": added_ns,
+                json!({ "pages_per_second": pages, "throughput_ratio": ratio,
+                        "ns_added_per_program_run": added_ns, "ns_over_floor_per_program_run": over_floor_ns,
                         "cpu_fraction_of_one_core": if cpu.is_nan() { Value::Null } else { json!(cpu) } }),
             );
+            let over_floor = if tracer == Tracer::EmptyBtfProbes {
+                "-".to_owned()
+            } else {
+                format!("{over_floor_ns:.1}")
+            };
             markdown += &format!(
-                "| {name} | {} | {pages:.0} | {:.1}% | {added_ns:.1} | {} |\n",
+                "| {name} | {} | {pages:.0} | {:.1}% | {added_ns:.1} | {over_floor} | {} |\n",
                 tracer.name(),
                 ratio * 100.0,
                 if cpu.is_nan() {
@@ -406,32 +499,131 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
                     format!("{:.2}%", cpu * 100.0)
                 }
             );
+            if tracer == Tracer::Memtrace {
+                let floor_ratio = median(
+                    samples
+                        .iter()
+                        .map(|r| rate(r, Tracer::EmptyBtfProbes) / rate(r, Tracer::None))
+                        .collect(),
+                );
+                let shown = format!("{:.1}% (floor {:.1}%)", ratio * 100.0, floor_ratio * 100.0);
+                match name {
+                    "churn" => {
+                        goals.push(Goal::at_least("4 KiB churn throughput", ratio, 0.94, shown));
+                        goals.push(Goal::at_most(
+                            "4 KiB churn: memtrace over the floor per program run",
+                            over_floor_ns,
+                            30.0,
+                            "ns",
+                        ));
+                        goals.push(Goal::at_most(
+                            "userspace CPU while watching the churning node",
+                            cpu * 100.0,
+                            1.0,
+                            "% of a core",
+                        ));
+                    }
+                    _ => goals.push(Goal::at_least(
+                        &format!("{name} throughput"),
+                        ratio,
+                        0.98,
+                        shown,
+                    )),
+                }
+            }
         }
-        markdown += &format!("| {name} | none | {base:.0} | 100% | - | - |\n");
+        markdown += &format!("| {name} | none | {base:.0} | 100% | - | - | - |\n");
         results.insert(name.into(), Value::Object(entry));
     }
 
+    let programs = program_costs(&memtrace, &churn, &dir, &seconds, &floor)?;
+    markdown += "\nWhere the time goes, from the kernel's BPF stats (one run per workload with `kernel.bpf_stats_enabled=1`, which adds its own few ns per run to both columns):\n\n| workload | program | runs per page | ns per run | empty floor program's ns per run |\n|---|---|---:|---:|---:|\n";
+    for row in programs.as_array().into_iter().flatten() {
+        markdown += &format!(
+            "| {} | {} | {:.3} | {:.1} | {} |\n",
+            row["workload"].as_str().unwrap_or(""),
+            row["program"].as_str().unwrap_or(""),
+            row["runs_per_page"].as_f64().unwrap_or(f64::NAN),
+            row["ns_per_run"].as_f64().unwrap_or(f64::NAN),
+            row["floor_ns_per_run"]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.1}")),
+        );
+    }
+    results.insert("programs".into(), programs);
+
     let many = many_files(options, &memtrace, &churn, &work)?;
     let mode = |name: &str, key: &str| many[name][key].as_f64().unwrap_or(f64::NAN);
+    let many_ratio = many["throughput_ratio"].as_f64().unwrap_or(f64::NAN);
     markdown += &format!(
-        "\n| many files ({} files, {} cgroups) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| snapshot latency, `watch` (10 largest named) | {:.0} ms |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot latency, `watch --json` (every file named) | {:.0} ms |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
+        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot latency, `watch` (10 largest named) | {:.0} ms |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot latency, `watch --json` (every file named, serialized) | {:.0} ms |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
         options.files,
         options.cgroups,
-        many["none_files_per_second"].as_f64().unwrap_or(0.0),
-        many["memtrace_files_per_second"].as_f64().unwrap_or(0.0),
-        many["throughput_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+        options.rounds_many,
+        many["none_files_per_second"].as_f64().unwrap_or(f64::NAN),
+        many["memtrace_files_per_second"].as_f64().unwrap_or(f64::NAN),
+        many_ratio * 100.0,
+        many["unnamed_files"].as_u64().unwrap_or(u64::MAX),
         mode("table_mode", "snapshot_ms"),
         mode("table_mode", "peak_rss_mib"),
         mode("json_all_mode", "snapshot_ms"),
         mode("json_all_mode", "peak_rss_mib"),
     );
+    goals.push(Goal::at_least(
+        "many files throughput",
+        many_ratio,
+        0.90,
+        format!("{:.1}%", many_ratio * 100.0),
+    ));
+    let unnamed = many["unnamed_files"].as_u64().unwrap_or(u64::MAX);
+    goals.push(Goal {
+        what: "many files: every file with cache named".into(),
+        measured: format!("{unnamed} unnamed"),
+        met: unnamed == 0,
+    });
+    goals.push(Goal::at_most(
+        "`watch --json` at 100,000 files: peak RSS",
+        mode("json_all_mode", "peak_rss_mib"),
+        64.0,
+        "MiB",
+    ));
+    goals.push(Goal::at_most(
+        "`watch --json` at 100,000 files: snapshot, serialization included",
+        mode("json_all_mode", "snapshot_ms"),
+        100.0,
+        "ms",
+    ));
     results.insert("many_files".into(), many);
+
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     results.insert(
         "machine".into(),
-        json!({ "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-                "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        json!({ "kernel": kernel.trim(), "cpus": cpus, "hooks": floor.describe(),
                 "rounds": options.rounds, "seconds_per_run": options.seconds }),
     );
+    markdown += "\n| goal | measured | met |\n|---|---|---|\n";
+    for goal in &goals {
+        markdown += &format!(
+            "| {} | {} | {} |\n",
+            goal.what,
+            goal.measured,
+            if goal.met { "yes" } else { "**no**" }
+        );
+    }
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let header = format!(
+        "Run of {date} on Linux {} ({cpus} CPUs), {} rounds × {} s per workload. memtrace's hooks here: {}. The floor (*empty tp_btf*) is `memtrace calibrate`: empty programs on exactly those hooks.\n\n",
+        kernel.trim(),
+        options.rounds,
+        options.seconds,
+        floor.describe()
+    );
+    let markdown = header + &markdown;
 
     let out_dir = workspace().join("target/bench");
     fs::create_dir_all(&out_dir)?;
@@ -440,15 +632,131 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
         serde_json::to_vec_pretty(&Value::Object(results))?,
     )?;
     fs::write(out_dir.join("report.md"), &markdown)?;
+    write_into_readme(&markdown)?;
     println!("{markdown}");
-    println!("written to {}", out_dir.display());
+    println!(
+        "written to {} and README.md's Performance section",
+        out_dir.display()
+    );
     let _ = fs::remove_dir_all(&work);
+    let missed: Vec<&str> = goals
+        .iter()
+        .filter(|g| !g.met)
+        .map(|g| g.what.as_str())
+        .collect();
+    if !missed.is_empty() {
+        bail!("goals missed: {}", missed.join("; "));
+    }
     Ok(())
 }
 
-/// 100,000 small files across 1,000 cgroups: throughput with and without memtrace, then
-/// memtrace's snapshot latency and peak RSS with all of them tracked, both as `watch` shows
-/// them (the ten largest named) and as `watch --json` streams them (every file named).
+const README_BEGIN: &str = "<!-- bench:begin (written by cargo xtask bench) -->";
+const README_END: &str = "<!-- bench:end -->";
+
+/// Replaces the README's generated Performance table with this run's.
+fn write_into_readme(markdown: &str) -> Result<()> {
+    let path = workspace().join("README.md");
+    let text = fs::read_to_string(&path)?;
+    let (Some(begin), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        bail!("README.md has no {README_BEGIN} ... {README_END} section to write into");
+    };
+    let updated = format!(
+        "{}{README_BEGIN}\n\n{markdown}\n{}",
+        &text[..begin],
+        &text[end..]
+    );
+    fs::write(&path, updated)?;
+    Ok(())
+}
+
+/// One run per workload with the kernel's BPF stats on, for memtrace and for the floor: each
+/// program's runs per page and nanoseconds per run, as bpftool reads them.
+fn program_costs(
+    memtrace: &Path,
+    churn: &Path,
+    dir: &str,
+    seconds: &str,
+    floor: &Floor,
+) -> Result<Value> {
+    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let before = fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
+    fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let measure = || -> Result<Vec<Value>> {
+        let mut rows = Vec::new();
+        for &(name, _) in WORKLOADS {
+            let mut costs: Vec<HashMap<String, (f64, f64)>> = Vec::new();
+            for tracer in [Tracer::Memtrace, Tracer::EmptyBtfProbes] {
+                let running = start(tracer, memtrace, "2s", floor)?.context("a tracer")?;
+                let pid = running.child.id();
+                let first = programs_of(pid)?;
+                let result = workload(churn, &[name, dir, seconds])?;
+                let last = programs_of(pid)?;
+                drop(running);
+                let pages = result["pages"].as_f64().unwrap_or(f64::NAN);
+                let mut by_hook = HashMap::new();
+                for (id, (prog, time, count)) in &last {
+                    let (_, time0, count0) = first.get(id).cloned().unwrap_or_default();
+                    let runs = count.saturating_sub(count0) as f64;
+                    if runs == 0.0 {
+                        continue;
+                    }
+                    let ns = time.saturating_sub(time0) as f64 / runs;
+                    by_hook.insert(prog.clone(), (runs / pages, ns));
+                }
+                costs.push(by_hook);
+            }
+            let floor_costs = &costs[1];
+            for (program, (per_page, ns)) in &costs[0] {
+                // The floor's program for the same hook: the one running as often.
+                let floor_ns = floor_costs
+                    .values()
+                    .filter(|(p, _)| (p - per_page).abs() <= per_page * 0.05)
+                    .map(|(_, ns)| *ns)
+                    .next();
+                rows.push(
+                    json!({ "workload": name, "program": program, "runs_per_page": per_page,
+                                  "ns_per_run": ns, "floor_ns_per_run": floor_ns }),
+                );
+            }
+        }
+        Ok(rows)
+    };
+    let rows = measure();
+    let _ = fs::write(stats, before.trim());
+    Ok(Value::Array(rows?))
+}
+
+/// The BPF programs `pid` holds, by id: (name, run_time_ns, run_cnt), from `bpftool prog show`.
+fn programs_of(pid: u32) -> Result<HashMap<u64, (String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool (cargo xtask setup installs it)")?;
+    let all: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
+    let mut found = HashMap::new();
+    for prog in all.as_array().into_iter().flatten() {
+        let held = prog["pids"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["pid"].as_u64() == Some(u64::from(pid))));
+        if !held {
+            continue;
+        }
+        found.insert(
+            prog["id"].as_u64().unwrap_or(0),
+            (
+                prog["name"].as_str().unwrap_or("?").to_owned(),
+                prog["run_time_ns"].as_u64().unwrap_or(0),
+                prog["run_cnt"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    Ok(found)
+}
+
+/// 100,000 small files across 1,000 cgroups, in interleaved rounds (no tracer, `watch` with
+/// the ten largest named, `watch --json` naming every file): throughput, then memtrace's
+/// snapshot latency and peak RSS with all of them tracked. memtrace's output is read as it
+/// comes, as a real consumer would, so a blocked writer cannot flatter it.
 fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path) -> Result<Value> {
     let memory_root = Path::new("/sys/fs/cgroup/memory");
     let cgroup_root = if memory_root.join("cgroup.procs").exists() {
@@ -456,82 +764,133 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
     } else {
         Path::new("/sys/fs/cgroup/memtrace-bench").to_path_buf()
     };
+    let modes: [Option<&str>; 3] = [None, Some("top"), Some("all")];
     let mut none_rates = Vec::new();
     let mut traced_rates = Vec::new();
-    let mut modes = serde_json::Map::new();
-    // Interleaved, and each run starts from dropped caches: thousands of dying memcgs left by
-    // the previous run slow cgroup work down for everyone, which would bias the order.
-    for (run, mode) in [(0, None), (1, Some("top")), (2, Some("all")), (3, None)] {
-        sync_and_drop_caches();
-        let dir = work.join(format!("many-{run}"));
-        fs::create_dir_all(&dir)?;
-        let cgroups = cgroup_root.join(format!("run-{run}"));
-        fs::create_dir_all(&cgroups)?;
-        let running = match mode {
-            None => None,
-            Some(mode) => {
-                let mut args = vec!["watch", "--json", "--interval", "1s"];
-                if mode == "top" {
-                    args.extend(["--top", "10"]);
+    let mut by_mode: HashMap<&str, Vec<(f64, f64, u64)>> = HashMap::new();
+    let mut run = 0;
+    for round in 0..options.rounds_many {
+        for i in 0..modes.len() {
+            let mode = modes[(i + round) % modes.len()];
+            // Each run starts from dropped caches: thousands of dying memcgs left by the
+            // previous run slow cgroup work down for everyone, which would bias the order.
+            sync_and_drop_caches();
+            let dir = work.join(format!("many-{run}"));
+            fs::create_dir_all(&dir)?;
+            let cgroups = cgroup_root.join(format!("run-{run}"));
+            fs::create_dir_all(&cgroups)?;
+            run += 1;
+            let reports = match mode {
+                None => None,
+                Some(mode) => {
+                    let mut args = vec!["watch", "--json", "--interval", "1s"];
+                    if mode == "top" {
+                        args.extend(["--top", "10"]);
+                    }
+                    let mut running = start_memtrace_with(memtrace, &args, Stdio::piped(), 5)?;
+                    let stdout = running.child.stdout.take().context("memtrace stdout")?;
+                    let (tx, rx) = mpsc::channel::<String>();
+                    thread::spawn(move || {
+                        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                            if tx.send(line).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    Some((running, rx))
                 }
-                Some(start_memtrace_with(memtrace, &args, Stdio::piped(), 5)?)
-            }
-        };
-        let result = workload(
-            churn,
-            &[
-                "many-files",
-                &dir.to_string_lossy(),
-                &cgroups.to_string_lossy(),
-                &options.files.to_string(),
-                &options.cgroups.to_string(),
-            ],
-        )?;
-        let rate = result["pages_per_second"].as_f64().unwrap_or(0.0);
-        eprintln!(
-            "bench many-files run {run} {}: {rate:.0} files/s",
-            mode.unwrap_or("none")
-        );
-        if let (Some(mode), Some(mut running)) = (mode, running) {
-            traced_rates.push(rate);
-            // Reports come every second; the third after the files exist has them all named.
-            let stdout = running.child.stdout.take().context("memtrace stdout")?;
-            let mut lines = BufReader::new(stdout).lines();
-            let (mut seen, mut snapshot_ms, mut files) = (0, f64::NAN, 0);
-            while let Some(Ok(line)) = lines.next() {
-                let report: Value = serde_json::from_str(&line)?;
-                files = report["totals"]["files"].as_u64().unwrap_or(0);
-                seen += 1;
-                if files >= options.files as u64 && seen >= 3 {
-                    snapshot_ms = report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
-                    break;
-                }
-                if seen > 60 {
-                    bail!("memtrace never reported the {} files", options.files);
-                }
-            }
-            modes.insert(
-                mode.into(),
-                json!({ "snapshot_ms": snapshot_ms, "peak_rss_mib": running.peak_rss_kib() as f64 / 1024.0, "files_tracked": files }),
+            };
+            let result = workload(
+                churn,
+                &[
+                    "many-files",
+                    &dir.to_string_lossy(),
+                    &cgroups.to_string_lossy(),
+                    &options.files.to_string(),
+                    &options.cgroups.to_string(),
+                ],
+            )?;
+            let rate = result["pages_per_second"].as_f64().unwrap_or(f64::NAN);
+            eprintln!(
+                "bench many-files round {round} {:>4}: {rate:.0} files/s",
+                mode.unwrap_or("none")
             );
-            // Keep reading while it stops, so a report in flight does not block it.
-            thread::spawn(move || lines.for_each(drop));
-        } else {
-            none_rates.push(rate);
+            if let (Some(mode), Some((running, rx))) = (mode, reports) {
+                traced_rates.push(rate);
+                // The third report after the files exist has had time to name them all.
+                let (mut seen, mut found) = (0, None);
+                while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+                    let report: Value = serde_json::from_str(&line)?;
+                    let files = report["totals"]["files"].as_u64().unwrap_or(0);
+                    seen += 1;
+                    if files >= options.files as u64 && seen >= 3 {
+                        found = Some(report);
+                        break;
+                    }
+                    if seen > 60 {
+                        break;
+                    }
+                }
+                let report = found.with_context(|| {
+                    format!("memtrace never reported the {} files", options.files)
+                })?;
+                let snapshot_ms = report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
+                // Only `--json` without --top names every file; `top` names ten.
+                let unnamed = if mode == "all" {
+                    unnamed_files(&report)
+                } else {
+                    0
+                };
+                by_mode.entry(mode).or_default().push((
+                    snapshot_ms,
+                    running.peak_rss_kib() as f64 / 1024.0,
+                    unnamed,
+                ));
+                drop(running);
+            } else {
+                none_rates.push(rate);
+            }
+            let _ = fs::remove_dir_all(&dir);
+            remove_cgroups(&cgroups);
         }
-        let _ = fs::remove_dir_all(&dir);
-        remove_cgroups(&cgroups);
     }
     let _ = fs::remove_dir(&cgroup_root);
     sync_and_drop_caches();
-    let none = median(none_rates);
-    let traced = median(traced_rates);
+    let none = measured("many files without a tracer", none_rates)?;
+    let traced = measured("many files with memtrace", traced_rates)?;
+    let summary = |mode: &str| -> Result<Value> {
+        let runs = by_mode.get(mode).cloned().unwrap_or_default();
+        Ok(json!({
+            "snapshot_ms": measured(&format!("{mode} snapshot"), runs.iter().map(|r| r.0).collect())?,
+            "peak_rss_mib": measured(&format!("{mode} RSS"), runs.iter().map(|r| r.1).collect())?,
+        }))
+    };
+    let unnamed: u64 = by_mode
+        .get("all")
+        .map(|runs| runs.iter().map(|r| r.2).max().unwrap_or(0))
+        .unwrap_or(u64::MAX);
     Ok(json!({
-        "files": options.files, "cgroups": options.cgroups,
+        "files": options.files, "cgroups": options.cgroups, "rounds": options.rounds_many,
         "none_files_per_second": none, "memtrace_files_per_second": traced,
-        "throughput_ratio": traced / none,
-        "table_mode": modes.get("top"), "json_all_mode": modes.get("all"),
+        "throughput_ratio": traced / none, "unnamed_files": unnamed,
+        "table_mode": summary("top")?, "json_all_mode": summary("all")?,
     }))
+}
+
+/// Files of the bench's cgroups that hold cache but carry no name in `report`.
+fn unnamed_files(report: &Value) -> u64 {
+    report["cgroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("memtrace-bench"))
+        })
+        .flat_map(|c| c["files"].as_array().into_iter().flatten())
+        .filter(|f| f["cached_bytes"].as_u64().unwrap_or(0) > 0 && f["path"].is_null())
+        .count() as u64
 }
 
 fn sync_and_drop_caches() {

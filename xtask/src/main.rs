@@ -42,6 +42,9 @@ enum Task {
         /// Interleaved rounds per workload.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Interleaved rounds of the many-files workload.
+        #[arg(long, default_value_t = 3)]
+        rounds_many: usize,
         /// Seconds per run.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
@@ -143,6 +146,7 @@ fn try_main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench {
             rounds,
+            rounds_many,
             seconds,
             files,
             cgroups,
@@ -153,6 +157,7 @@ fn try_main() -> Result<()> {
             ensure(Needs::Build)?;
             bench::bench(&bench::BenchOptions {
                 rounds,
+                rounds_many,
                 seconds,
                 files,
                 cgroups,

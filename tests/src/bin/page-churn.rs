@@ -2,6 +2,7 @@
 //!
 //! - `churn DIR SECONDS`: write a 4 MiB file 4 KiB at a time, truncate it, repeat: one page
 //!   added and one removed per 4 KiB.
+//! - `churn-1m DIR SECONDS`: the same in 1 MiB writes (one `vfs_write` per 256 pages).
 //! - `read-churn DIR SECONDS`: read a 16 MiB file, drop it with fadvise(DONTNEED), repeat.
 //! - `many-files DIR CGROUP_DIR FILES CGROUPS`: FILES small files spread over CGROUPS memory
 //!   cgroups created under CGROUP_DIR (this process moves itself into each in turn).
@@ -21,7 +22,8 @@ const PAGE: usize = 4096;
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["churn", dir, seconds] => churn(Path::new(dir), seconds_arg(seconds)),
+        ["churn", dir, seconds] => churn(Path::new(dir), seconds_arg(seconds), PAGE),
+        ["churn-1m", dir, seconds] => churn(Path::new(dir), seconds_arg(seconds), 1 << 20),
         ["read-churn", dir, seconds] => read_churn(Path::new(dir), seconds_arg(seconds)),
         ["many-files", dir, cgroups_dir, files, cgroups] => many_files(
             Path::new(dir),
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
             files.parse().unwrap_or(100_000),
             cgroups.parse().unwrap_or(1_000),
         ),
-        _ => Err("usage: page-churn churn|read-churn DIR SECONDS | many-files DIR CGROUP_DIR FILES CGROUPS".into()),
+        _ => Err("usage: page-churn churn|churn-1m|read-churn DIR SECONDS | many-files DIR CGROUP_DIR FILES CGROUPS".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,7 +56,7 @@ fn report(kind: &str, pages: u64, operations: u64, elapsed: Duration) {
     );
 }
 
-fn churn(dir: &Path, duration: Duration) -> Result<()> {
+fn churn(dir: &Path, duration: Duration, write_size: usize) -> Result<()> {
     let path = dir.join("churn.dat");
     let mut file = OpenOptions::new()
         .create(true)
@@ -62,12 +64,12 @@ fn churn(dir: &Path, duration: Duration) -> Result<()> {
         .write(true)
         .truncate(true)
         .open(&path)?;
-    let page = vec![0x5au8; PAGE];
+    let chunk = vec![0x5au8; write_size];
     let (mut pages, mut rounds) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < duration {
-        for _ in 0..1024 {
-            file.write_all(&page)?;
+        for _ in 0..(4 << 20) / write_size {
+            file.write_all(&chunk)?;
         }
         file.set_len(0)?;
         // Writes continue at the old offset otherwise, leaving a sparse hole behind.
@@ -75,7 +77,12 @@ fn churn(dir: &Path, duration: Duration) -> Result<()> {
         pages += 1024;
         rounds += 1;
     }
-    report("churn", pages, rounds, start.elapsed());
+    let kind = if write_size == PAGE {
+        "churn"
+    } else {
+        "churn-1m"
+    };
+    report(kind, pages, rounds, start.elapsed());
     fs::remove_file(path)?;
     Ok(())
 }
