@@ -195,7 +195,7 @@ fn start(
         Tracer::None => return Ok(None),
         Tracer::Memtrace => {
             let args = ["watch", "--json", "--interval", interval];
-            return start_memtrace_with(memtrace, &args, Stdio::null(), 5).map(Some);
+            return start_watch(memtrace, &args).map(|(running, _)| Some(running));
         }
         Tracer::EmptyBtfProbes => {
             let links = floor.hooks.len();
@@ -733,12 +733,25 @@ fn programs_of(pid: u32) -> Result<HashMap<u64, (String, u64, u64)>> {
         .output()
         .context("bpftool (cargo xtask setup installs it)")?;
     let all: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
+    // Which programs the process holds: the prog_id of each bpf-prog descriptor (Debian's
+    // bpftool does not list holders itself).
+    let held: std::collections::HashSet<u64> = fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog")))
+        .filter_map(|e| {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
     let mut found = HashMap::new();
     for prog in all.as_array().into_iter().flatten() {
-        let held = prog["pids"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["pid"].as_u64() == Some(u64::from(pid))));
-        if !held {
+        if !prog["id"].as_u64().is_some_and(|id| held.contains(&id)) {
             continue;
         }
         found.insert(
@@ -787,17 +800,7 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                     if mode == "top" {
                         args.extend(["--top", "10"]);
                     }
-                    let mut running = start_memtrace_with(memtrace, &args, Stdio::piped(), 5)?;
-                    let stdout = running.child.stdout.take().context("memtrace stdout")?;
-                    let (tx, rx) = mpsc::channel::<String>();
-                    thread::spawn(move || {
-                        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                            if tx.send(line).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    Some((running, rx))
+                    Some(start_watch(memtrace, &args)?)
                 }
             };
             let result = workload(
@@ -897,6 +900,26 @@ fn sync_and_drop_caches() {
     // SAFETY: sync has no memory effects.
     unsafe { libc::sync() };
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Starts `memtrace watch ...` and waits for its first report, so what it does once at start
+/// (loading, the scan for cache that predates it) is over before a workload runs: the bench
+/// measures memtrace as the agent it is, running for weeks. Its reports are read as they come
+/// (a full pipe would block it) and handed over on the returned channel, which may be dropped.
+fn start_watch(memtrace: &Path, args: &[&str]) -> Result<(Running, mpsc::Receiver<String>)> {
+    let mut running = start_memtrace_with(memtrace, args, Stdio::piped(), 5)?;
+    let stdout = running.child.stdout.take().context("memtrace stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Nobody listening any more: keep reading all the same.
+            let _ = tx.send(line);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .context("memtrace watch printed no first report")?;
+    running.cpu_ticks_at_start = running.cpu_ticks();
+    Ok((running, rx))
 }
 
 /// Starts memtrace and waits until its programs are attached. Its reports go to `stdout`:

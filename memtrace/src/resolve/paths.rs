@@ -330,6 +330,12 @@ impl PathTable {
             }
             _ => self.name_anew(dev, ino, ask_kernel),
         };
+        // No name yet (a file first seen through the writers map, before the kernel's counters
+        // gave its inode's address): not remembered, so the next report asks again.
+        if resolved.path.is_none() {
+            self.checked.remove(&key);
+            return resolved;
+        }
         self.checked.insert(
             key,
             Checked {
