@@ -221,17 +221,27 @@ impl Collector {
         self.drain_events();
         let mut stats = self.kernel_stats()?;
         let (mut entries, inodes) = self.gather(&mut stats);
+        let gathered = began.elapsed();
         let writer_entries = self.gather_writers(&mut stats);
+        let writers_read = began.elapsed();
         if self.shmem.due() {
             self.scan_shmem();
         }
+        let shmem_scanned = began.elapsed();
         // Only removals of shmem pages are traced: their files are measured instead.
         let shmem_devs = &self.shmem.devs;
         entries.retain(|(key, _)| !shmem_devs.contains(&key.dev));
         let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
         let mut to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
+        let measuring = to_measure.len();
         self.measure_files(to_measure, &entries, &inodes);
+        log::debug!(
+            "snapshot: gather {gathered:?}, writers {:?}, shmem {:?}, measure {measuring} files {:?}",
+            writers_read - gathered,
+            shmem_scanned - writers_read,
+            began.elapsed() - shmem_scanned
+        );
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
             let writers = Vec::new();
@@ -307,6 +317,7 @@ impl Collector {
         let (mut cgroups, mut totals) = aggregate(observations, self.page_size);
         let aggregated = began.elapsed();
         self.resolvers.refresh();
+        self.resolvers.paths.begin_report();
         name_cgroups(&mut self.resolvers, &mut cgroups);
         let (resolvers, tracer) = (&mut self.resolvers, &self.tracer);
         apply_filter(&mut cgroups, &mut totals, filter, |shown| {
@@ -502,10 +513,12 @@ impl Collector {
             self.totals.keys().map(|k| (k.dev, k.ino)).collect();
         self.writer_totals
             .retain(|key, _| kept.contains(&(key.dev, key.ino)));
+        // tmpfs/shmem files have no kernel counters: their names stay while they are measured.
         let files: std::collections::HashSet<(u32, u64)> = self
             .totals
             .keys()
             .chain(self.seeds.keys())
+            .chain(self.shmem.files.keys())
             .map(|k| (k.dev, k.ino))
             .collect();
         self.resolvers
@@ -515,6 +528,7 @@ impl Collector {
             .totals
             .keys()
             .chain(self.seeds.keys())
+            .chain(self.shmem.files.keys())
             .map(|k| (k.hierarchy, k.cgroup_id))
             .collect();
         self.resolvers
