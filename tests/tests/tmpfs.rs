@@ -117,3 +117,100 @@ fn a_tmpfs_file_written_in_a_fresh_memcg_is_named_by_explain_and_by_watch_starte
         shmem / 50,
     );
 }
+
+/// A shm-holder in `cgroup`, killed when dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(cgroup: &MemCgroup, kind: &str, mib: u64, scratch: &Scratch) -> Self {
+        let ready = scratch.path(&format!("{kind}.ready"));
+        let child = cgroup.spawn(
+            Command::new(env!("CARGO_BIN_EXE_shm-holder"))
+                .arg(kind)
+                .arg(mib.to_string())
+                .arg(&ready),
+        );
+        let started = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "shm-holder {kind} never got ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_memfd_and_a_sysv_segment_are_named_with_their_bytes_in_their_memcg() {
+    memtrace_tests::require_root();
+    let scratch = Scratch::new("shm");
+    let cgroup = MemCgroup::create("shm");
+    let _memfd = Holder::start(&cgroup, "memfd", 16, &scratch);
+    let sysv = Holder::start(&cgroup, "sysv", 8, &scratch);
+    MemCgroup::settle_stats();
+    // The kernel's figures: the memcg's shmem, and the segment's own rss in /proc/sysvipc/shm
+    // (columns: key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime
+    // rss swap).
+    let shmem = shmem_of(&cgroup);
+    assert_near("the memcg's shmem", shmem, 24 * MIB, 64 * 4096);
+    let segments = std::fs::read_to_string("/proc/sysvipc/shm").expect("/proc/sysvipc/shm");
+    let segment_rss = segments
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(sysv.0.id()))
+        .and_then(|f| f.get(14).and_then(|v| v.parse::<u64>().ok()))
+        .expect("the segment is in /proc/sysvipc/shm");
+
+    let out = memtrace(&["watch", "--json", "--count", "1", "--no-seed"])
+        .output()
+        .expect("run memtrace watch");
+    assert!(out.status.success(), "watch exited with {}", out.status);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let report: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a report")).expect("JSON");
+    let cg = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("watch reports the memcg");
+    let files = cg["files"].as_array().unwrap();
+    let named = |prefix: &str| {
+        files
+            .iter()
+            .find(|f| f["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+            .unwrap_or_else(|| panic!("a file named {prefix}…: {files:?}"))
+    };
+    let memfd = named("/memfd:memtrace-test");
+    assert_eq!(memfd["fs"].as_str(), Some("tmpfs"));
+    assert_near(
+        "the memfd's bytes",
+        memfd["cached_bytes"].as_u64().unwrap(),
+        16 * MIB,
+        4 * 4096,
+    );
+    let segment = named("/SYSV");
+    assert_eq!(segment["fs"].as_str(), Some("tmpfs"));
+    assert_near(
+        "the SysV segment's bytes vs /proc/sysvipc/shm rss",
+        segment["cached_bytes"].as_u64().unwrap(),
+        segment_rss,
+        4 * 4096,
+    );
+    assert_near(
+        "the memcg's total vs memory.stat shmem",
+        cg["cached_bytes"].as_u64().unwrap(),
+        shmem,
+        shmem / 50,
+    );
+}

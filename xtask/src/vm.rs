@@ -208,6 +208,7 @@ fn build_guest_binaries() -> Result<GuestBinaries> {
     )?;
     let helpers = vec![
         workspace().join("target/debug/rate-writer"),
+        workspace().join("target/debug/shm-holder"),
         workspace().join("target/debug/memtrace"),
         // The BTF offset test's independent reading of the kernel's types.
         PathBuf::from("/usr/sbin/bpftool"),
