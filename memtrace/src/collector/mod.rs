@@ -130,6 +130,7 @@ impl Collector {
             map_entries: 0,
             map_capacity: u64::from(self.tracer.max_entries),
             map_read_errors: 0,
+            missed_runs: self.tracer.missed_runs(),
         })
     }
 

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod btf;
 pub mod preflight;
+mod prog_info;
 mod prog_run;
 
 use self::{
@@ -424,6 +425,21 @@ impl Tracer {
                 None
             }
         }
+    }
+
+    /// Runs of memtrace's programs the kernel skipped because the same program was already
+    /// active on that CPU (a program interrupted or preempted mid-run blocks it there): the
+    /// sum of `bpf_prog_info.recursion_misses`, counted by the kernel whatever the BPF stats
+    /// setting.
+    pub fn missed_runs(&self) -> u64 {
+        self._ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .map(|fd| {
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd));
+                prog_info::recursion_misses(raw).unwrap_or(0)
+            })
+            .sum()
     }
 
     /// Run time and run count of each attached program, from the kernel's BPF stats (only

@@ -92,6 +92,21 @@ pub struct KernelStats {
     pub map_capacity: u64,
     /// Map entries userspace failed to read in this snapshot.
     pub map_read_errors: u64,
+    /// Runs of memtrace's programs the kernel skipped because the same program was already
+    /// running on that CPU (`bpf_prog_info.recursion_misses`): their events are lost.
+    pub missed_runs: u64,
+}
+
+impl KernelStats {
+    /// Events that changed no count: a full map, an unreadable pointer chain, a run the kernel
+    /// skipped, or an entry userspace could not read.
+    pub fn events_lost(&self) -> u64 {
+        self.map_full
+            + self.read_failed
+            + self.writers_map_full
+            + self.map_read_errors
+            + self.missed_runs
+    }
 }
 
 /// One file's page cache charged to one cgroup.

@@ -133,6 +133,7 @@ pub(crate) fn fixed_report() -> Report {
             map_entries: 5,
             map_capacity: 262_144,
             map_read_errors: 0,
+            missed_runs: 0,
         },
         seed: None,
         shmem: Default::default(),

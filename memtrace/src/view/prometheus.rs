@@ -357,6 +357,7 @@ fn self_metrics(registry: &mut Registry, input: &MetricsInput<'_>, dropped_serie
         ("writers_map_full", stats.writers_map_full),
         ("cgroup_events_lost", stats.cgroup_events_lost),
         ("map_read_errors", stats.map_read_errors),
+        ("missed_runs", stats.missed_runs),
     ] {
         lost.get_or_create(&vec![("reason", reason.to_owned())])
             .inc_by(count);

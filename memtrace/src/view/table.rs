@@ -30,13 +30,12 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
         human_count(stats.add_events),
         human_count(stats.delete_events),
     )?;
-    let counts_lost =
-        stats.map_full + stats.read_failed + stats.writers_map_full + stats.map_read_errors;
+    let counts_lost = stats.events_lost();
     if counts_lost > 0 {
         writeln!(
             out,
-            "WARNING: {counts_lost} events not counted (map full {}, unreadable {}, writers map full {}, map read errors {}); raise --max-entries if a map is full",
-            stats.map_full, stats.read_failed, stats.writers_map_full, stats.map_read_errors
+            "WARNING: {counts_lost} events not counted (map full {}, unreadable {}, writers map full {}, map read errors {}, program runs the kernel skipped {}); raise --max-entries if a map is full",
+            stats.map_full, stats.read_failed, stats.writers_map_full, stats.map_read_errors, stats.missed_runs
         )?;
     }
     if stats.file_events_lost + stats.cgroup_events_lost > 0 {

@@ -12,7 +12,7 @@ use ratatui::{
     Frame,
 };
 
-use crate::model::{escape_control, human_bytes, CgroupUsage, NodeMemory, Report};
+use crate::model::{escape_control, human_bytes, CgroupUsage, KernelStats, NodeMemory, Report};
 
 /// How long a cgroup's cached bytes are remembered for its sparkline.
 const HISTORY: usize = 120;
@@ -332,9 +332,7 @@ impl TopState {
         } else {
             "-".to_owned()
         };
-        let lost = stats.map_or(0, |s| {
-            s.map_full + s.read_failed + s.writers_map_full + s.map_read_errors
-        });
+        let lost = stats.map_or(0, KernelStats::events_lost);
         let hooks = self.report.as_ref().map_or(String::new(), |r| {
             r.hooks
                 .iter()
