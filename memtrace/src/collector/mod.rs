@@ -514,24 +514,22 @@ impl Collector {
             self.totals.keys().map(|k| (k.dev, k.ino)).collect();
         self.writer_totals
             .retain(|key, _| kept.contains(&(key.dev, key.ino)));
-        // tmpfs/shmem files have no kernel counters: their names stay while they are measured.
-        let files: std::collections::HashSet<(u32, u64)> = self
+        // What is still reported, by file and by cgroup. tmpfs/shmem files have no kernel
+        // counters: their names stay while they are measured.
+        let mut files: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
+        let mut cgroups: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
+        for key in self
             .totals
             .keys()
             .chain(self.seeds.keys())
             .chain(self.shmem.files.keys())
-            .map(|k| (k.dev, k.ino))
-            .collect();
+        {
+            files.insert((key.dev, key.ino));
+            cgroups.insert((key.hierarchy, key.cgroup_id));
+        }
         self.resolvers
             .paths
             .retain(|dev, ino| files.contains(&(dev, ino)));
-        let cgroups: std::collections::HashSet<(u32, u64)> = self
-            .totals
-            .keys()
-            .chain(self.seeds.keys())
-            .chain(self.shmem.files.keys())
-            .map(|k| (k.hierarchy, k.cgroup_id))
-            .collect();
         self.resolvers
             .cgroups
             .forget_removed(|hierarchy, id| cgroups.contains(&(hierarchy, id)));

@@ -36,7 +36,7 @@ use crate::{
     model::{Provenance, ShmemSummary},
     resolve::{
         mounts::read_mountinfo,
-        open::{open_proc_link, OpenError},
+        open::{self, open_proc_link, OpenError},
         paths::SeenName,
         procs::open_file_links,
     },
@@ -522,34 +522,13 @@ fn open_path(dir: Option<&File>, path: &Path, resolve: u64) -> io::Result<File> 
     )
 }
 
+/// `open::openat2` with the flags every untrusted open here takes.
 fn openat2(dir: Option<&File>, path: &Path, flags: libc::c_int, resolve: u64) -> io::Result<File> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: open_how is plain integer data, valid when zeroed.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     // openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC.
     let extra = if flags & libc::O_PATH != 0 {
         libc::O_CLOEXEC
     } else {
         libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY
     };
-    how.flags = (flags | extra) as u64;
-    how.resolve = resolve;
-    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: the kernel reads the path and `how` (size given), both alive for the call; the
-    // returned fd is owned by the File below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c_path.as_ptr(),
-            &how as *const libc::open_how,
-            size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
+    open::openat2(dir, path, flags | extra, resolve)
 }

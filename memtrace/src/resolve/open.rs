@@ -14,7 +14,7 @@ use std::{
     os::unix::{
         ffi::OsStrExt,
         fs::{FileTypeExt, MetadataExt},
-        io::FromRawFd,
+        io::{AsRawFd, FromRawFd},
     },
     path::Path,
 };
@@ -128,18 +128,34 @@ fn check_regular(file: File, path: &Path, ino: Option<u64>) -> Result<File, Open
 
 /// `openat2(2)` with no symlink (or magic link) followed in any component.
 fn openat2_no_symlinks(path: &Path, flags: libc::c_int) -> io::Result<File> {
+    openat2(
+        None,
+        path,
+        flags,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(2)` from `dir` (or the working directory), with exactly `flags` and `resolve`.
+pub fn openat2(
+    dir: Option<&File>,
+    path: &Path,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<File> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: open_how is plain integer data, valid when zeroed.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
+    let dirfd = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
     // SAFETY: the kernel reads the path and `how` (size given), both alive for the call; the
     // returned fd is owned by the File below.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dirfd,
             c_path.as_ptr(),
             &how as *const libc::open_how,
             size_of::<libc::open_how>(),
