@@ -235,20 +235,28 @@ fn a_memory_emptydir_inside_a_container_is_named_with_the_container() {
     assert!(report.shmem.mounts >= 1, "{:?}", report.shmem);
 }
 
+/// A pod uid, a 64-hex container id and the cgroup a kubelet with the systemd driver and
+/// containerd gives such a container in a burstable pod; unique to this test process.
+fn kubelet_placement(uid_prefix: &str, id_tag: u64) -> (String, String, String) {
+    let pid = std::process::id();
+    let uid = format!("{uid_prefix}-{pid:012x}");
+    let id = format!("{:064x}", (id_tag << 16) + u64::from(pid));
+    let path = format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    (uid, id, path)
+}
+
 #[test]
 fn a_container_in_a_kubelet_systemd_slice_is_recognized_with_its_pod() {
     let mut tracer = start_tracer();
     // As a kubelet with the systemd cgroup driver and containerd place a burstable pod's
     // container: runc is given the same path, so the cgroup is named exactly so.
-    let uid = format!("5d1c6c4e-7a2b-4c3d-9e8f-{:012x}", std::process::id());
-    let id = format!("{:064x}", 0xc0de_0000_u64 + u64::from(std::process::id()));
-    let slice = format!(
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-        uid.replace('-', "_")
-    );
+    let (uid, id, cgroups_path) = kubelet_placement("5d1c6c4e-7a2b-4c3d-9e8f", 0xc0de);
     let pod = OverlayContainer::start_in_cgroup(
         &id,
-        &format!("{slice}/cri-containerd-{id}.scope"),
+        &cgroups_path,
         "dd if=/dev/zero of=/tmp/app.log bs=1M count=8 2>/dev/null; touch /tmp/done; sleep 600",
     );
     pod.wait_for("/tmp/done", STARTUP);
@@ -275,15 +283,10 @@ fn a_container_in_a_kubelet_systemd_slice_is_recognized_with_its_pod() {
 fn explain_names_a_pods_log_written_before_memtrace_started() {
     // The story, with busybox as the logger (light enough for the VMs): a container in a
     // kubelet-style pod slice writes a log held open, and only then does memtrace start.
-    let uid = format!("7e2f1a3b-4c5d-4e6f-8a9b-{:012x}", std::process::id());
-    let id = format!("{:064x}", 0xe7a1_0000_u64 + u64::from(std::process::id()));
-    let slice = format!(
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-        uid.replace('-', "_")
-    );
+    let (uid, id, cgroups_path) = kubelet_placement("7e2f1a3b-4c5d-4e6f-8a9b", 0xe7a1);
     let pod = OverlayContainer::start_in_cgroup(
         &id,
-        &format!("{slice}/cri-containerd-{id}.scope"),
+        &cgroups_path,
         "exec 3>/tmp/spring.log; dd if=/dev/zero bs=1M count=48 >&3 2>/dev/null; \
          touch /tmp/done; sleep 600",
     );

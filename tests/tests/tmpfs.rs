@@ -41,6 +41,23 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The memcg as one `memtrace watch --json` started now reports it.
+fn watched_cgroup(cgroup: &MemCgroup) -> serde_json::Value {
+    let out = memtrace(&["watch", "--json", "--count", "1", "--no-seed"])
+        .output()
+        .expect("run memtrace watch");
+    assert!(out.status.success(), "watch exited with {}", out.status);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let mut report: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a report")).expect("JSON");
+    let cgroups = report["cgroups"].as_array_mut().expect("cgroups");
+    let at = cgroups
+        .iter()
+        .position(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("watch reports the memcg");
+    cgroups.swap_remove(at)
+}
+
 fn shmem_of(cgroup: &MemCgroup) -> u64 {
     cgroup.memory_stat().get("shmem").copied().unwrap_or(0)
 }
@@ -79,19 +96,7 @@ fn a_tmpfs_file_written_in_a_fresh_memcg_is_named_by_explain_and_by_watch_starte
         coverage * 100.0
     );
 
-    let out = memtrace(&["watch", "--json", "--count", "1", "--no-seed"])
-        .output()
-        .expect("run memtrace watch");
-    assert!(out.status.success(), "watch exited with {}", out.status);
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    let report: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a report")).expect("JSON");
-    let cg = report["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"].as_u64() == Some(cgroup.id))
-        .expect("watch reports the memcg");
+    let cg = watched_cgroup(&cgroup);
     let file = cg["files"]
         .as_array()
         .unwrap()
@@ -171,19 +176,7 @@ fn a_memfd_and_a_sysv_segment_are_named_with_their_bytes_in_their_memcg() {
         .and_then(|f| f.get(14).and_then(|v| v.parse::<u64>().ok()))
         .expect("the segment is in /proc/sysvipc/shm");
 
-    let out = memtrace(&["watch", "--json", "--count", "1", "--no-seed"])
-        .output()
-        .expect("run memtrace watch");
-    assert!(out.status.success(), "watch exited with {}", out.status);
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    let report: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a report")).expect("JSON");
-    let cg = report["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"].as_u64() == Some(cgroup.id))
-        .expect("watch reports the memcg");
+    let cg = watched_cgroup(&cgroup);
     let files = cg["files"].as_array().unwrap();
     let named = |prefix: &str| {
         files
