@@ -14,6 +14,8 @@ pub mod names {
     pub const NAME_BUF: &str = "NAME_BUF";
     pub const PROG_NAME_INODE: &str = "name_inode";
     pub const WRITERS_MAP: &str = "WRITERS";
+    pub const PENDING_CACHE: &str = "PENDING_CACHE";
+    pub const PENDING_WRITE: &str = "PENDING_WRITE";
     pub const MEMCG_EPOCH: &str = "MEMCG_EPOCH";
     pub const PROG_VFS_WRITE: &str = "vfs_write_exit";
     pub const PROG_DIRTY_FOLIO: &str = "dirty_folio";
@@ -73,6 +75,59 @@ pub struct CacheCounters {
     pub generation: u64,
 }
 
+/// A run of consecutive page-cache events for one (memcg, file) on one CPU, not yet added to
+/// the map: the programs add to the map only when the next event is for another key, so a
+/// stream of pages of one file costs no hash lookup per page. One slot per CPU per map half.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCache {
+    pub key: CacheKey,
+    /// Kernel addresses the programs compare to tell an event of this run at a glance: the
+    /// memcg (from `folio.memcg_data`), the inode and its superblock. 0 in `inode`: no run.
+    pub memcg: u64,
+    pub inode: u64,
+    pub sb: u64,
+    /// `inode.i_generation` of the run's file.
+    pub generation: u64,
+    /// `MEMCG_EPOCH` when the run began: a memcg address is trusted only within one epoch.
+    pub epoch: u64,
+    pub pages_added: u64,
+    pub pages_removed: u64,
+    /// Largest excess of removed over added pages at any point of the run (`max_deficit`
+    /// for the run alone); never below 0.
+    pub peak_excess: u64,
+    /// Events this CPU counted into this half, over all runs (only userspace resets them).
+    pub add_events: u64,
+    pub delete_events: u64,
+}
+
+impl PendingCache {
+    /// The run as map counters.
+    pub fn counters(&self) -> CacheCounters {
+        CacheCounters {
+            pages_added: self.pages_added,
+            pages_removed: self.pages_removed,
+            inode: self.inode,
+            max_deficit: self.peak_excess,
+            generation: self.generation,
+        }
+    }
+}
+
+/// A run of consecutive dirtied folios by one writer in one file on one CPU (the
+/// `writeback_dirty_folio` fallback), not yet added to the writers map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWrite {
+    pub key: WriterKey,
+    /// The file's inode and the writer's memory css: compared to tell an event of this run.
+    /// 0 in `inode`: no run.
+    pub inode: u64,
+    pub css: u64,
+    pub epoch: u64,
+    pub stats: WriterStats,
+}
+
 /// Key of the writers map: a process writing a file, under its own memory cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -103,9 +158,9 @@ pub struct WriterStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// `mm_filemap_add_to_page_cache` events seen.
+    /// Unused since events are counted in `PendingCache`; always 0 (kept so indices stay put).
     AddEvents = 0,
-    /// `mm_filemap_delete_from_page_cache` events seen.
+    /// Unused, as `AddEvents`.
     DeleteEvents = 1,
     /// Events lost because the page-cache map was full.
     MapFull = 2,
@@ -277,6 +332,10 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupEvent {}
     // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::InodeName {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::PendingCache {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::PendingWrite {}
 
     // No padding: each size is the sum of its fields.
     const _: () = assert!(size_of::<super::CgroupEvent>() == 8 + 4 + 4 + super::CGROUP_PATH_LEN);
@@ -285,4 +344,6 @@ mod pod {
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
     const _: () = assert!(size_of::<super::CacheCounters>() == 40);
+    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 10 * 8);
+    const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 3 * 8 + 16 + 16);
 }

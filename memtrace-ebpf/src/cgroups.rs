@@ -10,7 +10,8 @@ use memtrace_common::{CgroupEvent, CgroupEventKind, Stat};
 use crate::{
     kernel::{atomic_add, load, load_ptr, read, read_ptr, ReadFailed},
     maps::{
-        count, offsets, MemcgCacheEntry, CGROUP_EVENTS, MEMCG_CACHE, MEMCG_CACHE_SLOTS, MEMCG_EPOCH,
+        offset,
+        count, MemcgCacheEntry, CGROUP_EVENTS, MEMCG_CACHE, MEMCG_CACHE_SLOTS, MEMCG_EPOCH,
     },
 };
 
@@ -38,12 +39,11 @@ pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
             });
         }
     }
-    let off = offsets();
-    let cgroup = read_ptr(memcg, off.memcg_cgroup)?;
-    let kn = read_ptr(cgroup, off.cgroup_kn)?;
-    let cgroup_id: u64 = read(kn, off.kernfs_id)?;
-    let root = read_ptr(cgroup, off.cgroup_root)?;
-    let hierarchy: i32 = read(root, off.root_hierarchy_id)?;
+    let cgroup = read_ptr(memcg, offset!(memcg_cgroup))?;
+    let kn = read_ptr(cgroup, offset!(cgroup_kn))?;
+    let cgroup_id: u64 = read(kn, offset!(kernfs_id))?;
+    let root = read_ptr(cgroup, offset!(cgroup_root))?;
+    let hierarchy: i32 = read(root, offset!(root_hierarchy_id))?;
     if let Some(entry) = cached {
         // SAFETY: as above.
         unsafe {
@@ -63,32 +63,35 @@ pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
 }
 
 #[inline(always)]
-fn current_epoch() -> u64 {
+pub(crate) fn current_epoch() -> u64 {
     MEMCG_EPOCH.get(0).copied().unwrap_or(0)
 }
 
-/// The memcg of the current task: `current->cgroups->subsys[memory_cgrp_id]->cgroup`. On v2
-/// that css is the nearest ancestor with memory enabled, which is the task's memcg. The task
-/// pointer is BTF-typed, so the whole walk is plain loads.
+/// The memory css of the current task: `current->cgroups->subsys[memory_cgrp_id]`. On v2 that
+/// css is the nearest ancestor with memory enabled, which is the task's memcg. The task pointer
+/// is BTF-typed, so the walk is plain loads.
 #[inline(always)]
-pub(crate) fn current_memcg_identity() -> Result<MemcgIdentity, ReadFailed> {
-    let off = offsets();
+pub(crate) fn current_memory_css() -> Result<u64, ReadFailed> {
     // SAFETY: the helper returns the current task as a BTF-typed pointer.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let css_set = load_ptr(task, off.task_cgroups)?;
-    let css = load_ptr(css_set, off.css_set_memory)?;
-    let cgroup = load_ptr(css, off.css_cgroup)?;
+    let css_set = load_ptr(task, offset!(task_cgroups))?;
+    load_ptr(css_set, offset!(css_set_memory))
+}
+
+/// Identity of the cgroup of a memory css from `current_memory_css`.
+#[inline(always)]
+pub(crate) fn css_identity(css: u64) -> Result<MemcgIdentity, ReadFailed> {
+    let cgroup = load_ptr(css, offset!(css_cgroup))?;
     cgroup_identity(cgroup)
 }
 
 /// Identity of a cgroup reached through BTF-typed pointers.
 #[inline(always)]
 fn cgroup_identity(cgroup: u64) -> Result<MemcgIdentity, ReadFailed> {
-    let off = offsets();
-    let kn = load_ptr(cgroup, off.cgroup_kn)?;
-    let cgroup_id: u64 = load(kn, off.kernfs_id);
-    let root = load_ptr(cgroup, off.cgroup_root)?;
-    let hierarchy: i32 = load(root, off.root_hierarchy_id);
+    let kn = load_ptr(cgroup, offset!(cgroup_kn))?;
+    let cgroup_id: u64 = load(kn, offset!(kernfs_id));
+    let root = load_ptr(cgroup, offset!(cgroup_root))?;
+    let hierarchy: i32 = load(root, offset!(root_hierarchy_id));
     Ok(MemcgIdentity {
         cgroup_id,
         hierarchy: hierarchy as u32,

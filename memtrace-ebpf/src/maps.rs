@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    CacheCounters, CacheKey, InodeName, KernelOffsets, Stat, WriterKey, WriterStats,
-    DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
+    CacheCounters, CacheKey, InodeName, KernelOffsets, PendingCache, PendingWrite, Stat,
+    WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
 };
 
 /// Pages in and out per (memcg, file), in two halves: the programs count into the active one
@@ -31,6 +31,15 @@ pub(crate) static ACTIVE_MAP: Array<u32> = Array::with_max_entries(1, 0);
 pub(crate) fn counting_into_b() -> bool {
     ACTIVE_MAP.get(0) == Some(&1)
 }
+
+/// Per CPU, the run of page-cache events not yet added to the map, one slot per half (see
+/// `page_cache`). Userspace adds a half's slots to what it drains from that half.
+#[map(name = "PENDING_CACHE")]
+pub(crate) static PENDING_CACHE: PerCpuArray<PendingCache> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU, the run of dirtied folios not yet added to `WRITERS` (the fallback's batching).
+#[map(name = "PENDING_WRITE")]
+pub(crate) static PENDING_WRITE: PerCpuArray<PendingWrite> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bytes written per (writer's memcg, file, process).
 #[map(name = "WRITERS")]
@@ -107,13 +116,16 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     inode_generation: 0,
 };
 
-/// The offsets as the loader set them. The volatile read stops the compiler from folding the
-/// zero initialiser into the code.
-#[inline(always)]
-pub(crate) fn offsets() -> KernelOffsets {
-    // SAFETY: OFFSETS is a plain static; the volatile read only defeats constant folding.
-    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+/// One offset as the loader set it. The volatile read stops the compiler from folding the zero
+/// initialiser into the code; reading the one field, not the whole struct, keeps it to one
+/// load per use.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: OFFSETS is a plain static; the volatile read only defeats constant folding.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::OFFSETS.$field) }
+    };
 }
+pub(crate) use offset;
 
 #[inline(always)]
 pub(crate) fn count(stat: Stat) {

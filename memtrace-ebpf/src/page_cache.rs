@@ -1,14 +1,19 @@
 //! Page-cache insertions and removals, aggregated per (charged memcg, file).
+//!
+//! Each CPU keeps the run of consecutive events for one key in a slot of its own
+//! (`PENDING_CACHE`) and adds it to the shared map only when an event for another key comes:
+//! a file written, read or truncated page by page costs a few loads per page, not a hash
+//! lookup and atomic adds on a shared line. Userspace reads the slots with the map.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, macros::btf_tracepoint, maps::HashMap, programs::BtfTracePointContext,
 };
-use memtrace_common::{CacheCounters, CacheKey, Stat};
+use memtrace_common::{CacheCounters, CacheKey, PendingCache, Stat};
 
 use crate::{
-    cgroups::{memcg_identity, MemcgIdentity},
+    cgroups::{current_epoch, memcg_identity, MemcgIdentity},
     kernel::{atomic_add, load, load_ptr, ReadFailed},
-    maps::{count, counting_into_b, offsets, PAGE_CACHE, PAGE_CACHE_B},
+    maps::{count, offset, PAGE_CACHE, PAGE_CACHE_B, PENDING_CACHE},
 };
 
 /// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
@@ -17,7 +22,6 @@ const MEMCG_DATA_FLAGS_MASK: u64 = 7;
 /// A folio was inserted into a file's page cache (after its memcg charge succeeded).
 #[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
 pub(crate) fn filemap_add(ctx: BtfTracePointContext) -> i32 {
-    count(Stat::AddEvents);
     on_folio(&ctx, Direction::Added);
     0
 }
@@ -25,7 +29,6 @@ pub(crate) fn filemap_add(ctx: BtfTracePointContext) -> i32 {
 /// A folio is leaving a file's page cache; its memcg is still attached at this point.
 #[btf_tracepoint(function = "mm_filemap_delete_from_page_cache")]
 pub(crate) fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
-    count(Stat::DeleteEvents);
     on_folio(&ctx, Direction::Removed);
     0
 }
@@ -36,143 +39,192 @@ enum Direction {
     Removed,
 }
 
+/// What the fast path reads of a folio: enough to tell whether it extends the current run.
+struct Folio {
+    memcg: u64,
+    inode: u64,
+    sb: u64,
+    ino: u64,
+    generation: u64,
+    pages: u64,
+}
+
 #[inline(always)]
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
-    let folio: u64 = ctx.arg(0);
-    match folio_key(folio) {
-        Ok((key, pages, inode)) => {
-            let generation = u64::from(load::<u32>(inode, offsets().inode_generation));
-            let identity = Identity { inode, generation };
-            // One call per half, so the verifier sees one map at each helper call.
-            if counting_into_b() {
-                account(&PAGE_CACHE_B, &key, pages, identity, direction)
-            } else {
-                account(&PAGE_CACHE, &key, pages, identity, direction)
+    let Ok(folio) = read_folio(ctx.arg(0)) else {
+        count(Stat::ReadFailed);
+        return;
+    };
+    let half = active_half();
+    let Some(run) = PENDING_CACHE.get_ptr_mut(half) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; tracepoint programs run with preemption off, so nothing else
+    // touches it until this run ends (userspace only resets a half nobody counts into).
+    let run = unsafe { &mut *run };
+    match direction {
+        Direction::Added => run.add_events += 1,
+        Direction::Removed => run.delete_events += 1,
+    }
+    if folio.memcg == 0 {
+        count(Stat::Uncharged);
+    }
+    let epoch = current_epoch();
+    let same_run = run.inode == folio.inode
+        && run.memcg == folio.memcg
+        && run.sb == folio.sb
+        && run.key.ino == folio.ino
+        && run.generation == folio.generation
+        && run.epoch == epoch;
+    if !same_run {
+        if start_run(run, &folio, epoch, half).is_err() {
+            count(Stat::ReadFailed);
+            return;
+        }
+    }
+    match direction {
+        Direction::Added => run.pages_added += folio.pages,
+        Direction::Removed => {
+            run.pages_removed += folio.pages;
+            let excess = run.pages_removed.saturating_sub(run.pages_added);
+            if excess > run.peak_excess {
+                run.peak_excess = excess;
             }
         }
-        Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
 
-/// Who is charged for this folio, which file it caches, how many pages it spans, and the inode.
+/// Which half of the map the programs count into: 0 or 1.
 #[inline(always)]
-fn folio_key(folio: u64) -> Result<(CacheKey, u64, u64), ReadFailed> {
-    let off = offsets();
+fn active_half() -> u32 {
+    u32::from(crate::maps::counting_into_b())
+}
+
+#[inline(always)]
+fn read_folio(folio: u64) -> Result<Folio, ReadFailed> {
     // The folio is a typed tracepoint argument: every load down to the superblock is a plain,
     // verifier-checked load.
-    let mapping = load_ptr(folio, off.folio_mapping)?;
-    let inode = load_ptr(mapping, off.mapping_host)?;
-    let ino: u64 = load(inode, off.inode_ino);
-    let sb = load_ptr(inode, off.inode_sb)?;
-    let dev: u32 = load(sb, off.sb_dev);
-
+    let mapping = load_ptr(folio, offset!(folio_mapping))?;
+    let inode = load_ptr(mapping, offset!(mapping_host))?;
+    let sb = load_ptr(inode, offset!(inode_sb))?;
     // The charge lives on the folio, not on the current task: reclaim and writeback run in
     // kernel threads that were never charged for these pages.
-    let memcg = load::<u64>(folio, off.folio_memcg_data) & !MEMCG_DATA_FLAGS_MASK;
+    let memcg = load::<u64>(folio, offset!(folio_memcg_data)) & !MEMCG_DATA_FLAGS_MASK;
+    let flags: u64 = load(folio, offset!(folio_flags));
+    let pages = if flags & (1u64 << (offset!(pg_head_bit) & 63)) != 0 {
+        let order: u8 = load(folio, offset!(folio_order));
+        1u64 << (order & 31)
+    } else {
+        1
+    };
+    Ok(Folio {
+        memcg,
+        inode,
+        sb,
+        ino: load(inode, offset!(inode_ino)),
+        generation: u64::from(load::<u32>(inode, offset!(inode_generation))),
+        pages,
+    })
+}
+
+/// Ends the slot's run (adding it to the map) and starts one for `folio`'s key.
+#[inline(always)]
+fn start_run(
+    run: &mut PendingCache,
+    folio: &Folio,
+    epoch: u64,
+    half: u32,
+) -> Result<(), ReadFailed> {
     let MemcgIdentity {
         cgroup_id,
         hierarchy,
-    } = if memcg == 0 {
-        count(Stat::Uncharged);
+    } = if folio.memcg == 0 {
         MemcgIdentity {
             cgroup_id: 0,
             hierarchy: 0,
         }
     } else {
-        memcg_identity(memcg)?
+        memcg_identity(folio.memcg)?
     };
-
-    let flags: u64 = load(folio, off.folio_flags);
-    let pages = if flags & (1u64 << (off.pg_head_bit & 63)) != 0 {
-        let order: u8 = load(folio, off.folio_order);
-        1u64 << (order & 31)
-    } else {
-        1
+    if run.inode != 0 {
+        // One call per half, so the verifier sees one map at each helper call.
+        if half == 1 {
+            flush(&PAGE_CACHE_B, run);
+        } else {
+            flush(&PAGE_CACHE, run);
+        }
+    }
+    run.key = CacheKey {
+        cgroup_id,
+        ino: folio.ino,
+        dev: load(folio.sb, offset!(sb_dev)),
+        hierarchy,
     };
-
-    Ok((
-        CacheKey {
-            cgroup_id,
-            ino,
-            dev,
-            hierarchy,
-        },
-        pages,
-        inode,
-    ))
+    run.memcg = folio.memcg;
+    run.inode = folio.inode;
+    run.sb = folio.sb;
+    run.generation = folio.generation;
+    run.epoch = epoch;
+    run.pages_added = 0;
+    run.pages_removed = 0;
+    run.peak_excess = 0;
+    Ok(())
 }
 
-/// Which incarnation of the file an event is for.
-#[derive(Clone, Copy)]
-struct Identity {
-    inode: u64,
-    generation: u64,
-}
-
+/// Adds a finished run to its entry in the map.
 #[inline(always)]
-fn account(
-    map: &HashMap<CacheKey, CacheCounters>,
-    key: &CacheKey,
-    pages: u64,
-    identity: Identity,
-    direction: Direction,
-) {
-    if let Some(counters) = map.get_ptr_mut(key) {
-        bump(counters, pages, identity, direction);
+fn flush(map: &HashMap<CacheKey, CacheCounters>, run: &PendingCache) {
+    if let Some(counters) = map.get_ptr_mut(&run.key) {
+        add_run(counters, run);
         return;
     }
     // The inode's address lets userspace ask for the file's path later (`name_inode`).
-    let mut fresh = CacheCounters {
-        inode: identity.inode,
-        generation: identity.generation,
-        ..CacheCounters::default()
-    };
-    match direction {
-        Direction::Added => fresh.pages_added = pages,
-        Direction::Removed => {
-            // The first event of this entry is a removal: these pages predate the entry.
-            fresh.pages_removed = pages;
-            fresh.max_deficit = pages;
-        }
-    }
-    if map.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
+    let fresh = run_counters(run);
+    if map.insert(&run.key, fresh, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
-    match map.get_ptr_mut(key) {
-        Some(counters) => bump(counters, pages, identity, direction),
+    match map.get_ptr_mut(&run.key) {
+        Some(counters) => add_run(counters, run),
         None => count(Stat::MapFull),
     }
 }
 
 #[inline(always)]
-fn bump(counters: *mut CacheCounters, pages: u64, identity: Identity, direction: Direction) {
+fn run_counters(run: &PendingCache) -> CacheCounters {
+    CacheCounters {
+        pages_added: run.pages_added,
+        pages_removed: run.pages_removed,
+        inode: run.inode,
+        // A run that begins with removals: these pages predate the entry.
+        max_deficit: run.peak_excess,
+        generation: run.generation,
+    }
+}
+
+#[inline(always)]
+fn add_run(counters: *mut CacheCounters, run: &PendingCache) {
     // SAFETY: the pointer comes from a map lookup and stays valid for this program run.
     unsafe {
-        match direction {
-            Direction::Added => {
-                atomic_add(&raw mut (*counters).pages_added, pages);
-                // A new file under a reused inode number: remember the new incarnation (a
-                // plain store; racing writers store the same values).
-                if (*counters).generation != identity.generation
-                    || (*counters).inode != identity.inode
-                {
-                    (*counters).inode = identity.inode;
-                    (*counters).generation = identity.generation;
-                }
-            }
-            Direction::Removed => {
-                atomic_add(&raw mut (*counters).pages_removed, pages);
-                // More removed than added: cache older than this entry is leaving. Userspace
-                // weighs it against what it knew was resident (racing updates may undercount
-                // the maximum by a folio; it only decides whether to measure).
-                let deficit = (*counters)
-                    .pages_removed
-                    .saturating_sub((*counters).pages_added);
-                if deficit > (*counters).max_deficit {
-                    (*counters).max_deficit = deficit;
-                }
-            }
+        // The entry's excess of removals before this run, plus the run's own peak, is the
+        // largest excess the entry saw during it (racing CPUs may make this off by a run; it
+        // only decides whether userspace measures the file).
+        let before = (*counters)
+            .pages_removed
+            .wrapping_sub((*counters).pages_added) as i64;
+        let deficit = before.saturating_add(run.peak_excess as i64);
+        atomic_add(&raw mut (*counters).pages_added, run.pages_added);
+        atomic_add(&raw mut (*counters).pages_removed, run.pages_removed);
+        if run.peak_excess > 0 && deficit > (*counters).max_deficit as i64 {
+            (*counters).max_deficit = deficit as u64;
+        }
+        // A new file under a reused inode number: remember the new incarnation (a plain
+        // store; racing writers store the same values).
+        if run.pages_added > 0
+            && ((*counters).generation != run.generation || (*counters).inode != run.inode)
+        {
+            (*counters).inode = run.inode;
+            (*counters).generation = run.generation;
         }
     }
 }

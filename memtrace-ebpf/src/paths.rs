@@ -18,7 +18,7 @@ use memtrace_common::{
 
 use crate::{
     kernel::{read, read_ptr},
-    maps::{offsets, NAME_BUF},
+    maps::{offset, NAME_BUF},
 };
 
 /// The inode at that address is not (dev, ino) any more.
@@ -46,20 +46,19 @@ pub(crate) fn name_inode(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn fill(name: &mut InodeName, inode: u64, dev: u32, ino: u64) -> u32 {
-    let off = offsets();
     // The address came from userspace and the inode may be gone: check it is still the file.
-    let same = read::<u64>(inode, off.inode_ino).is_ok_and(|i| i == ino)
-        && read_ptr(inode, off.inode_sb)
-            .and_then(|sb| read::<u32>(sb, off.sb_dev))
+    let same = read::<u64>(inode, offset!(inode_ino)).is_ok_and(|i| i == ino)
+        && read_ptr(inode, offset!(inode_sb))
+            .and_then(|sb| read::<u32>(sb, offset!(sb_dev)))
             .is_ok_and(|d| d == dev);
     if !same {
         return STALE;
     }
     name.ino = ino;
     name.dev = dev;
-    name.mode = u32::from(read::<u16>(inode, off.inode_mode).unwrap_or(0));
-    name.nlink = read::<u32>(inode, off.inode_nlink).unwrap_or(0);
-    name.rdev = read::<u32>(inode, off.inode_rdev).unwrap_or(0);
+    name.mode = u32::from(read::<u16>(inode, offset!(inode_mode)).unwrap_or(0));
+    name.nlink = read::<u32>(inode, offset!(inode_nlink)).unwrap_or(0);
+    name.rdev = read::<u32>(inode, offset!(inode_rdev)).unwrap_or(0);
     let (depth, used, flags) = walk(name, inode);
     name.depth = depth;
     name.used = used;
@@ -71,21 +70,20 @@ fn fill(name: &mut InodeName, inode: u64, dev: u32, ino: u64) -> u32 {
 /// and the `PATH_*` flags.
 #[inline(always)]
 fn walk(name: &mut InodeName, inode: u64) -> (u32, u32, u32) {
-    let off = offsets();
-    let Ok(alias) = read_ptr(inode, off.inode_dentry) else {
+    let Ok(alias) = read_ptr(inode, offset!(inode_dentry)) else {
         return (0, 0, PATH_NO_DENTRY);
     };
-    let mut dentry = alias - off.dentry_alias as u64;
+    let mut dentry = alias - offset!(dentry_alias) as u64;
     let mut used: u32 = 0;
     for depth in 0..NAME_MAX_DEPTH {
-        let Ok(parent) = read_ptr(dentry, off.dentry_parent) else {
+        let Ok(parent) = read_ptr(dentry, offset!(dentry_parent)) else {
             return (depth, used, PATH_READ_FAILED);
         };
         if parent == dentry {
             // The filesystem root is its own parent.
             return (depth, used, 0);
         }
-        let Ok(component) = read_ptr(dentry, off.dentry_name) else {
+        let Ok(component) = read_ptr(dentry, offset!(dentry_name)) else {
             return (depth, used, PATH_READ_FAILED);
         };
         if used as usize >= NAME_TEXT_BYTES {

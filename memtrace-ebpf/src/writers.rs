@@ -14,9 +14,9 @@ use aya_ebpf::{
 use memtrace_common::{Stat, WriterKey, WriterStats};
 
 use crate::{
-    cgroups::{current_memcg_identity, MemcgIdentity},
+    cgroups::{css_identity, current_epoch, current_memory_css, MemcgIdentity},
     kernel::{atomic_add, load, load_ptr, ReadFailed},
-    maps::{count, offsets, WRITERS},
+    maps::{count, offset, PENDING_WRITE, WRITERS},
 };
 
 const S_IFMT: u16 = 0o170000;
@@ -28,15 +28,17 @@ pub(crate) fn vfs_write_exit(ctx: FExitContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let written: i64 = ctx.arg(4);
     if written > 0 {
-        let off = offsets();
-        if let Ok(inode) = load_ptr(file, off.file_inode) {
+        if let Ok(inode) = load_ptr(file, offset!(file_inode)) {
             record(inode, written as u64);
         }
     }
     0
 }
 
-/// A clean folio became dirty (`writeback_dirty_folio(folio, mapping)`).
+/// A clean folio became dirty (`writeback_dirty_folio(folio, mapping)`). Consecutive folios
+/// of one writer in one file are summed in this CPU's `PENDING_WRITE` slot and added to the
+/// map when another writer or file comes, so a file written page by page costs a few loads
+/// per page.
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
     let folio: u64 = ctx.arg(0);
@@ -45,46 +47,100 @@ pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
     if mapping == 0 {
         return 0;
     }
-    let off = offsets();
-    let Ok(inode) = load_ptr(mapping, off.mapping_host) else {
+    let Ok(inode) = load_ptr(mapping, offset!(mapping_host)) else {
         return 0;
     };
-    let flags: u64 = load(folio, off.folio_flags);
-    let pages = if flags & (1u64 << (off.pg_head_bit & 63)) != 0 {
-        1u64 << (load::<u8>(folio, off.folio_order) & 31)
+    let flags: u64 = load(folio, offset!(folio_flags));
+    let pages = if flags & (1u64 << (offset!(pg_head_bit) & 63)) != 0 {
+        1u64 << (load::<u8>(folio, offset!(folio_order)) & 31)
     } else {
         1
     };
-    record(inode, pages * 4096);
+    let Some(run) = PENDING_WRITE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; tracepoint programs run with preemption off, so nothing else
+    // touches it until this run ends.
+    let run = unsafe { &mut *run };
+    let Ok(css) = current_memory_css() else {
+        count(Stat::ReadFailed);
+        return 0;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let ino: u64 = load(inode, offset!(inode_ino));
+    let epoch = current_epoch();
+    let same_run = run.inode == inode
+        && run.css == css
+        && run.key.tgid == tgid
+        && run.key.ino == ino
+        && run.epoch == epoch;
+    if !same_run {
+        let key = match writer_key(inode, css_identity(css), tgid) {
+            Ok(Some(key)) => key,
+            // Not a regular file (a block device's cache): not a write to report.
+            Ok(None) => return 0,
+            Err(ReadFailed) => {
+                count(Stat::ReadFailed);
+                return 0;
+            }
+        };
+        if run.inode != 0 {
+            add(&run.key, run.stats.bytes, run.stats.calls, run.stats.comm);
+        }
+        run.key = key;
+        run.inode = inode;
+        run.css = css;
+        run.epoch = epoch;
+        run.stats = WriterStats {
+            bytes: 0,
+            calls: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+    }
+    run.stats.bytes += pages * 4096;
+    run.stats.calls += 1;
     0
 }
 
 #[inline(always)]
 fn record(inode: u64, bytes: u64) {
-    match writer_key(inode) {
-        Ok(Some(key)) => add(&key, bytes),
+    let key = current_memory_css().and_then(|css| {
+        writer_key(
+            inode,
+            css_identity(css),
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+        )
+    });
+    match key {
+        // The name is taken when the process first writes the file: a helper call per write
+        // would cost more than the rest of the program.
+        Ok(Some(key)) => add_with(&key, bytes, 1, || {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        }),
         Ok(None) => {}
         Err(ReadFailed) => count(Stat::ReadFailed),
     }
 }
 
-/// The writer's key for a regular file; `None` for pipes, sockets and terminals, which are not
-/// page cache.
+/// The writer's key for a regular file; `None` for pipes, sockets, terminals and block
+/// devices, whose writes are not a file's page cache.
 #[inline(always)]
-fn writer_key(inode: u64) -> Result<Option<WriterKey>, ReadFailed> {
-    let off = offsets();
-    let mode: u16 = load(inode, off.inode_mode);
+fn writer_key(
+    inode: u64,
+    writer: Result<MemcgIdentity, ReadFailed>,
+    tgid: u32,
+) -> Result<Option<WriterKey>, ReadFailed> {
+    let mode: u16 = load(inode, offset!(inode_mode));
     if mode & S_IFMT != S_IFREG {
         return Ok(None);
     }
-    let ino: u64 = load(inode, off.inode_ino);
-    let sb = load_ptr(inode, off.inode_sb)?;
-    let dev: u32 = load(sb, off.sb_dev);
+    let ino: u64 = load(inode, offset!(inode_ino));
+    let sb = load_ptr(inode, offset!(inode_sb))?;
+    let dev: u32 = load(sb, offset!(sb_dev));
     let MemcgIdentity {
         cgroup_id,
         hierarchy,
-    } = current_memcg_identity()?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    } = writer?;
     Ok(Some(WriterKey {
         cgroup_id,
         ino,
@@ -96,28 +152,31 @@ fn writer_key(inode: u64) -> Result<Option<WriterKey>, ReadFailed> {
 }
 
 #[inline(always)]
-fn add(key: &WriterKey, bytes: u64) {
+fn add(key: &WriterKey, bytes: u64, calls: u64, comm: [u8; 16]) {
+    add_with(key, bytes, calls, || comm)
+}
+
+#[inline(always)]
+fn add_with(key: &WriterKey, bytes: u64, calls: u64, comm: impl FnOnce() -> [u8; 16]) {
     if let Some(stats) = WRITERS.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent writers of one file add atomically.
-        // The name is taken when the process first writes the file: a helper call per write
-        // would cost more than the rest of the program.
         unsafe {
             atomic_add(&raw mut (*stats).bytes, bytes);
-            atomic_add(&raw mut (*stats).calls, 1);
+            atomic_add(&raw mut (*stats).calls, calls);
         }
         return;
     }
     let fresh = WriterStats {
         bytes,
-        calls: 1,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        calls,
+        comm: comm(),
     };
     if WRITERS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
         match WRITERS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(stats) => unsafe {
                 atomic_add(&raw mut (*stats).bytes, bytes);
-                atomic_add(&raw mut (*stats).calls, 1);
+                atomic_add(&raw mut (*stats).calls, calls);
             },
             None => count(Stat::WritersMapFull),
         }

@@ -19,7 +19,7 @@ use self::{
     shmem::ShmemScanner,
 };
 use crate::{
-    loader::{read_all, LoadError, LoadOptions, Tracer},
+    loader::{read_all, runs::merge_writes, LoadError, LoadOptions, Tracer},
     model::{
         aggregate, apply_filter, host_path_of, CgroupUsage, Comm, FileUsage, Filter, KernelStats,
         Observation, Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage,
@@ -118,9 +118,10 @@ impl Collector {
                 .map_err(CollectError::Stats)?;
             sums[stat as usize] = per_cpu.iter().sum();
         }
+        let (add_events, delete_events) = self.tracer.page_events();
         Ok(KernelStats {
-            add_events: sums[Stat::AddEvents as usize],
-            delete_events: sums[Stat::DeleteEvents as usize],
+            add_events,
+            delete_events,
             map_full: sums[Stat::MapFull as usize],
             read_failed: sums[Stat::ReadFailed as usize],
             uncharged: sums[Stat::Uncharged as usize],
@@ -449,20 +450,35 @@ impl Collector {
     /// any more: they move from the kernel map into userspace, so the map holds only live
     /// writers, however many come and go.
     fn gather_writers(&mut self, stats: &mut KernelStats) -> Vec<(WriterKey, WriterStats)> {
-        let live = read_all(&self.tracer.writers, &mut stats.map_read_errors);
-        let mut entries = Vec::with_capacity(live.len() + self.writer_totals.len());
-        for (key, value) in live {
+        // The map before the runs: a run added to the map in between is missed once, rather
+        // than counted twice.
+        let mapped = read_all(&self.tracer.writers, &mut stats.map_read_errors);
+        let runs = self.tracer.writer_runs();
+        let mut entries: HashMap<WriterKey, WriterStats> = HashMap::default();
+        let add = |entries: &mut HashMap<WriterKey, WriterStats>, key, value: WriterStats| {
+            entries
+                .entry(key)
+                .and_modify(|into| merge_writes(into, &value))
+                .or_insert(value);
+        };
+        for (key, value) in mapped {
             // SAFETY: kill with signal 0 only checks that the process exists.
             let exited = unsafe { libc::kill(key.tgid as i32, 0) } != 0
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
             if exited && self.tracer.writers.remove(&key).is_ok() {
-                self.writer_totals.insert(key, value);
+                // A run of its still on some CPU reaches the map later and moves then.
+                add(&mut self.writer_totals, key, value);
             } else {
-                entries.push((key, value));
+                add(&mut entries, key, value);
             }
         }
-        entries.extend(self.writer_totals.iter().map(|(k, v)| (*k, *v)));
-        entries
+        for (key, value) in runs
+            .into_iter()
+            .chain(self.writer_totals.iter().map(|(k, v)| (*k, *v)))
+        {
+            add(&mut entries, key, value);
+        }
+        entries.into_iter().collect()
     }
 
     /// A key's counters since start: the totals plus the half being counted into.

@@ -8,6 +8,7 @@ pub mod btf;
 pub mod preflight;
 mod prog_info;
 mod prog_run;
+pub(crate) mod runs;
 
 use self::{
     btf::{BtfError, KernelBtf},
@@ -15,12 +16,13 @@ use self::{
 };
 use crate::model::{Hook, ProgramStats, WritesSource};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError, ProgramFd, RawTracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    names, CacheCounters, CacheKey, InodeName, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
+    names, CacheCounters, CacheKey, InodeName, PendingCache, PendingWrite, WriterKey, WriterStats,
+    DEFAULT_CACHE_ENTRIES,
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -188,6 +190,12 @@ pub struct Tracer {
     page_cache: [HashMap<MapData, CacheKey, CacheCounters>; 2],
     active_half: Array<MapData, u32>,
     counting_into: usize,
+    /// Per CPU and half, the run of events not yet in the map.
+    pending_cache: PerCpuArray<MapData, PendingCache>,
+    /// Per CPU, the writer fallback's run of dirtied folios not yet in `writers`.
+    pending_write: PerCpuArray<MapData, PendingWrite>,
+    /// Folio insertions and removals counted in halves already drained.
+    drained_events: (u64, u64),
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
@@ -219,6 +227,8 @@ impl Tracer {
             take_typed_map(&mut ebpf, names::CACHE_MAP_B)?,
         ];
         let active_half = take_typed_map(&mut ebpf, names::ACTIVE_MAP)?;
+        let pending_cache = take_typed_map(&mut ebpf, names::PENDING_CACHE)?;
+        let pending_write = take_typed_map(&mut ebpf, names::PENDING_WRITE)?;
         let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
         let namer = match Namer::load(&mut ebpf) {
@@ -239,6 +249,9 @@ impl Tracer {
             page_cache,
             active_half,
             counting_into: 0,
+            pending_cache,
+            pending_write,
+            drained_events: (0, 0),
             stats,
             cgroup_events,
             namer,
@@ -397,17 +410,82 @@ impl Tracer {
                 let _ = map.remove(&key);
             }
         }
-        entries
+        // The runs the programs had not yet added to the old half, then the slots emptied for
+        // the half's next turn (nothing counts into them now).
+        let half = old as u32;
+        match self.pending_cache.get(&half, 0) {
+            Ok(slots) => {
+                for slot in slots.iter() {
+                    self.drained_events.0 += slot.add_events;
+                    self.drained_events.1 += slot.delete_events;
+                }
+                entries.extend(runs::cache_runs(&slots));
+                let empty = PerCpuValues::try_from(vec![PendingCache::default(); slots.len()]);
+                let reset = empty
+                    .map_err(aya::maps::MapError::from)
+                    .and_then(|empty| self.pending_cache.set(half, empty, 0));
+                if let Err(err) = reset {
+                    // Left as they are, the runs would be counted again at the next drain.
+                    log::warn!("cannot empty the per-CPU runs of the drained half: {err}");
+                    *errors += 1;
+                }
+            }
+            Err(err) => {
+                log::warn!("cannot read the per-CPU runs of the drained half: {err}");
+                *errors += 1;
+            }
+        }
+        runs::merge_entries(entries)
     }
 
-    /// What the half being counted into holds now (it keeps counting).
+    /// The runs the programs keep for the half being counted into (they keep counting).
+    fn counting_runs(&self) -> Vec<(CacheKey, CacheCounters)> {
+        match self.pending_cache.get(&(self.counting_into as u32), 0) {
+            Ok(slots) => runs::cache_runs(&slots).collect(),
+            Err(err) => {
+                log::debug!("cannot read the per-CPU runs: {err}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// What the half being counted into holds now (it keeps counting), its runs included.
     pub(crate) fn read_counting(&self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
-        read_all(&self.page_cache[self.counting_into], errors)
+        let entries = read_all(&self.page_cache[self.counting_into], errors);
+        runs::merge_entries(entries.into_iter().chain(self.counting_runs()))
     }
 
-    /// The current counters of one key in the half being counted into.
+    /// The current counters of one key in the half being counted into, its runs included.
     pub(crate) fn counting_entry(&self, key: &CacheKey) -> Option<CacheCounters> {
-        self.page_cache[self.counting_into].get(key, 0).ok()
+        let entry = self.page_cache[self.counting_into].get(key, 0).ok();
+        let runs = self.counting_runs().into_iter().filter(|(k, _)| k == key);
+        runs::merge_entries(entry.map(|e| (*key, e)).into_iter().chain(runs))
+            .pop()
+            .map(|(_, counters)| counters)
+    }
+
+    /// Folio insertions and removals the programs saw since load.
+    pub(crate) fn page_events(&self) -> (u64, u64) {
+        let (mut added, mut removed) = self.drained_events;
+        if let Ok(slots) = self.pending_cache.get(&(self.counting_into as u32), 0) {
+            for slot in slots.iter() {
+                added += slot.add_events;
+                removed += slot.delete_events;
+            }
+        }
+        (added, removed)
+    }
+
+    /// The writer fallback's runs of dirtied folios not yet added to the writers map, one per
+    /// CPU at most.
+    pub(crate) fn writer_runs(&self) -> Vec<(WriterKey, WriterStats)> {
+        match self.pending_write.get(&0, 0) {
+            Ok(slots) => runs::write_runs(&slots).collect(),
+            Err(err) => {
+                log::debug!("cannot read the writers' per-CPU runs: {err}");
+                Vec::new()
+            }
+        }
     }
 
     /// The path of the file whose inode was at `inode` (as the page-cache map recorded it),
