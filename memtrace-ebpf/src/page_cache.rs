@@ -76,11 +76,9 @@ fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
         && run.key.ino == folio.ino
         && run.generation == folio.generation
         && run.epoch == epoch;
-    if !same_run {
-        if start_run(run, &folio, epoch, half).is_err() {
-            count(Stat::ReadFailed);
-            return;
-        }
+    if !same_run && start_run(run, &folio, epoch, half).is_err() {
+        count(Stat::ReadFailed);
+        return;
     }
     match direction {
         Direction::Added => run.pages_added += folio.pages,
@@ -174,17 +172,17 @@ fn start_run(
 /// Adds a finished run to its entry in the map.
 #[inline(always)]
 fn flush(map: &HashMap<CacheKey, CacheCounters>, run: &PendingCache) {
-    if let Some(counters) = map.get_ptr_mut(&run.key) {
+    if let Some(counters) = map.get_ptr_mut(run.key) {
         add_run(counters, run);
         return;
     }
     // The inode's address lets userspace ask for the file's path later (`name_inode`).
     let fresh = run_counters(run);
-    if map.insert(&run.key, fresh, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(run.key, fresh, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
-    match map.get_ptr_mut(&run.key) {
+    match map.get_ptr_mut(run.key) {
         Some(counters) => add_run(counters, run),
         None => count(Stat::MapFull),
     }
