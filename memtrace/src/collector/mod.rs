@@ -1,5 +1,6 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
+mod dirty;
 mod naming;
 pub mod residency;
 pub mod seed;
@@ -21,9 +22,8 @@ use self::{
 use crate::{
     loader::{read_all, runs::merge_writes, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, apply_filter, host_path_of, CgroupUsage, Comm, FileUsage, Filter, KernelStats,
-        Observation, Provenance, Rates, Report, Sample, SeedSummary, SeededCache, WriterUsage,
-        SCHEMA_VERSION,
+        aggregate, apply_filter, host_path_of, CgroupUsage, Comm, Filter, KernelStats, Observation,
+        Provenance, Report, SeedSummary, SeededCache, WriteRates, WriterUsage, SCHEMA_VERSION,
     },
     resolve::{cgroups::memcg_path_of, open::open_regular, Resolvers},
 };
@@ -42,8 +42,8 @@ pub struct Collector {
     page_size: u64,
     seeds: HashMap<CacheKey, SeededCache>,
     pub seed_summary: Option<SeedSummary>,
-    /// The previous snapshot's figures, for rates.
-    last_sample: Option<Sample>,
+    /// The previous snapshot's written bytes, for rates.
+    write_rates: WriteRates,
     /// Every (memcg, file) drained from the kernel so far: its counters since memtrace
     /// started, and the drain (flip) in which they last changed.
     totals: HashMap<CacheKey, Tally>,
@@ -60,6 +60,8 @@ pub struct Collector {
     deficits_handled: HashMap<CacheKey, u64>,
     /// tmpfs/shmem files, measured instead of traced.
     shmem: ShmemScanner,
+    /// Dirty and writeback bytes, measured for files that changed.
+    dirty: dirty::DirtyMeter,
 }
 
 impl Collector {
@@ -82,7 +84,7 @@ impl Collector {
             page_size: page_size(),
             seeds: HashMap::default(),
             seed_summary: None,
-            last_sample: None,
+            write_rates: WriteRates::default(),
             totals: HashMap::default(),
             flips: 0,
             pending_measure: std::collections::HashSet::new(),
@@ -90,6 +92,7 @@ impl Collector {
             writer_totals: HashMap::default(),
             deficits_handled: HashMap::default(),
             shmem: ShmemScanner::default(),
+            dirty: dirty::DirtyMeter::default(),
         })
     }
 
@@ -171,8 +174,14 @@ impl Collector {
         for ((dev, ino), name) in scan.names {
             self.resolvers.paths.remember(dev, ino, name);
         }
+        // What the kernel counted up to now, read once for every seeded key.
+        let counting: HashMap<CacheKey, CacheCounters> = self
+            .tracer
+            .read_counting(&mut self.map_read_errors)
+            .into_iter()
+            .collect();
         for (key, seed) in scan.seeds {
-            let baseline = self.combined(&key);
+            let baseline = self.combined(&key, counting.get(&key));
             self.seeds.insert(
                 key,
                 SeededCache {
@@ -327,12 +336,14 @@ impl Collector {
         });
         let named = began.elapsed();
         self.rate(&mut cgroups);
-        let dirty_source = measure_dirty(&mut cgroups, self.page_size);
+        let rated = began.elapsed();
+        let dirty_source = self.dirty.measure(&mut cgroups, self.page_size);
         log::debug!(
-            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, rates+dirty {:?}",
+            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, rates {:?}, dirty {:?}",
             aggregated - read,
             named - aggregated,
-            began.elapsed() - named
+            rated - named,
+            began.elapsed() - rated
         );
         Ok(Report {
             schema_version: SCHEMA_VERSION,
@@ -481,10 +492,11 @@ impl Collector {
         entries.into_iter().collect()
     }
 
-    /// A key's counters since start: the totals plus the half being counted into.
-    fn combined(&self, key: &CacheKey) -> CacheCounters {
+    /// A key's counters since start: the totals plus `counting`, what the halves not yet
+    /// drained hold for it.
+    fn combined(&self, key: &CacheKey, counting: Option<&CacheCounters>) -> CacheCounters {
         let mut sum = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
-        if let Some(entry) = self.tracer.counting_entry(key) {
+        if let Some(entry) = counting {
             sum.pages_added += entry.pages_added;
             sum.pages_removed += entry.pages_removed;
         }
@@ -661,70 +673,8 @@ impl Collector {
 
     /// Rates since the previous snapshot; this one becomes the next one's reference.
     fn rate(&mut self, cgroups: &mut [CgroupUsage]) {
-        let sample = Sample::of(cgroups, Instant::now());
-        if let Some(rates) = self
-            .last_sample
-            .as_ref()
-            .and_then(|last| Rates::between(last, &sample))
-        {
-            rates.apply_write_rates(cgroups);
-        }
-        self.last_sample = Some(sample);
+        self.write_rates.apply(cgroups, Instant::now());
     }
-}
-
-/// Most files whose dirty and writeback bytes are measured per snapshot (largest first).
-const DIRTY_MEASURE_LIMIT: usize = 5_000;
-
-/// Dirty and writeback bytes of resident files, measured on their host path: by cachestat(2)
-/// (Linux 6.5+), else from each page's flags in /proc/kpageflags (root; slower, so it is the
-/// fallback). Returns the source used, or `None` when neither is available.
-fn measure_dirty(cgroups: &mut [CgroupUsage], page_size: u64) -> Option<&'static str> {
-    let mut files: Vec<&mut FileUsage> = cgroups
-        .iter_mut()
-        .flat_map(|c| c.files.iter_mut())
-        .filter(|f| f.cached_bytes > 0 && f.host_path.is_some() && !f.deleted)
-        .collect();
-    files.sort_by_key(|f| std::cmp::Reverse(f.cached_bytes));
-    let mut source: Option<&'static str> = Some("cachestat");
-    let mut page_flags: Option<residency::PageOwnerReader> = None;
-    for file in files.into_iter().take(DIRTY_MEASURE_LIMIT) {
-        let Some(path) = file.host_path.as_deref() else {
-            continue;
-        };
-        let path = host_path_of(path, file.host_path_hex.as_deref());
-        // Only the file we were told about: a path now holding a symlink, a FIFO or another
-        // file measures nothing.
-        let handle = match open_regular(&path, Some(file.ino)) {
-            Ok(handle) => handle,
-            Err(err) => {
-                log::debug!("dirty bytes not measured: {err}");
-                continue;
-            }
-        };
-        if source == Some("cachestat") {
-            match residency::cachestat(&handle) {
-                Ok(stat) => {
-                    file.dirty_bytes = Some(stat.dirty * page_size);
-                    file.writeback_bytes = Some(stat.writeback * page_size);
-                    continue;
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                    page_flags = residency::PageOwnerReader::open()
-                        .ok()
-                        .filter(|r| r.has_page_flags());
-                    source = page_flags.as_ref().map(|_| "kpageflags");
-                }
-                Err(_) => continue,
-            }
-        }
-        let Some(reader) = &page_flags else { break };
-        if let Ok(owners) = reader.owners(&handle) {
-            file.dirty_bytes = Some(owners.dirty * page_size);
-            file.writeback_bytes = Some(owners.writeback * page_size);
-        }
-    }
-    source
 }
 
 /// Copies a kernel-written event out of a ring buffer record.

@@ -61,8 +61,13 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             // Clear the screen and home the cursor, so the table redraws in place.
             write!(out, "\x1b[2J\x1b[H")?;
         }
+        let writing = std::time::Instant::now();
         match emit(&mut out, &report, format, &args.output) {
-            Ok(()) => {}
+            Ok(()) => log::debug!(
+                "report built in {:.1} ms, written in {:.1} ms",
+                report.snapshot_seconds * 1000.0,
+                writing.elapsed().as_secs_f64() * 1000.0
+            ),
             // The reader went away (`memtrace watch --json | head -1`): that ends the watch.
             Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
             Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),

@@ -196,6 +196,8 @@ pub struct Tracer {
     pending_write: PerCpuArray<MapData, PendingWrite>,
     /// Folio insertions and removals counted in halves already drained.
     drained_events: (u64, u64),
+    /// When the programs last switched halves.
+    flipped_at: Option<std::time::Instant>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
@@ -252,6 +254,7 @@ impl Tracer {
             pending_cache,
             pending_write,
             drained_events: (0, 0),
+            flipped_at: None,
             stats,
             cgroup_events,
             namer,
@@ -384,18 +387,18 @@ impl Namer {
 const FLIP_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Tracer {
-    /// Makes the programs count into the other half of the (memcg, file) map, waits for any
-    /// still counting into the old one, and empties it: what it held, entry by entry. Entries
-    /// that cannot be read are counted in `errors`.
+    /// Empties the half of the (memcg, file) map the programs stopped counting into at the
+    /// previous call (waiting out what is left of the grace for programs still on it, which at
+    /// one call per report is nothing), then makes the programs count into it: what it held,
+    /// entry by entry. The half they counted into until now is read with `read_counting` and
+    /// emptied at the next call. Entries that cannot be read are counted in `errors`.
     pub(crate) fn flip_and_drain(&mut self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
-        let old = self.counting_into;
-        let new = 1 - old;
-        if let Err(err) = self.active_half.set(0, new as u32, 0) {
-            log::warn!("cannot switch the (memcg, file) map halves: {err}");
-            return Vec::new();
+        if let Some(flipped) = self.flipped_at {
+            if let Some(rest) = FLIP_GRACE.checked_sub(flipped.elapsed()) {
+                std::thread::sleep(rest);
+            }
         }
-        self.counting_into = new;
-        std::thread::sleep(FLIP_GRACE);
+        let old = 1 - self.counting_into;
         let (mut entries, failed) = batch::drain(&self.page_cache[old]);
         if let Some(err) = failed {
             // What the batch call removed is in `entries`; read the rest key by key.
@@ -435,42 +438,52 @@ impl Tracer {
                 *errors += 1;
             }
         }
+        // The emptied half takes the counting over.
+        match self.active_half.set(0, old as u32, 0) {
+            Ok(()) => {
+                self.counting_into = old;
+                self.flipped_at = Some(std::time::Instant::now());
+            }
+            Err(err) => log::warn!("cannot switch the (memcg, file) map halves: {err}"),
+        }
         runs::merge_entries(entries)
     }
 
-    /// The runs the programs keep for the half being counted into (they keep counting).
-    fn counting_runs(&self) -> Vec<(CacheKey, CacheCounters)> {
-        match self.pending_cache.get(&(self.counting_into as u32), 0) {
-            Ok(slots) => runs::cache_runs(&slots).collect(),
-            Err(err) => {
-                log::debug!("cannot read the per-CPU runs: {err}");
-                Vec::new()
+    /// The halves not yet drained, the one counted into first: the one counted into until the
+    /// last flip (programs may still be finishing on it) and the one counted into now.
+    fn undrained_halves(&self) -> [usize; 2] {
+        [1 - self.counting_into, self.counting_into]
+    }
+
+    /// The runs the programs keep for the undrained halves (they keep counting).
+    fn undrained_runs(&self) -> Vec<(CacheKey, CacheCounters)> {
+        let mut found = Vec::new();
+        for half in self.undrained_halves() {
+            match self.pending_cache.get(&(half as u32), 0) {
+                Ok(slots) => found.extend(runs::cache_runs(&slots)),
+                Err(err) => log::debug!("cannot read the per-CPU runs: {err}"),
             }
         }
+        found
     }
 
-    /// What the half being counted into holds now (it keeps counting), its runs included.
+    /// What the halves not yet drained hold now (the programs keep counting), runs included.
     pub(crate) fn read_counting(&self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
-        let entries = read_all(&self.page_cache[self.counting_into], errors);
-        runs::merge_entries(entries.into_iter().chain(self.counting_runs()))
-    }
-
-    /// The current counters of one key in the half being counted into, its runs included.
-    pub(crate) fn counting_entry(&self, key: &CacheKey) -> Option<CacheCounters> {
-        let entry = self.page_cache[self.counting_into].get(key, 0).ok();
-        let runs = self.counting_runs().into_iter().filter(|(k, _)| k == key);
-        runs::merge_entries(entry.map(|e| (*key, e)).into_iter().chain(runs))
-            .pop()
-            .map(|(_, counters)| counters)
+        let [earlier, now] = self.undrained_halves();
+        let mut entries = read_all(&self.page_cache[earlier], errors);
+        entries.extend(read_all(&self.page_cache[now], errors));
+        runs::merge_entries(entries.into_iter().chain(self.undrained_runs()))
     }
 
     /// Folio insertions and removals the programs saw since load.
     pub(crate) fn page_events(&self) -> (u64, u64) {
         let (mut added, mut removed) = self.drained_events;
-        if let Ok(slots) = self.pending_cache.get(&(self.counting_into as u32), 0) {
-            for slot in slots.iter() {
-                added += slot.add_events;
-                removed += slot.delete_events;
+        for half in self.undrained_halves() {
+            if let Ok(slots) = self.pending_cache.get(&(half as u32), 0) {
+                for slot in slots.iter() {
+                    added += slot.add_events;
+                    removed += slot.delete_events;
+                }
             }
         }
         (added, removed)

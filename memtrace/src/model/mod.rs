@@ -24,6 +24,6 @@ pub use self::{
     aggregate::{aggregate, Observation, SeededCache},
     filter::{apply_filter, under, Filter},
     format::{escape_control, host_path_of, human_bytes, human_count, name_bytes, name_text},
-    rates::{Rates, Sample},
+    rates::{Rates, Sample, WriteRates},
     schema::*,
 };

@@ -25,10 +25,24 @@ pub struct Sample {
 impl Sample {
     /// The figures of every file listed in `cgroups`, taken `at`.
     pub fn of(cgroups: &[CgroupUsage], at: Instant) -> Self {
+        Self::of_files(cgroups, at, |_| true)
+    }
+
+    /// Only the files something wrote: enough for write rates, and a few entries where the
+    /// whole report has a hundred thousand.
+    pub fn of_written(cgroups: &[CgroupUsage], at: Instant) -> Self {
+        Self::of_files(cgroups, at, |f| f.written_bytes > 0)
+    }
+
+    fn of_files(
+        cgroups: &[CgroupUsage],
+        at: Instant,
+        keep: impl Fn(&super::FileUsage) -> bool,
+    ) -> Self {
         let files = cgroups
             .iter()
             .flat_map(|c| {
-                c.files.iter().map(move |f| {
+                c.files.iter().filter(|f| keep(f)).map(move |f| {
                     (
                         (c.hierarchy, c.id, f.dev, f.ino),
                         FileFigures {
@@ -97,6 +111,43 @@ impl Rates {
                 }
             }
         }
+    }
+}
+
+/// Write rates report after report, in one pass per report: each written file's bytes are
+/// rated against the previous report's and remembered for the next (`Sample` and `Rates`
+/// would build two maps of every file for the same answer).
+#[derive(Debug, Default)]
+pub struct WriteRates {
+    last: Option<(Instant, rustc_hash::FxHashMap<FileKey, u64>)>,
+}
+
+impl WriteRates {
+    /// Fills `write_rate_bytes_per_second` of every written file in `cgroups`, taken `at`
+    /// (left null in the first report). A file absent from the previous report counts from
+    /// zero.
+    pub fn apply(&mut self, cgroups: &mut [CgroupUsage], at: Instant) {
+        let previous = self.last.take();
+        let seconds = previous
+            .as_ref()
+            .map(|(then, _)| at.saturating_duration_since(*then).as_secs_f64())
+            .filter(|s| *s > 0.0);
+        let capacity = previous.as_ref().map_or(0, |(_, files)| files.len());
+        let mut now = rustc_hash::FxHashMap::with_capacity_and_hasher(capacity, Default::default());
+        for cgroup in cgroups.iter_mut() {
+            let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
+            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
+                let key = (hierarchy, id, file.dev, file.ino);
+                if let (Some(seconds), Some((_, before))) = (seconds, &previous) {
+                    let before = before.get(&key).copied().unwrap_or(0);
+                    file.write_rate_bytes_per_second =
+                        Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
+                }
+                now.insert(key, file.written_bytes);
+            }
+        }
+        drop(previous);
+        self.last = Some((at, now));
     }
 }
 
