@@ -216,6 +216,8 @@ struct Checked {
     at: Instant,
     /// The inode generation the name was found for (0: unknown).
     generation: u64,
+    /// `PathTable::overlays_version` when it was placed.
+    overlays_version: u64,
 }
 
 /// A name userspace found for a file (scanning at start), when the kernel has sent none.
@@ -237,6 +239,9 @@ pub struct PathTable {
     checked: FxHashMap<(u32, u64), Checked>,
     /// Re-checks this report may still make.
     rechecks_left: usize,
+    /// Bumped whenever the overlay mounts change: a name placed under other overlays is
+    /// placed again when checked.
+    overlays_version: u64,
 }
 
 impl PathTable {
@@ -259,7 +264,11 @@ impl PathTable {
     }
 
     pub fn set_mounts(&mut self, mounts: Vec<Mount>) {
-        self.overlays = mounts.iter().filter_map(Overlay::from_mount).collect();
+        let overlays: Vec<Overlay> = mounts.iter().filter_map(Overlay::from_mount).collect();
+        if overlays != self.overlays {
+            self.overlays_version += 1;
+        }
+        self.overlays = overlays;
         self.mounts = mounts;
     }
 
@@ -340,12 +349,18 @@ impl PathTable {
                     kept
                 }
             }
-            Some(Checked { resolved, .. }) if resolved.host_path.is_some() => {
+            Some(Checked {
+                resolved,
+                overlays_version,
+                ..
+            }) if resolved.host_path.is_some() => {
                 let host = resolved
                     .host_path
                     .as_deref()
                     .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()));
                 match host.filter(|h| is_same_file(h, ino)) {
+                    // Still there, under the same overlays: placed as before.
+                    Some(_) if *overlays_version == self.overlays_version => resolved.clone(),
                     Some(host) => self.resolve_host_path(host, ino, false),
                     // Renamed or moved: ask the kernel where it is now.
                     None => self.name_anew(dev, ino, ask_kernel),
@@ -365,6 +380,7 @@ impl PathTable {
                 resolved: resolved.clone(),
                 at: Instant::now(),
                 generation,
+                overlays_version: self.overlays_version,
             },
         );
         resolved
