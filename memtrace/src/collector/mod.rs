@@ -242,7 +242,7 @@ impl Collector {
         // Only removals of shmem pages are traced: their files are measured instead.
         let shmem_devs = &self.shmem.devs;
         entries.retain(|(key, _)| !shmem_devs.contains(&key.dev));
-        let mut observations: HashMap<CacheKey, Observation> = HashMap::default();
+        let mut observations = Observations::with_capacity(entries.len() + self.seeds.len());
         let mut to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
         let measuring = to_measure.len();
@@ -256,23 +256,20 @@ impl Collector {
         for (key, counters) in entries {
             let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
             let writers = Vec::new();
-            observations.insert(
+            observations.insert(Observation {
                 key,
-                Observation {
-                    key,
-                    counters,
-                    seeded,
-                    writers,
-                    shmem: false,
-                },
-            );
+                counters,
+                seeded,
+                writers,
+                shmem: false,
+            });
         }
 
         for (key, seeded) in &self.seeds {
             if self.shmem.devs.contains(&key.dev) {
                 continue;
             }
-            observations.entry(*key).or_insert(Observation {
+            observations.get_or_insert_with(*key, || Observation {
                 key: *key,
                 counters: seeded.baseline,
                 seeded: Some(Box::new(*seeded)),
@@ -281,21 +278,18 @@ impl Collector {
             });
         }
         for (key, measured) in &self.shmem.files {
-            observations.insert(
-                *key,
-                Observation {
-                    key: *key,
-                    counters: CacheCounters::default(),
-                    seeded: Some(Box::new(SeededCache {
-                        pages: measured.pages,
-                        active_pages: measured.active_pages,
-                        provenance: measured.provenance,
-                        baseline: CacheCounters::default(),
-                    })),
-                    writers: Vec::new(),
-                    shmem: true,
-                },
-            );
+            observations.insert(Observation {
+                key: *key,
+                counters: CacheCounters::default(),
+                seeded: Some(Box::new(SeededCache {
+                    pages: measured.pages,
+                    active_pages: measured.active_pages,
+                    provenance: measured.provenance,
+                    baseline: CacheCounters::default(),
+                })),
+                writers: Vec::new(),
+                shmem: true,
+            });
         }
         for (writer, written) in writer_entries {
             let key = CacheKey {
@@ -306,7 +300,7 @@ impl Collector {
             };
             // A file this cgroup writes but whose cache is charged elsewhere still gets a row
             // here: the writer is worth knowing.
-            let observation = observations.entry(key).or_insert_with(|| Observation {
+            let observation = observations.get_or_insert_with(key, || Observation {
                 key,
                 counters: CacheCounters::default(),
                 seeded: None,
@@ -324,7 +318,7 @@ impl Collector {
         }
 
         let read = began.elapsed();
-        let observations: Vec<Observation> = observations.into_values().collect();
+        let observations = observations.into_vec();
         let (mut cgroups, mut totals) = aggregate(observations, self.page_size);
         let aggregated = began.elapsed();
         self.resolvers.refresh();
@@ -362,6 +356,65 @@ impl Collector {
             totals,
             cgroups,
         })
+    }
+}
+
+/// Adds what an undrained half holds for a key to its totals.
+fn add_counting(sum: &mut CacheCounters, entry: &CacheCounters) {
+    sum.pages_added += entry.pages_added;
+    sum.pages_removed += entry.pages_removed;
+    sum.max_deficit = entry.max_deficit;
+    if entry.inode != 0 {
+        sum.inode = entry.inode;
+        sum.generation = entry.generation;
+    }
+}
+
+/// One observation per key, in a vector with an index beside it: a hash map of whole
+/// observations would hold a hundred thousand of them in room for twice as many, and copy them
+/// all out again.
+struct Observations {
+    list: Vec<Observation>,
+    index: HashMap<CacheKey, u32>,
+}
+
+impl Observations {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(capacity),
+            index: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+        }
+    }
+
+    /// Adds `observation`, replacing the one of its key if there is one.
+    fn insert(&mut self, observation: Observation) {
+        match self.index.get(&observation.key) {
+            Some(&at) => self.list[at as usize] = observation,
+            None => {
+                self.index.insert(observation.key, self.list.len() as u32);
+                self.list.push(observation);
+            }
+        }
+    }
+
+    fn get_or_insert_with(
+        &mut self,
+        key: CacheKey,
+        make: impl FnOnce() -> Observation,
+    ) -> &mut Observation {
+        let at = match self.index.get(&key) {
+            Some(&at) => at as usize,
+            None => {
+                self.index.insert(key, self.list.len() as u32);
+                self.list.push(make());
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[at]
+    }
+
+    fn into_vec(self) -> Vec<Observation> {
+        self.list
     }
 }
 
@@ -421,11 +474,6 @@ impl Collector {
             }
         }
         self.prune();
-        let mut combined: HashMap<CacheKey, CacheCounters> = self
-            .totals
-            .iter()
-            .map(|(key, tally)| (*key, tally.counters))
-            .collect();
         // Each file's inode as last seen: the latest drain's, then the half still counting
         // (keys of the same file under other cgroups may hold an older incarnation).
         let mut identities: InodeIdentities = HashMap::default();
@@ -444,17 +492,24 @@ impl Collector {
                 identities.insert((key.dev, key.ino), (entry.inode, entry.generation));
             }
         }
-        for (key, entry) in counting {
-            let sum = combined.entry(key).or_default();
-            sum.pages_added += entry.pages_added;
-            sum.pages_removed += entry.pages_removed;
-            sum.max_deficit = entry.max_deficit;
-            if entry.inode != 0 {
-                sum.inode = entry.inode;
-                sum.generation = entry.generation;
+        // Every key's totals plus what the undrained halves add, built as one list (the
+        // undrained halves hold few keys; the totals may hold a hundred thousand).
+        let mut counting: HashMap<CacheKey, CacheCounters> = counting.into_iter().collect();
+        let mut combined: Vec<(CacheKey, CacheCounters)> =
+            Vec::with_capacity(self.totals.len() + counting.len());
+        for (key, tally) in &self.totals {
+            let mut sum = tally.counters;
+            if let Some(entry) = counting.remove(key) {
+                add_counting(&mut sum, &entry);
             }
+            combined.push((*key, sum));
         }
-        (combined.into_iter().collect(), identities)
+        for (key, entry) in counting {
+            let mut sum = CacheCounters::default();
+            add_counting(&mut sum, &entry);
+            combined.push((key, sum));
+        }
+        (combined, identities)
     }
 
     /// Every writer's figures since start. Entries of processes that have exited cannot grow
