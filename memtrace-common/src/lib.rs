@@ -249,6 +249,8 @@ pub struct KernelOffsets {
     pub css_cgroup: u32,
     /// `inode.i_generation`: tells a new file from an old one that had the same inode number.
     pub inode_generation: u32,
+    /// `task_struct.tgid`: the process, read where the helper call would cost more.
+    pub task_tgid: u32,
 }
 
 /// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.

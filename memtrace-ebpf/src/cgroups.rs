@@ -72,8 +72,19 @@ pub(crate) fn current_epoch() -> u64 {
 /// is BTF-typed, so the walk is plain loads.
 #[inline(always)]
 pub(crate) fn current_memory_css() -> Result<u64, ReadFailed> {
+    memory_css(current_task())
+}
+
+/// The current task, as a BTF-typed pointer.
+#[inline(always)]
+pub(crate) fn current_task() -> u64 {
     // SAFETY: the helper returns the current task as a BTF-typed pointer.
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    unsafe { bpf_get_current_task_btf() as u64 }
+}
+
+/// The memory css of `task` (BTF-typed), as `current_memory_css`.
+#[inline(always)]
+pub(crate) fn memory_css(task: u64) -> Result<u64, ReadFailed> {
     let css_set = load_ptr(task, offset!(task_cgroups))?;
     load_ptr(css_set, offset!(css_set_memory))
 }

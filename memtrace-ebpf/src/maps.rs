@@ -114,6 +114,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     css_set_memory: 0,
     css_cgroup: 0,
     inode_generation: 0,
+    task_tgid: 0,
 };
 
 /// One offset as the loader set it. The volatile read stops the compiler from folding the zero

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use memtrace_common::{Stat, WriterKey, WriterStats};
 
 use crate::{
-    cgroups::{css_identity, current_epoch, current_memory_css, MemcgIdentity},
+    cgroups::{css_identity, current_epoch, current_memory_css, current_task, memory_css, MemcgIdentity},
     kernel::{atomic_add, load, load_ptr, ReadFailed},
     maps::{count, offset, PENDING_WRITE, WRITERS},
 };
@@ -62,11 +62,13 @@ pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's slot; tracepoint programs run with preemption off, so nothing else
     // touches it until this run ends.
     let run = unsafe { &mut *run };
-    let Ok(css) = current_memory_css() else {
+    let task = current_task();
+    let Ok(css) = memory_css(task) else {
         count(Stat::ReadFailed);
         return 0;
     };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A load, where `bpf_get_current_pid_tgid` would be a helper call.
+    let tgid: u32 = load(task, offset!(task_tgid));
     let ino: u64 = load(inode, offset!(inode_ino));
     let epoch = current_epoch();
     let same_run = run.inode == inode

@@ -143,6 +143,7 @@ fn resolved_offsets_match_bpftool_including_members_inside_unions() {
         (offsets.inode_ino, "inode", "i_ino"),
         (offsets.inode_sb, "inode", "i_sb"),
         (offsets.inode_generation, "inode", "i_generation"),
+        (offsets.task_tgid, "task_struct", "tgid"),
         (offsets.sb_dev, "super_block", "s_dev"),
         (offsets.dentry_alias, "dentry", "d_u.d_alias"),
         (offsets.dentry_name, "dentry", "d_name.name"),

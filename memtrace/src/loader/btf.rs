@@ -243,6 +243,7 @@ impl KernelBtf {
                 + 8 * self.enum_value("cgroup_subsys_id", "memory_cgrp_id")? as u32,
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
             inode_generation: self.member_offset("inode", "i_generation")?,
+            task_tgid: self.member_offset("task_struct", "tgid")?,
         })
     }
 }
