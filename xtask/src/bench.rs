@@ -588,7 +588,7 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     let mode = |name: &str, key: &str| many[name][key].as_f64().unwrap_or(f64::NAN);
     let many_ratio = many["throughput_ratio"].as_f64().unwrap_or(f64::NAN);
     markdown += &format!(
-        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot latency, `watch` (10 largest named) | {:.0} ms |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot built, `watch --json` (every file named) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer | {:.0} ms |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
+        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot built, `watch` (10 largest named; steady state: the third report holding every file) | {:.0} ms |\n| memtrace's CPU, `watch` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot built, `watch --json` (every file named; steady state) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer | {:.0} ms |\n| memtrace's CPU, `watch --json` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
         options.files,
         options.cgroups,
         options.rounds_many,
@@ -597,9 +597,11 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
         many_ratio * 100.0,
         many["unnamed_files"].as_u64().unwrap_or(u64::MAX),
         mode("table_mode", "snapshot_ms"),
+        mode("table_mode", "cpu_share") * 100.0,
         mode("table_mode", "peak_rss_mib"),
         mode("json_all_mode", "snapshot_ms"),
         mode("json_all_mode", "end_to_end_ms"),
+        mode("json_all_mode", "cpu_share") * 100.0,
         mode("json_all_mode", "peak_rss_mib"),
     );
     goals.push(Goal::at_least(
@@ -827,7 +829,7 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
     let modes: [Option<&str>; 3] = [None, Some("top"), Some("all")];
     let mut none_rates = Vec::new();
     let mut traced_rates = Vec::new();
-    let mut by_mode: HashMap<&str, Vec<(f64, f64, f64, u64)>> = HashMap::new();
+    let mut by_mode: HashMap<&str, Vec<ModeRun>> = HashMap::new();
     let mut run = 0;
     for round in 0..options.rounds_many {
         for i in 0..modes.len() {
@@ -868,7 +870,11 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
             if let (Some(mode), Some((running, rx))) = (mode, reports) {
                 traced_rates.push(rate);
                 // The third report after the files exist has had time to name them all.
-                let (mut seen, mut found) = (0, None);
+                // Steady state: the third report that holds all the files (the first names
+                // them all); memtrace's CPU is taken from the first to the third.
+                let (mut seen, mut full, mut found) = (0, 0, None);
+                let mut first_full: Option<(Instant, u64)> = None;
+                let mut cpu_per_second = f64::NAN;
                 while let Ok((line, arrived)) = rx.recv_timeout(Duration::from_secs(30)) {
                     let mut report: Value = serde_json::from_str(&line)?;
                     // The snapshot began `snapshot_seconds` before its timestamp; the consumer
@@ -881,9 +887,17 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                     report["end_to_end_ms"] = json!((arrived - began) * 1000.0);
                     let files = report["totals"]["files"].as_u64().unwrap_or(0);
                     seen += 1;
-                    if files >= options.files as u64 && seen >= 3 {
-                        found = Some(report);
-                        break;
+                    if files >= options.files as u64 {
+                        full += 1;
+                        let (now, ticks) = (Instant::now(), running.cpu_ticks());
+                        let (then, before) = *first_full.get_or_insert((now, ticks));
+                        if full >= 3 {
+                            cpu_per_second = (ticks - before) as f64
+                                / ticks_per_second()
+                                / now.duration_since(then).as_secs_f64();
+                            found = Some(report);
+                            break;
+                        }
                     }
                     if seen > 60 {
                         break;
@@ -900,12 +914,13 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                     0
                 };
                 let end_to_end_ms = report["end_to_end_ms"].as_f64().unwrap_or(f64::NAN);
-                by_mode.entry(mode).or_default().push((
+                by_mode.entry(mode).or_default().push(ModeRun {
                     snapshot_ms,
                     end_to_end_ms,
-                    running.peak_rss_kib() as f64 / 1024.0,
+                    cpu_share: cpu_per_second,
+                    peak_rss_mib: running.peak_rss_kib() as f64 / 1024.0,
                     unnamed,
-                ));
+                });
                 drop(running);
             } else {
                 none_rates.push(rate);
@@ -921,14 +936,15 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
     let summary = |mode: &str| -> Result<Value> {
         let runs = by_mode.get(mode).cloned().unwrap_or_default();
         Ok(json!({
-            "snapshot_ms": measured(&format!("{mode} snapshot"), runs.iter().map(|r| r.0).collect())?,
-            "end_to_end_ms": measured(&format!("{mode} snapshot end to end"), runs.iter().map(|r| r.1).collect())?,
-            "peak_rss_mib": measured(&format!("{mode} RSS"), runs.iter().map(|r| r.2).collect())?,
+            "snapshot_ms": measured(&format!("{mode} snapshot"), runs.iter().map(|r| r.snapshot_ms).collect())?,
+            "end_to_end_ms": measured(&format!("{mode} snapshot end to end"), runs.iter().map(|r| r.end_to_end_ms).collect())?,
+            "cpu_share": measured(&format!("{mode} CPU"), runs.iter().map(|r| r.cpu_share).collect())?,
+            "peak_rss_mib": measured(&format!("{mode} RSS"), runs.iter().map(|r| r.peak_rss_mib).collect())?,
         }))
     };
     let unnamed: u64 = by_mode
         .get("all")
-        .map(|runs| runs.iter().map(|r| r.3).max().unwrap_or(0))
+        .map(|runs| runs.iter().map(|r| r.unnamed).max().unwrap_or(0))
         .unwrap_or(u64::MAX);
     Ok(json!({
         "files": options.files, "cgroups": options.cgroups, "rounds": options.rounds_many,
@@ -936,6 +952,16 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
         "throughput_ratio": traced / none, "unnamed_files": unnamed,
         "table_mode": summary("top")?, "json_all_mode": summary("all")?,
     }))
+}
+
+/// One traced many-files run's figures.
+#[derive(Clone, Copy)]
+struct ModeRun {
+    snapshot_ms: f64,
+    end_to_end_ms: f64,
+    cpu_share: f64,
+    peak_rss_mib: f64,
+    unnamed: u64,
 }
 
 /// Files of the bench's cgroups that hold cache but carry no name in `report`.
