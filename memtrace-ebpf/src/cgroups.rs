@@ -10,8 +10,7 @@ use memtrace_common::{CgroupEvent, CgroupEventKind, Stat};
 use crate::{
     kernel::{atomic_add, load, load_ptr, read, read_ptr, ReadFailed},
     maps::{
-        offset,
-        count, MemcgCacheEntry, CGROUP_EVENTS, MEMCG_CACHE, MEMCG_CACHE_SLOTS, MEMCG_EPOCH,
+        count, offset, MemcgCacheEntry, CGROUP_EVENTS, MEMCG_CACHE, MEMCG_CACHE_SLOTS, MEMCG_EPOCH,
     },
 };
 

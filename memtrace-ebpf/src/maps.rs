@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    CacheCounters, CacheKey, InodeName, KernelOffsets, PendingCache, PendingWrite, Stat,
-    WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
+    CacheCounters, CacheKey, InodeName, KernelOffsets, PendingCache, PendingWrite, Stat, WriterKey,
+    WriterStats, DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
 };
 
 /// Pages in and out per (memcg, file), in two halves: the programs count into the active one

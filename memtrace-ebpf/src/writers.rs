@@ -14,7 +14,9 @@ use aya_ebpf::{
 use memtrace_common::{Stat, WriterKey, WriterStats};
 
 use crate::{
-    cgroups::{css_identity, current_epoch, current_memory_css, current_task, memory_css, MemcgIdentity},
+    cgroups::{
+        css_identity, current_epoch, current_memory_css, current_task, memory_css, MemcgIdentity,
+    },
     kernel::{atomic_add, load, load_ptr, ReadFailed},
     maps::{count, offset, PENDING_WRITE, WRITERS},
 };
@@ -116,9 +118,7 @@ fn record(inode: u64, bytes: u64) {
     match key {
         // The name is taken when the process first writes the file: a helper call per write
         // would cost more than the rest of the program.
-        Ok(Some(key)) => add_with(&key, bytes, 1, || {
-            bpf_get_current_comm().unwrap_or([0; 16])
-        }),
+        Ok(Some(key)) => add_with(&key, bytes, 1, || bpf_get_current_comm().unwrap_or([0; 16])),
         Ok(None) => {}
         Err(ReadFailed) => count(Stat::ReadFailed),
     }

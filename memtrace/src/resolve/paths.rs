@@ -193,8 +193,13 @@ impl Default for ResolvedPath {
 impl ResolvedPath {
     /// Names from a path as a process or the host sees it.
     fn named(path: &Path, host_path: Option<&Path>) -> Self {
+        let path_os = path;
         let (path, path_hex) = name_text(path.as_os_str().as_bytes());
         let (host_path, host_path_hex) = match host_path {
+            // Outside containers the two are one path: one copy of it, shared.
+            Some(host) if host.as_os_str() == path_os.as_os_str() => {
+                (Some(path.clone()), path_hex.clone())
+            }
             Some(host) => {
                 let (text, hex) = name_text(host.as_os_str().as_bytes());
                 (Some(text), hex)
