@@ -81,6 +81,11 @@ pub struct CacheCounters {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingCache {
+    /// Equal to `ends` whenever the run is whole: a program starting a run bumps `ends`
+    /// first and copies it here last, and userspace copies a slot from the first byte to the
+    /// last, so a slot read while its run was being replaced shows two different values and is
+    /// skipped rather than read as a key made of two runs' halves.
+    pub begins: u64,
     pub key: CacheKey,
     /// Kernel addresses the programs compare to tell an event of this run at a glance: the
     /// memcg (from `folio.memcg_data`), the inode and its superblock. 0 in `inode`: no run.
@@ -99,9 +104,16 @@ pub struct PendingCache {
     /// Events this CPU counted into this half, over all runs (only userspace resets them).
     pub add_events: u64,
     pub delete_events: u64,
+    /// See `begins`.
+    pub ends: u64,
 }
 
 impl PendingCache {
+    /// Whether the slot was read whole (see `begins`).
+    pub fn is_whole(&self) -> bool {
+        self.begins == self.ends
+    }
+
     /// The run as map counters.
     pub fn counters(&self) -> CacheCounters {
         CacheCounters {
@@ -119,6 +131,8 @@ impl PendingCache {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingWrite {
+    /// As `PendingCache::begins`.
+    pub begins: u64,
     pub key: WriterKey,
     /// The file's inode and the writer's memory css: compared to tell an event of this run.
     /// 0 in `inode`: no run.
@@ -126,6 +140,15 @@ pub struct PendingWrite {
     pub css: u64,
     pub epoch: u64,
     pub stats: WriterStats,
+    /// As `PendingCache::ends`.
+    pub ends: u64,
+}
+
+impl PendingWrite {
+    /// Whether the slot was read whole (see `PendingCache::begins`).
+    pub fn is_whole(&self) -> bool {
+        self.begins == self.ends
+    }
 }
 
 /// Key of the writers map: a process writing a file, under its own memory cgroup.
@@ -346,6 +369,6 @@ mod pod {
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
     const _: () = assert!(size_of::<super::CacheCounters>() == 40);
-    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 10 * 8);
-    const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 3 * 8 + 16 + 16);
+    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 12 * 8);
+    const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 5 * 8 + 16 + 16);
 }

@@ -60,3 +60,23 @@ pub(crate) unsafe fn atomic_add(target: *mut u64, value: u64) {
         )
     };
 }
+
+/// Starts replacing a per-CPU slot that userspace may be copying: bumps the slot's last word
+/// (`ends`) before any other store. Returns the value `end_change` must copy into the first.
+#[inline(always)]
+pub(crate) fn begin_change(ends: &mut u64) -> u64 {
+    let changing = ends.wrapping_add(1);
+    // SAFETY: `ends` is a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(ends, changing) };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    changing
+}
+
+/// Ends the change `begin_change` started: the slot's first word (`begins`) catches up last,
+/// so a copy that saw part of the change sees the two words differ.
+#[inline(always)]
+pub(crate) fn end_change(begins: &mut u64, changing: u64) {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `begins` is a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(begins, changing) };
+}

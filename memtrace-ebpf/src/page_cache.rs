@@ -12,7 +12,7 @@ use memtrace_common::{CacheCounters, CacheKey, PendingCache, Stat};
 
 use crate::{
     cgroups::{current_epoch, memcg_identity, MemcgIdentity},
-    kernel::{atomic_add, load, load_ptr, ReadFailed},
+    kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
     maps::{count, offset, PAGE_CACHE, PAGE_CACHE_B, PENDING_CACHE},
 };
 
@@ -152,6 +152,7 @@ fn start_run(
             flush(&PAGE_CACHE, run);
         }
     }
+    let changing = begin_change(&mut run.ends);
     run.key = CacheKey {
         cgroup_id,
         ino: folio.ino,
@@ -166,6 +167,7 @@ fn start_run(
     run.pages_added = 0;
     run.pages_removed = 0;
     run.peak_excess = 0;
+    end_change(&mut run.begins, changing);
     Ok(())
 }
 

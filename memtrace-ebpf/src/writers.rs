@@ -17,7 +17,7 @@ use crate::{
     cgroups::{
         css_identity, current_epoch, current_memory_css, current_task, memory_css, MemcgIdentity,
     },
-    kernel::{atomic_add, load, load_ptr, ReadFailed},
+    kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
     maps::{count, offset, PENDING_WRITE, WRITERS},
 };
 
@@ -91,6 +91,7 @@ pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
         if run.inode != 0 {
             add(&run.key, run.stats.bytes, run.stats.calls, run.stats.comm);
         }
+        let changing = begin_change(&mut run.ends);
         run.key = key;
         run.inode = inode;
         run.css = css;
@@ -100,6 +101,7 @@ pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
             calls: 0,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
+        end_change(&mut run.begins, changing);
     }
     run.stats.bytes += pages * 4096;
     run.stats.calls += 1;

@@ -6,7 +6,7 @@
 //! its writers' bytes change. So a file is measured again only when its figures changed since
 //! the last report, when it was dirty or under writeback then, or on its turn in a slow sweep
 //! (writes through a shared mapping show in no counter until writeback); every other file keeps
-//! its last measurement. At 100,000 clean, idle files a report measures a sixteenth of them.
+//! its last measurement. At 100,000 clean, idle files a report measures a sixty-fourth of them.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -18,8 +18,8 @@ use crate::{
 
 /// Most files measured per report (largest first).
 const MEASURE_LIMIT: usize = 5_000;
-/// Longest a report spends measuring; files left over keep their last figures and go first
-/// next time.
+/// Longest a report spends on the sweep of files nothing happened to; files left over keep
+/// their last figures.
 const TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
 /// An unchanged, clean file is measured again every this many reports.
 const SWEEP_REPORTS: u64 = 64;
@@ -34,6 +34,15 @@ struct Measured {
     writeback_pages: u32,
     /// The report that last showed the file.
     seen: u64,
+}
+
+/// Why a file is measured in this report, in the order they are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// Never measured, or its figures changed since, or it was dirty or under writeback then.
+    Active,
+    /// Its turn in the sweep.
+    Sweep,
 }
 
 /// Remembers each file's last measurement between reports, keyed by a hash of (cgroup, dev,
@@ -70,35 +79,42 @@ impl DirtyMeter {
         let report = self.reports;
         let sweep = report % SWEEP_REPORTS;
         let pages = |bytes: Option<u64>| (bytes.unwrap_or(0) / page_size) as u32;
-        let mut due: Vec<(u64, &mut FileUsage)> = Vec::new();
+        let mut due: Vec<(Due, u64, &mut FileUsage)> = Vec::new();
         for cgroup in cgroups.iter_mut() {
             for file in cgroup.files.iter_mut() {
                 if file.cached_bytes == 0 || file.host_path.is_none() || file.deleted {
                     continue;
                 }
                 let key = hash(&(cgroup.id, file.dev.0, file.ino));
-                match self.last.get_mut(&key) {
+                let why = match self.last.get_mut(&key) {
+                    None => Due::Active,
                     Some(before)
-                        if before.signature == signature(file)
-                            && before.dirty_pages == 0
-                            && before.writeback_pages == 0
-                            && file.ino % SWEEP_REPORTS != sweep =>
+                        if before.signature != signature(file)
+                            || before.dirty_pages != 0
+                            || before.writeback_pages != 0 =>
                     {
+                        Due::Active
+                    }
+                    Some(_) if file.ino % SWEEP_REPORTS == sweep => Due::Sweep,
+                    Some(before) => {
                         file.dirty_bytes = Some(0);
                         file.writeback_bytes = Some(0);
                         before.seen = report;
+                        continue;
                     }
-                    _ => due.push((key, file)),
-                }
+                };
+                due.push((why, key, file));
             }
         }
-        // The largest first: they hold what a reader looks at.
-        due.sort_by_key(|(_, f)| std::cmp::Reverse(f.cached_bytes));
+        // Files new or being written first, then the sweep; the largest first in each.
+        due.sort_by_key(|(why, _, f)| (*why, std::cmp::Reverse(f.cached_bytes)));
         let began = std::time::Instant::now();
         let mut source: Option<&'static str> = Some("cachestat");
         let mut page_flags: Option<residency::PageOwnerReader> = None;
-        for (measured_count, (key, file)) in due.into_iter().enumerate() {
-            if measured_count >= MEASURE_LIMIT || began.elapsed() > TIME_BUDGET {
+        for (measured_count, (why, key, file)) in due.into_iter().enumerate() {
+            // The time budget holds back only the sweep.
+            let out_of_time = why != Due::Active && began.elapsed() > TIME_BUDGET;
+            if measured_count >= MEASURE_LIMIT || out_of_time {
                 // Not measured this time: the last figures stand, and the file stays due
                 // (its signature is the old one).
                 if let Some(before) = self.last.get_mut(&key) {

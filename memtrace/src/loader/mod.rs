@@ -422,6 +422,9 @@ impl Tracer {
                     self.drained_events.0 += slot.add_events;
                     self.drained_events.1 += slot.delete_events;
                 }
+                // A slot caught mid-change here would mean a program still on this half past
+                // the grace: counted as an entry that could not be read.
+                *errors += slots.iter().filter(|slot| !slot.is_whole()).count() as u64;
                 entries.extend(runs::cache_runs(&slots));
                 let empty = PerCpuValues::try_from(vec![PendingCache::default(); slots.len()]);
                 let reset = empty

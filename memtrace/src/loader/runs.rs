@@ -48,6 +48,7 @@ pub(crate) fn cache_runs(
 ) -> impl Iterator<Item = (CacheKey, CacheCounters)> + '_ {
     slots
         .iter()
+        .filter(|run| run.is_whole())
         .filter(|run| run.inode != 0 && (run.pages_added > 0 || run.pages_removed > 0))
         .map(|run| (run.key, run.counters()))
 }
@@ -58,6 +59,7 @@ pub(crate) fn write_runs(
 ) -> impl Iterator<Item = (WriterKey, WriterStats)> + '_ {
     slots
         .iter()
+        .filter(|run| run.is_whole())
         .filter(|run| run.inode != 0 && run.stats.calls > 0)
         .map(|run| (run.key, run.stats))
 }
