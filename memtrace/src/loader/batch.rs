@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    mem::{size_of, MaybeUninit},
+    mem::MaybeUninit,
     os::fd::{AsFd, AsRawFd},
 };
 
@@ -82,17 +82,10 @@ fn batch_into<K: Pod, V: Pod>(
             map_fd: fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: the kernel writes at most `count` keys and values into buffers with that
-        // capacity, and the cursor into `cursor_out`; all outlive the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                command,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
+        // SAFETY: `BatchAttr` is the batch commands' layout; the kernel writes at most `count`
+        // keys and values into buffers with that capacity, and the cursor into `cursor_out`;
+        // all outlive the call.
+        let err = unsafe { super::syscall::bpf(command, &mut attr) }.err();
         // The kernel reports how many entries it copied on success, at the end (ENOENT) and
         // when a bucket did not fit (ENOSPC); after any other error nothing it wrote is
         // promised, so nothing is read.

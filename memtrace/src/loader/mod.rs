@@ -9,6 +9,7 @@ pub mod preflight;
 mod prog_info;
 mod prog_run;
 pub(crate) mod runs;
+mod syscall;
 
 use self::{
     btf::{BtfError, KernelBtf},

@@ -26,18 +26,8 @@ pub(crate) fn recursion_misses(fd: i32) -> io::Result<u64> {
         info_len: size_of::<bpf_prog_info>() as u32,
         info: &raw mut info as u64,
     };
-    // SAFETY: the kernel writes at most `info_len` bytes into `info` and the length into
-    // `attr`; both outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
-            size_of::<InfoAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `InfoAttr` is the command's layout; the kernel writes at most `info_len` bytes
+    // into `info` and the length into `attr`; both outlive the call.
+    unsafe { super::syscall::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(info.recursion_misses)
 }

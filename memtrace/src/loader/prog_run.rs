@@ -42,18 +42,8 @@ pub(crate) fn run_raw_tracepoint(program: &ProgramFd, args: &[u64]) -> io::Resul
         ctx_in: args.as_ptr() as u64,
         ..TestRunAttr::default()
     };
-    // SAFETY: the kernel reads `args` (size given) and writes `retval` into `attr`; both
-    // outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `TestRunAttr` is the command's layout; the kernel reads `args` (size given) and
+    // writes `retval` into `attr`; both outlive the call.
+    unsafe { super::syscall::bpf(BPF_PROG_RUN, &mut attr) }?;
     Ok(attr.retval)
 }
