@@ -25,24 +25,10 @@ pub struct Sample {
 impl Sample {
     /// The figures of every file listed in `cgroups`, taken `at`.
     pub fn of(cgroups: &[CgroupUsage], at: Instant) -> Self {
-        Self::of_files(cgroups, at, |_| true)
-    }
-
-    /// Only the files something wrote: enough for write rates, and a few entries where the
-    /// whole report has a hundred thousand.
-    pub fn of_written(cgroups: &[CgroupUsage], at: Instant) -> Self {
-        Self::of_files(cgroups, at, |f| f.written_bytes > 0)
-    }
-
-    fn of_files(
-        cgroups: &[CgroupUsage],
-        at: Instant,
-        keep: impl Fn(&super::FileUsage) -> bool,
-    ) -> Self {
         let files = cgroups
             .iter()
             .flat_map(|c| {
-                c.files.iter().filter(|f| keep(f)).map(move |f| {
+                c.files.iter().map(move |f| {
                     (
                         (c.hierarchy, c.id, f.dev, f.ino),
                         FileFigures {
@@ -99,18 +85,6 @@ impl Rates {
 
     pub fn of(&self, key: &FileKey) -> Option<FileRates> {
         self.files.get(key).copied()
-    }
-
-    /// Fills each written file's `write_rate_bytes_per_second`.
-    pub fn apply_write_rates(&self, cgroups: &mut [CgroupUsage]) {
-        for cgroup in cgroups.iter_mut() {
-            let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
-            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
-                if let Some(rates) = self.of(&(hierarchy, id, file.dev, file.ino)) {
-                    file.write_rate_bytes_per_second = Some(rates.written);
-                }
-            }
-        }
     }
 }
 
@@ -203,5 +177,45 @@ mod tests {
             "new files count from 0"
         );
         assert!(Rates::between(&now, &now).is_none(), "no time, no rate");
+    }
+
+    #[test]
+    fn write_rates_are_null_at_first_then_bytes_written_per_second() {
+        use crate::model::{
+            aggregate,
+            fixtures::{counters, key, traced},
+        };
+        let observations = traced(vec![
+            (key(7, 1), counters(1, 0)),
+            (key(7, 2), counters(1, 0)),
+        ]);
+        let (mut cgroups, _) = aggregate(observations, 4096);
+        let write = |cgroups: &mut [CgroupUsage], ino: u64, bytes: u64| {
+            for file in cgroups[0].files.iter_mut().filter(|f| f.ino == ino) {
+                file.written_bytes = bytes;
+            }
+        };
+        let rate = |cgroups: &[CgroupUsage], ino: u64| {
+            cgroups[0]
+                .files
+                .iter()
+                .find(|f| f.ino == ino)
+                .and_then(|f| f.write_rate_bytes_per_second)
+        };
+        let mut rates = WriteRates::default();
+        let t0 = Instant::now();
+        write(&mut cgroups, 1, 1000);
+        rates.apply(&mut cgroups, t0);
+        assert_eq!(rate(&cgroups, 1), None, "no rate in the first report");
+
+        write(&mut cgroups, 1, 5000);
+        write(&mut cgroups, 2, 8);
+        rates.apply(&mut cgroups, t0 + Duration::from_secs(2));
+        assert_eq!(rate(&cgroups, 1), Some(2000.0));
+        assert_eq!(
+            rate(&cgroups, 2),
+            Some(4.0),
+            "a newly written file counts from 0"
+        );
     }
 }
