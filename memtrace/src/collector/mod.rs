@@ -504,11 +504,8 @@ impl Collector {
             }
             combined.push((*key, sum));
         }
-        for (key, entry) in counting {
-            let mut sum = CacheCounters::default();
-            add_counting(&mut sum, &entry);
-            combined.push((key, sum));
-        }
+        // Keys only the undrained halves hold: their counters are all there is.
+        combined.extend(counting);
         (combined, identities)
     }
 
