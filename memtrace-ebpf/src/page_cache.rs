@@ -108,13 +108,7 @@ fn read_folio(folio: u64) -> Result<Folio, ReadFailed> {
     // The charge lives on the folio, not on the current task: reclaim and writeback run in
     // kernel threads that were never charged for these pages.
     let memcg = load::<u64>(folio, offset!(folio_memcg_data)) & !MEMCG_DATA_FLAGS_MASK;
-    let flags: u64 = load(folio, offset!(folio_flags));
-    let pages = if flags & (1u64 << (offset!(pg_head_bit) & 63)) != 0 {
-        let order: u8 = load(folio, offset!(folio_order));
-        1u64 << (order & 31)
-    } else {
-        1
-    };
+    let pages = folio_pages(folio);
     Ok(Folio {
         memcg,
         inode,
@@ -123,6 +117,18 @@ fn read_folio(folio: u64) -> Result<Folio, ReadFailed> {
         generation: u64::from(load::<u32>(inode, offset!(inode_generation))),
         pages,
     })
+}
+
+/// Pages a folio spans: 1, or 2^order for a large folio (its head has `PG_head` set).
+#[inline(always)]
+pub(crate) fn folio_pages(folio: u64) -> u64 {
+    let flags: u64 = load(folio, offset!(folio_flags));
+    if flags & (1u64 << (offset!(pg_head_bit) & 63)) != 0 {
+        let order: u8 = load(folio, offset!(folio_order));
+        1u64 << (order & 31)
+    } else {
+        1
+    }
 }
 
 /// Ends the slot's run (adding it to the map) and starts one for `folio`'s key.

@@ -19,6 +19,7 @@ use crate::{
     },
     kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
     maps::{count, offset, PENDING_WRITE, WRITERS},
+    page_cache::folio_pages,
 };
 
 const S_IFMT: u16 = 0o170000;
@@ -52,12 +53,7 @@ pub(crate) fn dirty_folio(ctx: BtfTracePointContext) -> i32 {
     let Ok(inode) = load_ptr(mapping, offset!(mapping_host)) else {
         return 0;
     };
-    let flags: u64 = load(folio, offset!(folio_flags));
-    let pages = if flags & (1u64 << (offset!(pg_head_bit) & 63)) != 0 {
-        1u64 << (load::<u8>(folio, offset!(folio_order)) & 31)
-    } else {
-        1
-    };
+    let pages = folio_pages(folio);
     let Some(run) = PENDING_WRITE.get_ptr_mut(0) else {
         return 0;
     };
