@@ -78,7 +78,6 @@ impl DirtyMeter {
         self.reports += 1;
         let report = self.reports;
         let sweep = report % SWEEP_REPORTS;
-        let pages = |bytes: Option<u64>| (bytes.unwrap_or(0) / page_size) as u32;
         let mut due: Vec<(Due, u64, &mut FileUsage)> = Vec::new();
         for cgroup in cgroups.iter_mut() {
             for file in cgroup.files.iter_mut() {
@@ -166,8 +165,8 @@ impl DirtyMeter {
                 key,
                 Measured {
                     signature: signature(file),
-                    dirty_pages: pages(file.dirty_bytes),
-                    writeback_pages: pages(file.writeback_bytes),
+                    dirty_pages: u32::try_from(dirty).unwrap_or(u32::MAX),
+                    writeback_pages: u32::try_from(writeback).unwrap_or(u32::MAX),
                     seen: report,
                 },
             );
