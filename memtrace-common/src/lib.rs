@@ -75,6 +75,21 @@ pub struct CacheCounters {
     pub generation: u64,
 }
 
+impl CacheCounters {
+    /// The new `max_deficit` once a run whose own largest excess of removals is `run_peak`
+    /// follows these counters, if it raises it: the excess before the run plus the run's peak.
+    /// The programs fold runs into map entries with it, and userspace merges entries with it.
+    #[inline(always)]
+    pub fn deficit_after_run(&self, run_peak: u64) -> Option<u64> {
+        if run_peak == 0 {
+            return None;
+        }
+        let before = self.pages_removed.wrapping_sub(self.pages_added) as i64;
+        let deficit = before.saturating_add(run_peak as i64);
+        (deficit > self.max_deficit as i64).then_some(deficit as u64)
+    }
+}
+
 /// A run of consecutive page-cache events for one (memcg, file) on one CPU, not yet added to
 /// the map: the programs add to the map only when the next event is for another key, so a
 /// stream of pages of one file costs no hash lookup per page. One slot per CPU per map half.

@@ -212,17 +212,13 @@ fn run_counters(run: &PendingCache) -> CacheCounters {
 fn add_run(counters: *mut CacheCounters, run: &PendingCache) {
     // SAFETY: the pointer comes from a map lookup and stays valid for this program run.
     unsafe {
-        // The entry's excess of removals before this run, plus the run's own peak, is the
-        // largest excess the entry saw during it (racing CPUs may make this off by a run; it
-        // only decides whether userspace measures the file).
-        let before = (*counters)
-            .pages_removed
-            .wrapping_sub((*counters).pages_added) as i64;
-        let deficit = before.saturating_add(run.peak_excess as i64);
+        // Racing CPUs may make this off by a run; it only decides whether userspace
+        // measures the file.
+        let raised = (*counters).deficit_after_run(run.peak_excess);
         atomic_add(&raw mut (*counters).pages_added, run.pages_added);
         atomic_add(&raw mut (*counters).pages_removed, run.pages_removed);
-        if run.peak_excess > 0 && deficit > (*counters).max_deficit as i64 {
-            (*counters).max_deficit = deficit as u64;
+        if let Some(deficit) = raised {
+            (*counters).max_deficit = deficit;
         }
         // A new file under a reused inode number: remember the new incarnation (a plain
         // store; racing writers store the same values).

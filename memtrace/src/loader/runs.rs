@@ -9,12 +9,10 @@ use memtrace_common::{
 
 /// Adds `later`'s counts to `into`, as if its events came after `into`'s.
 pub(crate) fn merge(into: &mut CacheCounters, later: &CacheCounters) {
-    // The excess of removals before `later` plus `later`'s own peak is the largest excess the
-    // two saw together (the programs fold runs into entries the same way).
-    let before = into.pages_removed.wrapping_sub(into.pages_added) as i64;
-    let peak = before.saturating_add(later.max_deficit as i64);
-    if later.max_deficit > 0 && peak > into.max_deficit as i64 {
-        into.max_deficit = peak as u64;
+    // `later`'s own largest excess counts from where `into` left off (the programs fold runs
+    // into entries the same way).
+    if let Some(deficit) = into.deficit_after_run(later.max_deficit) {
+        into.max_deficit = deficit;
     }
     into.pages_added += later.pages_added;
     into.pages_removed += later.pages_removed;
