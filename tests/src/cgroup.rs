@@ -95,8 +95,31 @@ impl MemCgroup {
         assert!(status.success(), "{cmd:?} failed: {status}");
     }
 
-    /// memory.stat as key → value.
+    /// memory.stat as key → value, once it reads the same twice running 200 ms apart (or the
+    /// last of 5 s of reads, said loudly).
+    ///
+    /// The counters are per-CPU deltas folded in lazily. On 6.1 a read that meets another fold
+    /// in progress (the 2 s worker, reclaim, another reader) skips folding (`spin_trylock`) and
+    /// returns counters only part folded; the next read after that fold shows them whole. A
+    /// test calls this when its workload has ended, so a change between reads is only folding.
     pub fn memory_stat(&self) -> HashMap<String, u64> {
+        let mut last = self.memory_stat_once();
+        for _ in 0..25 {
+            thread::sleep(Duration::from_millis(200));
+            let now = self.memory_stat_once();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        eprintln!(
+            "warning: {}/memory.stat kept changing for 5 s after the workload ended; using the last read",
+            self.dir.display()
+        );
+        last
+    }
+
+    fn memory_stat_once(&self) -> HashMap<String, u64> {
         let text = fs::read_to_string(self.dir.join("memory.stat")).expect("read memory.stat");
         text.lines()
             .filter_map(|l| {

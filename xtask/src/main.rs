@@ -71,6 +71,8 @@ enum Task {
         /// Only this kernel series (`6.1`, `6.12`).
         #[arg(long)]
         only: Option<String>,
+        #[command(flatten)]
+        selection: vm::Selection,
     },
     /// Lint, then run every test: unit and integration, on the real kernel, as root.
     Test {
@@ -178,9 +180,9 @@ fn try_main() -> Result<()> {
                 cgroups,
             })
         }
-        Task::VmTest { only } => {
+        Task::VmTest { only, selection } => {
             ensure(Needs::Build)?;
-            let tally = vm::vm_test(only.as_deref())?;
+            let tally = vm::vm_test(only.as_deref(), &selection)?;
             println!("vm tests: {} passed, {} failed", tally.passed, tally.failed);
             Ok(())
         }
@@ -223,7 +225,7 @@ fn test(args: &[String]) -> Result<()> {
             .env("MEMTRACE_BIN", &binary),
     )?;
     // Then the same suite on other kernels, under qemu; a failure there fails the run too.
-    let vm = vm::vm_test(None);
+    let vm = vm::vm_test(None, &vm::Selection::default());
     let (vm_passed, vm_failed) = match &vm {
         Ok(t) => (t.passed, t.failed),
         Err(err) => {

@@ -65,9 +65,87 @@ const GUEST_MODULES: &[&str] = &[
 ];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// Which guest tests run: all of them once by default; a part, many times over, to chase a
+/// failure that shows once in many runs.
+#[derive(clap::Args)]
+pub(crate) struct Selection {
+    /// Only this suite (one of the guest suites, such as `attribution`).
+    #[arg(long)]
+    suite: Option<String>,
+    /// Only the per-filesystem suite's runs on this filesystem (`ext4`, `xfs`, `btrfs`).
+    #[arg(long)]
+    filesystem: Option<String>,
+    /// Only tests whose names contain this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Run the selection this many times in one boot.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            suite: None,
+            filesystem: None,
+            filter: None,
+            repeat: 1,
+        }
+    }
+}
+
+impl Selection {
+    fn check(&self) -> Result<()> {
+        if let Some(suite) = &self.suite {
+            if !GUEST_TESTS.contains(&suite.as_str()) {
+                bail!("no guest suite {suite:?}; the suites are {GUEST_TESTS:?}");
+            }
+        }
+        if let Some(fs) = &self.filesystem {
+            if !GUEST_FILESYSTEMS.iter().any(|(name, _)| name == fs) {
+                bail!("no guest filesystem {fs:?}; use ext4, xfs or btrfs");
+            }
+        }
+        if let Some(filter) = &self.filter {
+            // It goes into the guest's shell script as one word.
+            if filter.is_empty()
+                || !filter
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+            {
+                bail!("--filter takes a test name or part of one (letters, digits, _ and :)");
+            }
+        }
+        if self.repeat == 0 {
+            bail!("--repeat must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The guest's `run_suite SUITE FILESYSTEM` lines, in order.
+    fn runs(&self) -> String {
+        let wanted = |suite: &str, fs: &str| {
+            self.suite.as_deref().is_none_or(|s| s == suite)
+                && self.filesystem.as_deref().is_none_or(|f| f == fs)
+        };
+        let (first_fs, _) = GUEST_FILESYSTEMS[0];
+        let mut runs = Vec::new();
+        for suite in GUEST_TESTS.iter().filter(|s| wanted(s, first_fs)) {
+            runs.push(format!("run_suite {suite} {first_fs}"));
+        }
+        for (fs, _) in &GUEST_FILESYSTEMS[1..] {
+            if wanted(PER_FILESYSTEM_TEST, fs) {
+                runs.push(format!("run_suite {PER_FILESYSTEM_TEST} {fs}"));
+            }
+        }
+        runs.join("\n")
+    }
+}
+
 /// Runs the guest suite on every series (or `only` one); prints a pass/fail line per kernel and
 /// returns the guests' test counts. Fails when any kernel fails.
-pub(crate) fn vm_test(only: Option<&str>) -> Result<Tally> {
+pub(crate) fn vm_test(only: Option<&str>, selection: &Selection) -> Result<Tally> {
+    selection.check()?;
     ensure_tools()?;
     let cache = workspace().join("target/vm");
     fs::create_dir_all(&cache)?;
@@ -79,7 +157,7 @@ pub(crate) fn vm_test(only: Option<&str>) -> Result<Tally> {
     };
     for (series, pattern) in SERIES.iter().filter(|(s, _)| only.is_none_or(|o| o == *s)) {
         let started = Instant::now();
-        let outcome = run_series(series, pattern, &cache, &binaries);
+        let outcome = run_series(series, pattern, &cache, &binaries, selection);
         let seconds = started.elapsed().as_secs();
         if let Ok(result) = &outcome {
             total.passed += result.tests_passed;
@@ -240,6 +318,7 @@ fn run_series(
     pattern: &str,
     cache: &Path,
     binaries: &GuestBinaries,
+    selection: &Selection,
 ) -> Result<SeriesResult> {
     let package =
         newest_package(pattern).with_context(|| format!("finding Debian's {series} kernel"))?;
@@ -254,7 +333,14 @@ fn run_series(
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.gz");
-    build_initramfs(&root, &release, binaries, &work.join("stage"), &initramfs)?;
+    build_initramfs(
+        &root,
+        &release,
+        binaries,
+        selection,
+        &work.join("stage"),
+        &initramfs,
+    )?;
     let mut disks = Vec::new();
     for (name, mkfs) in GUEST_FILESYSTEMS {
         let disk = work.join(format!("{name}.img"));
@@ -310,15 +396,26 @@ fn run_series(
         tally.add_line(line);
     }
     let (tests_passed, tests_failed) = (tally.passed, tally.failed);
-    // Echo the guest's test output, so a failure can be read where it happened.
-    for line in text.lines().filter(|l| {
-        l.starts_with("test ")
-            || l.contains("MEMTRACE-VM")
-            || l.contains("panicked")
-            || l.contains(" large folios (")
-            || l.starts_with("folio order:")
-    }) {
-        println!("  [{series}] {line}");
+    // Echo the guest's test results, and a failed test's whole output (its figures and the
+    // panic message), so a failure can be read where it happened.
+    let mut in_failures = false;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line == "failures:" {
+            in_failures = true;
+        }
+        let wanted = in_failures
+            || line.starts_with("test ")
+            || line.contains("MEMTRACE-VM")
+            || line.contains("panicked")
+            || line.contains(" large folios (")
+            || line.starts_with("folio order:");
+        if line.starts_with("test result:") {
+            in_failures = false;
+        }
+        if wanted {
+            println!("  [{series}] {line}");
+        }
     }
     let passed = status.is_some()
         && text.contains("MEMTRACE-VM: PASS")
@@ -539,6 +636,7 @@ fn build_initramfs(
     root: &Path,
     release: &str,
     binaries: &GuestBinaries,
+    selection: &Selection,
     stage: &Path,
     out: &Path,
 ) -> Result<()> {
@@ -593,7 +691,9 @@ fn build_initramfs(
     script.write_all(
         INIT.replace("@MEMTRACE_BIN@", &memtrace.display().to_string())
             .replace("@OTHER_FILESYSTEMS@", &others)
-            .replace("@PER_FILESYSTEM_TEST@", PER_FILESYSTEM_TEST)
+            .replace("@RUNS@", &selection.runs())
+            .replace("@REPEAT@", &selection.repeat.to_string())
+            .replace("@FILTER@", selection.filter.as_deref().unwrap_or(""))
             .as_bytes(),
     )?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
@@ -613,8 +713,8 @@ fn build_initramfs(
 }
 
 /// The guest's PID 1: mounts, cgroup v2 with the memory controller, an ext4 disk for the
-/// tests' files and the other filesystems' disks, then the tests (the per-filesystem suite
-/// again on each other filesystem), then power off. A disk that does not mount fails the run.
+/// tests' files and the other filesystems' disks, then the selected runs (by default every
+/// suite on ext4 and the per-filesystem suite again on each other filesystem), then power off. A disk that does not mount fails the run.
 const INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/sbin:/usr/bin HOME=/root MEMTRACE_BIN=@MEMTRACE_BIN@ MEMTRACE_REQUIRE_FEXIT=1
@@ -636,13 +736,18 @@ for spec in @OTHER_FILESYSTEMS@; do
 done
 echo "MEMTRACE-VM: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 echo "MEMTRACE-VM: hooks: $($MEMTRACE_BIN doctor | grep 'load and attach' | sed 's/.*load and attach *//')"
-for t in /tests/*; do
-  echo "MEMTRACE-VM: running $(basename $t) on ext4"
-  RUST_BACKTRACE=1 $t --test-threads=1 --show-output || status=1
-done
-for fs in $others; do
-  echo "MEMTRACE-VM: running @PER_FILESYSTEM_TEST@ on $fs"
-  MEMTRACE_SCRATCH_ROOT=/fs/$fs/memtrace-tests RUST_BACKTRACE=1 /tests/@PER_FILESYSTEM_TEST@ --test-threads=1 --show-output || status=1
+# run_suite SUITE FILESYSTEM: the first filesystem is /var/tmp, the others keep their scratch
+# files under their mount (a disk that did not mount has already failed the run).
+run_suite() {
+  case "$2" in
+    ext4) root= ;;
+    *) case " $others " in *" $2 "*) root=/fs/$2/memtrace-tests ;; *) return ;; esac ;;
+  esac
+  echo "MEMTRACE-VM: running $1 on $2"
+  env ${root:+MEMTRACE_SCRATCH_ROOT=$root} RUST_BACKTRACE=1 /tests/$1 --test-threads=1 --show-output @FILTER@ || status=1
+}
+for round in $(seq @REPEAT@); do
+@RUNS@
 done
 if [ $status = 0 ]; then echo "MEMTRACE-VM: PASS"; else echo "MEMTRACE-VM: FAIL"; fi
 sync
