@@ -46,11 +46,62 @@ enum Due {
 }
 
 /// Remembers each file's last measurement between reports, keyed by a hash of (cgroup, dev,
-/// ino) (a collision at worst shows one file's last figures for another until its sweep).
+/// ino) (a collision at worst shows one file's last figures for another until its sweep). A
+/// report is measured cgroup by cgroup ([`Self::start`], [`Self::measure`], [`Self::finish`]),
+/// so it can be written as it is built.
 #[derive(Default)]
 pub(super) struct DirtyMeter {
     last: HashMap<u64, Measured>,
     reports: u64,
+    /// What measures dirty pages here, found once: `None` before the first report.
+    source: Option<Source>,
+    /// This report: when it began, and how many files it measured.
+    began: Option<std::time::Instant>,
+    measured: usize,
+}
+
+enum Source {
+    Cachestat,
+    PageFlags(residency::PageOwnerReader),
+    Nothing,
+}
+
+impl Source {
+    fn find() -> Self {
+        // Any regular file tells whether the kernel has cachestat(2).
+        let has_cachestat = std::fs::File::open("/proc/self/exe").is_ok_and(|exe| {
+            !matches!(residency::cachestat(&exe), Err(err) if err.kind() == std::io::ErrorKind::Unsupported)
+        });
+        if has_cachestat {
+            return Self::Cachestat;
+        }
+        match residency::PageOwnerReader::open() {
+            Ok(reader) if reader.has_page_flags() => Self::PageFlags(reader),
+            _ => Self::Nothing,
+        }
+    }
+
+    fn name(&self) -> Option<&'static str> {
+        match self {
+            Self::Cachestat => Some("cachestat"),
+            Self::PageFlags(_) => Some("kpageflags"),
+            Self::Nothing => None,
+        }
+    }
+
+    /// (dirty, writeback) pages of `file`.
+    fn measure(&self, file: &std::fs::File) -> Option<(u64, u64)> {
+        match self {
+            Self::Cachestat => residency::cachestat(file)
+                .ok()
+                .map(|stat| (stat.dirty, stat.writeback)),
+            Self::PageFlags(reader) => reader
+                .owners(file)
+                .ok()
+                .map(|owners| (owners.dirty, owners.writeback)),
+            Self::Nothing => None,
+        }
+    }
 }
 
 fn signature(file: &FileUsage) -> u64 {
@@ -68,52 +119,54 @@ fn hash(value: &impl std::hash::Hash) -> u64 {
 }
 
 impl DirtyMeter {
-    /// Fills in every resident file's dirty and writeback bytes. Returns the source used, or
-    /// `None` when neither is available.
-    pub(super) fn measure(
-        &mut self,
-        cgroups: &mut [CgroupUsage],
-        page_size: u64,
-    ) -> Option<&'static str> {
+    /// Begins a report. Returns the source of its dirty figures, or `None` when there is none.
+    pub(super) fn start(&mut self) -> Option<&'static str> {
         self.reports += 1;
+        self.began = Some(std::time::Instant::now());
+        self.measured = 0;
+        self.source.get_or_insert_with(Source::find).name()
+    }
+
+    /// Fills in the dirty and writeback bytes of every resident file of one cgroup of the
+    /// report begun last.
+    pub(super) fn measure(&mut self, cgroup: &mut CgroupUsage, page_size: u64) {
         let report = self.reports;
         let sweep = report % SWEEP_REPORTS;
         let mut due: Vec<(Due, u64, &mut FileUsage)> = Vec::new();
-        for cgroup in cgroups.iter_mut() {
-            for file in cgroup.files.iter_mut() {
-                if file.cached_bytes == 0 || file.host_path.is_none() || file.deleted {
+        for file in cgroup.files.iter_mut() {
+            if file.cached_bytes == 0 || file.host_path.is_none() || file.deleted {
+                continue;
+            }
+            let key = hash(&(cgroup.id, file.dev.0, file.ino));
+            let why = match self.last.get_mut(&key) {
+                None => Due::Active,
+                Some(before)
+                    if before.signature != signature(file)
+                        || before.dirty_pages != 0
+                        || before.writeback_pages != 0 =>
+                {
+                    Due::Active
+                }
+                Some(_) if file.ino % SWEEP_REPORTS == sweep => Due::Sweep,
+                Some(before) => {
+                    file.dirty_bytes = Some(0);
+                    file.writeback_bytes = Some(0);
+                    before.seen = report;
                     continue;
                 }
-                let key = hash(&(cgroup.id, file.dev.0, file.ino));
-                let why = match self.last.get_mut(&key) {
-                    None => Due::Active,
-                    Some(before)
-                        if before.signature != signature(file)
-                            || before.dirty_pages != 0
-                            || before.writeback_pages != 0 =>
-                    {
-                        Due::Active
-                    }
-                    Some(_) if file.ino % SWEEP_REPORTS == sweep => Due::Sweep,
-                    Some(before) => {
-                        file.dirty_bytes = Some(0);
-                        file.writeback_bytes = Some(0);
-                        before.seen = report;
-                        continue;
-                    }
-                };
-                due.push((why, key, file));
-            }
+            };
+            due.push((why, key, file));
         }
         // Files new or being written first, then the sweep; the largest first in each.
         due.sort_by_key(|(why, _, f)| (*why, std::cmp::Reverse(f.cached_bytes)));
-        let began = std::time::Instant::now();
-        let mut source: Option<&'static str> = Some("cachestat");
-        let mut page_flags: Option<residency::PageOwnerReader> = None;
-        for (measured_count, (why, key, file)) in due.into_iter().enumerate() {
+        let began = *self.began.get_or_insert_with(std::time::Instant::now);
+        let Some(source) = &self.source else {
+            return;
+        };
+        for (why, key, file) in due {
             // The time budget holds back only the sweep.
             let out_of_time = why != Due::Active && began.elapsed() > TIME_BUDGET;
-            if measured_count >= MEASURE_LIMIT || out_of_time {
+            if self.measured >= MEASURE_LIMIT || out_of_time {
                 // Not measured this time: the last figures stand, and the file stays due
                 // (its signature is the old one).
                 if let Some(before) = self.last.get_mut(&key) {
@@ -136,27 +189,8 @@ impl DirtyMeter {
                     continue;
                 }
             };
-            let mut measured = None;
-            if source == Some("cachestat") {
-                match residency::cachestat(&handle) {
-                    Ok(stat) => measured = Some((stat.dirty, stat.writeback)),
-                    Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                        page_flags = residency::PageOwnerReader::open()
-                            .ok()
-                            .filter(|r| r.has_page_flags());
-                        source = page_flags.as_ref().map(|_| "kpageflags");
-                    }
-                    Err(_) => continue,
-                }
-            }
-            if measured.is_none() {
-                let Some(reader) = &page_flags else { break };
-                measured = reader
-                    .owners(&handle)
-                    .ok()
-                    .map(|owners| (owners.dirty, owners.writeback));
-            }
-            let Some((dirty, writeback)) = measured else {
+            self.measured += 1;
+            let Some((dirty, writeback)) = source.measure(&handle) else {
                 continue;
             };
             file.dirty_bytes = Some(dirty * page_size);
@@ -171,8 +205,11 @@ impl DirtyMeter {
                 },
             );
         }
-        // Files no longer reported are forgotten.
+    }
+
+    /// Ends the report begun last: files it did not show are forgotten.
+    pub(super) fn finish(&mut self) {
+        let report = self.reports;
         self.last.retain(|_, m| m.seen == report);
-        source
     }
 }

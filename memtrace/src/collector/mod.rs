@@ -22,8 +22,12 @@ use self::{
 use crate::{
     loader::{read_all, runs::merge_writes, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate, apply_filter, host_path_of, CgroupUsage, Comm, Filter, KernelStats, Observation,
-        Provenance, Report, SeedSummary, SeededCache, WriteRates, WriterUsage, SCHEMA_VERSION,
+        aggregate::{draft, CgroupDraft},
+        apply_filter,
+        filter::apply_cgroup_filter,
+        host_path_of, CgroupStream, CgroupUsage, Comm, Filter, KernelStats, Observation,
+        Provenance, Report, SeedSummary, SeededCache, Totals, WriteRates, WriterUsage,
+        SCHEMA_VERSION,
     },
     resolve::{cgroups::memcg_path_of, open::open_regular, Resolvers},
 };
@@ -227,6 +231,116 @@ impl Collector {
 
     /// Reads every (memcg, file) entry, names what it can, keeps what `filter` asks for.
     pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
+        let draft = self.draft(filter)?;
+        let dirty_source = self.dirty.start();
+        self.write_rates.start(Instant::now());
+        let mut finisher = Finisher {
+            resolvers: &mut self.resolvers,
+            tracer: &self.tracer,
+            write_rates: &mut self.write_rates,
+            dirty: &mut self.dirty,
+            inodes: &draft.inodes,
+            page_size: self.page_size,
+        };
+        let mut totals = draft.totals;
+        let cgroups = if filter.path_prefix.is_some() {
+            // Every file needs its name before the filter can keep or drop it.
+            let page_size = self.page_size;
+            let mut cgroups: Vec<CgroupUsage> = draft
+                .cgroups
+                .into_iter()
+                .map(|d| d.into_usage(page_size))
+                .collect();
+            apply_filter(&mut cgroups, &mut totals, filter, |shown| {
+                for cgroup in shown {
+                    finisher.name(cgroup);
+                }
+            });
+            for cgroup in &mut cgroups {
+                finisher.measure(cgroup);
+            }
+            cgroups
+        } else {
+            draft
+                .cgroups
+                .into_iter()
+                .map(|d| finisher.finish(d))
+                .collect()
+        };
+        self.write_rates.finish();
+        self.dirty.finish();
+        let header = self.header(draft.began, draft.stats, dirty_source, totals);
+        Ok(header.with_cgroups(cgroups))
+    }
+
+    /// Builds a report and hands it to `write` as it is built: each cgroup's files are built,
+    /// named and measured as `write` serializes that cgroup, so the whole report is never held
+    /// at once. Returns what `write` returned.
+    pub fn write_snapshot(
+        &mut self,
+        filter: &Filter,
+        write: impl FnOnce(&Report<CgroupStream<'_>>) -> std::io::Result<()>,
+    ) -> Result<std::io::Result<()>, CollectError> {
+        if filter.path_prefix.is_some() {
+            let report = self.snapshot_filtered(filter)?;
+            let cgroups = report.cgroups.clone();
+            return Ok(write(
+                &report.with_cgroups(CgroupStream::new(cgroups.into_iter())),
+            ));
+        }
+        let draft = self.draft(filter)?;
+        let dirty_source = self.dirty.start();
+        self.write_rates.start(Instant::now());
+        let header = self.header(draft.began, draft.stats, dirty_source, draft.totals);
+        let written = {
+            let mut finisher = Finisher {
+                resolvers: &mut self.resolvers,
+                tracer: &self.tracer,
+                write_rates: &mut self.write_rates,
+                dirty: &mut self.dirty,
+                inodes: &draft.inodes,
+                page_size: self.page_size,
+            };
+            let cgroups = draft.cgroups.into_iter().map(move |d| finisher.finish(d));
+            write(&header.with_cgroups(CgroupStream::new(cgroups)))
+        };
+        self.write_rates.finish();
+        self.dirty.finish();
+        log::debug!("snapshot built and written in {:?}", draft.began.elapsed());
+        Ok(written)
+    }
+
+    /// The report's figures before its cgroups are built.
+    fn header(
+        &self,
+        began: Instant,
+        stats: KernelStats,
+        dirty_source: Option<&'static str>,
+        totals: Totals,
+    ) -> Report<()> {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            traced_seconds: self.started.elapsed().as_secs_f64(),
+            snapshot_seconds: began.elapsed().as_secs_f64(),
+            page_size: self.page_size,
+            hooks: self.tracer.hooks.clone(),
+            writes_source: self.tracer.writes_source,
+            dirty_source,
+            stats,
+            seed: self.seed_summary.clone(),
+            shmem: self.shmem.summary.clone(),
+            totals,
+            cgroups: (),
+        }
+    }
+
+    /// Reads the kernel's counters into cgroups with their files as observations: summed,
+    /// sorted, cgroups named, and cut by `filter` unless it filters by path (which needs
+    /// every file's name first).
+    fn draft(&mut self, filter: &Filter) -> Result<ReportDraft, CollectError> {
         let began = Instant::now();
         self.tracer.bump_memcg_epoch();
         self.drain_events();
@@ -318,44 +432,68 @@ impl Collector {
         }
 
         let read = began.elapsed();
-        let observations = observations.into_vec();
-        let (mut cgroups, mut totals) = aggregate(observations, self.page_size);
-        let aggregated = began.elapsed();
+        let (mut cgroups, mut totals) = draft(observations.into_vec(), self.page_size);
+        let drafted = began.elapsed();
         self.resolvers.refresh();
         self.resolvers.paths.begin_report();
-        name_cgroups(&mut self.resolvers, &mut cgroups);
-        let (resolvers, tracer) = (&mut self.resolvers, &self.tracer);
-        apply_filter(&mut cgroups, &mut totals, filter, |shown| {
-            name_files(resolvers, shown, tracer, &inodes)
-        });
-        let named = began.elapsed();
-        self.rate(&mut cgroups);
-        let rated = began.elapsed();
-        let dirty_source = self.dirty.measure(&mut cgroups, self.page_size);
-        log::debug!(
-            "snapshot: read maps {read:?}, aggregate {:?}, name {:?}, rates {:?}, dirty {:?}",
-            aggregated - read,
-            named - aggregated,
-            rated - named,
-            began.elapsed() - rated
+        name_cgroups(
+            &mut self.resolvers,
+            cgroups.iter_mut().map(|d| &mut d.usage),
         );
-        Ok(Report {
-            schema_version: SCHEMA_VERSION,
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-            traced_seconds: self.started.elapsed().as_secs_f64(),
-            snapshot_seconds: began.elapsed().as_secs_f64(),
-            page_size: self.page_size,
-            hooks: self.tracer.hooks.clone(),
-            writes_source: self.tracer.writes_source,
-            dirty_source,
+        if filter.path_prefix.is_none() {
+            apply_cgroup_filter(&mut cgroups, &mut totals, filter);
+        }
+        log::debug!(
+            "snapshot: read maps {read:?}, draft {:?}, name cgroups {:?}",
+            drafted - read,
+            began.elapsed() - drafted
+        );
+        Ok(ReportDraft {
+            began,
             stats,
-            seed: self.seed_summary.clone(),
-            shmem: self.shmem.summary.clone(),
             totals,
             cgroups,
+            inodes,
         })
+    }
+}
+
+/// A report up to its cgroups' files, which are still observations.
+struct ReportDraft {
+    began: Instant,
+    stats: KernelStats,
+    totals: Totals,
+    cgroups: Vec<CgroupDraft>,
+    inodes: InodeIdentities,
+}
+
+/// Builds one cgroup's files at a time: names them, rates their writes, measures their dirty
+/// pages.
+struct Finisher<'a> {
+    resolvers: &'a mut Resolvers,
+    tracer: &'a Tracer,
+    write_rates: &'a mut WriteRates,
+    dirty: &'a mut dirty::DirtyMeter,
+    inodes: &'a InodeIdentities,
+    page_size: u64,
+}
+
+impl Finisher<'_> {
+    fn finish(&mut self, draft: CgroupDraft) -> CgroupUsage {
+        let mut cgroup = draft.into_usage(self.page_size);
+        self.name(&mut cgroup);
+        self.measure(&mut cgroup);
+        cgroup
+    }
+
+    fn name(&mut self, cgroup: &mut CgroupUsage) {
+        name_files(self.resolvers, cgroup, self.tracer, self.inodes);
+    }
+
+    /// Write rates and dirty bytes, which need the files' names.
+    fn measure(&mut self, cgroup: &mut CgroupUsage) {
+        self.write_rates.rate(cgroup);
+        self.dirty.measure(cgroup, self.page_size);
     }
 }
 
@@ -721,11 +859,6 @@ impl Collector {
                 });
             }
         }
-    }
-
-    /// Rates since the previous snapshot; this one becomes the next one's reference.
-    fn rate(&mut self, cgroups: &mut [CgroupUsage]) {
-        self.write_rates.apply(cgroups, Instant::now());
     }
 }
 

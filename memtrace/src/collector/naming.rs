@@ -9,8 +9,11 @@ use crate::{
 };
 
 /// Cgroup paths, containers and units.
-pub(crate) fn name_cgroups(resolvers: &mut Resolvers, cgroups: &mut [CgroupUsage]) {
-    for cgroup in cgroups.iter_mut() {
+pub(crate) fn name_cgroups<'a>(
+    resolvers: &mut Resolvers,
+    cgroups: impl Iterator<Item = &'a mut CgroupUsage>,
+) {
+    for cgroup in cgroups {
         if let Some(name) = resolvers.cgroups.lookup(cgroup.hierarchy, cgroup.id) {
             cgroup.path = Some(name.path.clone());
             cgroup.removed = name.removed;
@@ -40,27 +43,26 @@ pub(crate) fn ask_kernel(
         .map(|name| KernelPath::from_name(&name))
 }
 
-/// File paths (looked up lazily: call it after cutting what will not be shown).
+/// File paths of one cgroup's files (looked up lazily: call it after cutting what will not be
+/// shown).
 pub(crate) fn name_files(
     resolvers: &mut Resolvers,
-    cgroups: &mut [CgroupUsage],
+    cgroup: &mut CgroupUsage,
     tracer: &Tracer,
     inodes: &InodeIdentities,
 ) {
-    for cgroup in cgroups.iter_mut() {
-        for file in cgroup.files.iter_mut() {
-            let (dev, ino) = (file.dev.0, file.ino);
-            let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
-            let resolved = resolvers.paths.resolve(dev, ino, generation, || {
-                ask_kernel(tracer, inodes, dev, ino)
-            });
-            file.path = resolved.path;
-            file.host_path = resolved.host_path;
-            file.path_hex = resolved.path_hex;
-            file.host_path_hex = resolved.host_path_hex;
-            file.path_complete = resolved.complete;
-            file.deleted = resolved.deleted;
-            file.layer = resolved.layer;
-        }
+    for file in cgroup.files.iter_mut() {
+        let (dev, ino) = (file.dev.0, file.ino);
+        let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
+        let resolved = resolvers.paths.resolve(dev, ino, generation, || {
+            ask_kernel(tracer, inodes, dev, ino)
+        });
+        file.path = resolved.path;
+        file.host_path = resolved.host_path;
+        file.path_hex = resolved.path_hex;
+        file.host_path_hex = resolved.host_path_hex;
+        file.path_complete = resolved.complete;
+        file.deleted = resolved.deleted;
+        file.layer = resolved.layer;
     }
 }

@@ -13,7 +13,7 @@ use super::{drain_ticks, emit, load_options, maintain_ticks, seed_at_start, Shut
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
-    view::Format,
+    view::{json, Format},
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -55,19 +55,27 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             }
             _ = shutdown.recv() => true,
         };
-        let report = collector.snapshot_filtered(&filter)?;
         let mut out = io::stdout().lock();
-        if redraw && !last {
-            // Clear the screen and home the cursor, so the table redraws in place.
-            write!(out, "\x1b[2J\x1b[H")?;
-        }
-        let writing = std::time::Instant::now();
-        match emit(&mut out, &report, format, &args.output) {
-            Ok(()) => log::debug!(
+        let written = if format.is_machine() {
+            // Written as it is built: a hundred thousand files are never held at once.
+            collector.write_snapshot(&filter, |report| json::write_line(&mut out, report))?
+        } else {
+            let report = collector.snapshot_filtered(&filter)?;
+            if redraw && !last {
+                // Clear the screen and home the cursor, so the table redraws in place.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            let writing = std::time::Instant::now();
+            let written = emit(&mut out, &report, format, &args.output);
+            log::debug!(
                 "report built in {:.1} ms, written in {:.1} ms",
                 report.snapshot_seconds * 1000.0,
                 writing.elapsed().as_secs_f64() * 1000.0
-            ),
+            );
+            written
+        };
+        match written {
+            Ok(()) => {}
             // The reader went away (`memtrace watch --json | head -1`): that ends the watch.
             Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
             Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),

@@ -59,9 +59,42 @@ impl Observation {
     }
 }
 
+/// A cgroup's figures, with its files still as observations (largest first): all a report
+/// needs to sum, sort and cut before any file is built, named or measured, so that a report
+/// can be built and written one cgroup at a time.
+#[derive(Clone, Debug)]
+pub struct CgroupDraft {
+    /// Names are left empty for the resolvers; `files` is empty until [`Self::into_usage`].
+    pub usage: CgroupUsage,
+    pub files: Vec<Observation>,
+}
+
+impl CgroupDraft {
+    /// The cgroup with its files built, in the same order; names left empty.
+    pub fn into_usage(self, page_size: u64) -> CgroupUsage {
+        let Self { mut usage, files } = self;
+        usage.files = files
+            .into_iter()
+            .map(|observation| file_usage(observation, page_size))
+            .collect();
+        usage
+    }
+}
+
 /// Groups (memcg, file) observations into cgroups with their files, largest first. Names are
 /// left empty for the resolvers.
 pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupUsage>, Totals) {
+    let (drafts, totals) = draft(observations, page_size);
+    let cgroups = drafts
+        .into_iter()
+        .map(|draft| draft.into_usage(page_size))
+        .collect();
+    (cgroups, totals)
+}
+
+/// Groups (memcg, file) observations into cgroups, sums and sorts them, largest first, and
+/// leaves the files as observations.
+pub fn draft(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupDraft>, Totals) {
     // Sized exactly up front: with 100,000 files, doubling growth would hold twice the room.
     let mut per_cgroup: HashMap<(u32, u64), usize> = HashMap::new();
     for observation in &observations {
@@ -69,77 +102,40 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
             .entry((observation.key.hierarchy, observation.key.cgroup_id))
             .or_default() += 1;
     }
-    let mut by_cgroup: HashMap<(u32, u64), Vec<FileUsage>> = per_cgroup
+    let mut by_cgroup: HashMap<(u32, u64), Vec<Observation>> = per_cgroup
         .into_iter()
         .map(|(cgroup, files)| (cgroup, Vec::with_capacity(files)))
         .collect();
     for observation in observations {
-        let cached_bytes = observation.resident_pages().saturating_mul(page_size);
-        let Observation {
-            key,
-            counters,
-            seeded,
-            mut writers,
-            shmem,
-        } = observation;
-        writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
-        let added = counters.pages_added.saturating_mul(page_size);
-        let removed = counters.pages_removed.saturating_mul(page_size);
         by_cgroup
-            .entry((key.hierarchy, key.cgroup_id))
+            .entry((observation.key.hierarchy, observation.key.cgroup_id))
             .or_default()
-            .push(FileUsage {
-                path: None,
-                host_path: None,
-                path_hex: None,
-                host_path_hex: None,
-                path_complete: true,
-                deleted: false,
-                layer: None,
-                dev: Dev(key.dev),
-                ino: key.ino,
-                cached_bytes,
-                added_bytes: added,
-                removed_bytes: removed,
-                seeded_bytes: seeded
-                    .as_deref()
-                    .filter(|_| !shmem)
-                    .map_or(0, |s| s.pages * page_size),
-                seeded_active_bytes: seeded
-                    .as_deref()
-                    .filter(|_| !shmem)
-                    .map_or(0, |s| s.active_pages * page_size),
-                provenance: seeded
-                    .as_deref()
-                    .map_or(Provenance::Traced, |s| s.provenance),
-                written_bytes: writers.iter().map(|w| w.bytes).sum(),
-                write_calls: writers.iter().map(|w| w.calls).sum(),
-                write_rate_bytes_per_second: None,
-                writers,
-                dirty_bytes: None,
-                writeback_bytes: None,
-                fs: shmem.then_some("tmpfs"),
-            });
+            .push(observation);
     }
 
     let mut totals = Totals::default();
-    let mut cgroups: Vec<CgroupUsage> = by_cgroup
+    let mut cgroups: Vec<CgroupDraft> = by_cgroup
         .into_iter()
         .map(|((hierarchy, id), mut files)| {
-            files.sort_by(|a, b| {
-                b.cached_bytes
-                    .cmp(&a.cached_bytes)
-                    .then(b.added_bytes.cmp(&a.added_bytes))
-                    .then(b.written_bytes.cmp(&a.written_bytes))
+            // The order FileUsage figures give: cached, then added, then written bytes.
+            files.sort_by_cached_key(|o| {
+                std::cmp::Reverse((
+                    o.resident_pages().saturating_mul(page_size),
+                    o.counters.pages_added.saturating_mul(page_size),
+                    o.writers.iter().map(|w| w.bytes).sum::<u64>(),
+                ))
             });
-            let cached_bytes = files.iter().map(|f| f.cached_bytes).sum();
-            let added_bytes: u64 = files.iter().map(|f| f.added_bytes).sum();
-            let removed_bytes: u64 = files.iter().map(|f| f.removed_bytes).sum();
+            let sum = |f: fn(&Observation) -> u64| -> u64 {
+                files.iter().map(|o| f(o).saturating_mul(page_size)).sum()
+            };
+            let cached_bytes = sum(Observation::resident_pages);
+            let added_bytes = sum(|o| o.counters.pages_added);
+            let removed_bytes = sum(|o| o.counters.pages_removed);
             totals.cached_bytes += cached_bytes;
             totals.added_bytes += added_bytes;
             totals.removed_bytes += removed_bytes;
             totals.files += files.len();
-            CgroupUsage {
+            let usage = CgroupUsage {
                 id,
                 hierarchy,
                 path: None,
@@ -151,11 +147,13 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
                 removed_bytes,
                 net_bytes: added_bytes as i64 - removed_bytes as i64,
                 file_count: files.len(),
-                files,
-            }
+                files: Vec::new(),
+            };
+            CgroupDraft { usage, files }
         })
         .collect();
     cgroups.sort_by(|a, b| {
+        let (a, b) = (&a.usage, &b.usage);
         b.cached_bytes
             .cmp(&a.cached_bytes)
             .then(b.added_bytes.cmp(&a.added_bytes))
@@ -163,6 +161,46 @@ pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupU
     });
     totals.cgroups = cgroups.len();
     (cgroups, totals)
+}
+
+/// One observation as the file the report lists; names left empty.
+fn file_usage(observation: Observation, page_size: u64) -> FileUsage {
+    let cached_bytes = observation.resident_pages().saturating_mul(page_size);
+    let Observation {
+        key,
+        counters,
+        seeded,
+        mut writers,
+        shmem,
+    } = observation;
+    writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
+    let seed = seeded.as_deref().filter(|_| !shmem);
+    FileUsage {
+        path: None,
+        host_path: None,
+        path_hex: None,
+        host_path_hex: None,
+        path_complete: true,
+        deleted: false,
+        layer: None,
+        dev: Dev(key.dev),
+        ino: key.ino,
+        cached_bytes,
+        added_bytes: counters.pages_added.saturating_mul(page_size),
+        removed_bytes: counters.pages_removed.saturating_mul(page_size),
+        seeded_bytes: seed.map_or(0, |s| s.pages * page_size),
+        seeded_active_bytes: seed.map_or(0, |s| s.active_pages * page_size),
+        provenance: seeded
+            .as_deref()
+            .map_or(Provenance::Traced, |s| s.provenance),
+        written_bytes: writers.iter().map(|w| w.bytes).sum(),
+        write_calls: writers.iter().map(|w| w.calls).sum(),
+        write_rate_bytes_per_second: None,
+        writers,
+        dirty_bytes: None,
+        writeback_bytes: None,
+        fs: shmem.then_some("tmpfs"),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! What a report keeps: container, cgroup and path filters, and the `top` cut.
 
-use super::schema::{CgroupUsage, Totals};
+use super::{
+    aggregate::CgroupDraft,
+    schema::{CgroupUsage, Totals},
+};
 
 /// What to keep of a report.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +40,33 @@ pub fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// A cgroup as the filters see it: its figures and names, and files that can be cut.
+pub trait Listing {
+    fn usage(&self) -> &CgroupUsage;
+    /// Keeps the first (largest) `n` files.
+    fn truncate_files(&mut self, n: usize);
+}
+
+impl Listing for CgroupUsage {
+    fn usage(&self) -> &CgroupUsage {
+        self
+    }
+
+    fn truncate_files(&mut self, n: usize) {
+        self.files.truncate(n);
+    }
+}
+
+impl Listing for CgroupDraft {
+    fn usage(&self) -> &CgroupUsage {
+        &self.usage
+    }
+
+    fn truncate_files(&mut self, n: usize) {
+        self.files.truncate(n);
+    }
+}
+
 /// Keeps what `filter` asks for. Totals describe what the filters keep, before the `top` cut
 /// (which only limits what is listed). A cgroup's own figures stay whole even when only some of
 /// its files are listed.
@@ -49,30 +79,48 @@ pub fn apply_filter(
     filter: &Filter,
     mut name_files: impl FnMut(&mut [CgroupUsage]),
 ) {
-    filter_cgroups(cgroups, filter);
-    if filter.path_prefix.is_some() {
+    let Some(prefix) = filter.path_prefix.as_deref() else {
+        apply_cgroup_filter(cgroups, totals, filter);
         name_files(cgroups);
-        filter_paths(cgroups, filter);
-    }
+        return;
+    };
+    filter_cgroups(cgroups, filter);
+    name_files(cgroups);
+    filter_paths(cgroups, prefix);
+    *totals = totals_of(cgroups);
+    cut(cgroups, filter);
+}
+
+/// Keeps what `filter` asks for when it needs no file names (no path prefix), as
+/// [`apply_filter`] would.
+pub fn apply_cgroup_filter<T: Listing>(cgroups: &mut Vec<T>, totals: &mut Totals, filter: &Filter) {
+    debug_assert!(filter.path_prefix.is_none(), "a path filter needs names");
+    filter_cgroups(cgroups, filter);
     if !filter.is_empty() {
         *totals = totals_of(cgroups);
     }
+    cut(cgroups, filter);
+}
+
+/// The `top` and files-per-cgroup cuts (cgroups and files are sorted, largest first).
+fn cut<T: Listing>(cgroups: &mut Vec<T>, filter: &Filter) {
     if let Some(top) = filter.top {
-        keep_top(cgroups, top);
+        cgroups.truncate(top);
+        for cgroup in cgroups.iter_mut() {
+            cgroup.truncate_files(top);
+        }
     }
     if let Some(files) = filter.files_per_cgroup {
         for cgroup in cgroups.iter_mut() {
-            cgroup.files.truncate(files);
+            cgroup.truncate_files(files);
         }
-    }
-    if filter.path_prefix.is_none() {
-        name_files(cgroups);
     }
 }
 
 /// Keeps the cgroups `filter` names by container or cgroup path (needs cgroup names only).
-fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
+fn filter_cgroups<T: Listing>(cgroups: &mut Vec<T>, filter: &Filter) {
     cgroups.retain(|c| {
+        let c = c.usage();
         let container_ok = filter.container.as_deref().is_none_or(|wanted| {
             c.container
                 .as_ref()
@@ -87,10 +135,7 @@ fn filter_cgroups(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
 }
 
 /// Keeps the files under `filter.path_prefix` (needs file names), and the cgroups with any.
-fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
-    let Some(prefix) = filter.path_prefix.as_deref() else {
-        return;
-    };
+fn filter_paths(cgroups: &mut Vec<CgroupUsage>, prefix: &str) {
     for cgroup in cgroups.iter_mut() {
         cgroup.files.retain(|f| {
             [&f.path, &f.host_path]
@@ -102,21 +147,14 @@ fn filter_paths(cgroups: &mut Vec<CgroupUsage>, filter: &Filter) {
     cgroups.retain(|c| !c.files.is_empty());
 }
 
-/// Keeps the `top` largest cgroups and the `top` largest files in each (they are sorted).
-fn keep_top(cgroups: &mut Vec<CgroupUsage>, top: usize) {
-    cgroups.truncate(top);
-    for cgroup in cgroups.iter_mut() {
-        cgroup.files.truncate(top);
-    }
-}
-
-fn totals_of(cgroups: &[CgroupUsage]) -> Totals {
+fn totals_of<T: Listing>(cgroups: &[T]) -> Totals {
+    let cgroups = cgroups.iter().map(Listing::usage);
     Totals {
-        cached_bytes: cgroups.iter().map(|c| c.cached_bytes).sum(),
-        added_bytes: cgroups.iter().map(|c| c.added_bytes).sum(),
-        removed_bytes: cgroups.iter().map(|c| c.removed_bytes).sum(),
+        cached_bytes: cgroups.clone().map(|c| c.cached_bytes).sum(),
+        added_bytes: cgroups.clone().map(|c| c.added_bytes).sum(),
+        removed_bytes: cgroups.clone().map(|c| c.removed_bytes).sum(),
         cgroups: cgroups.len(),
-        files: cgroups.iter().map(|c| c.file_count).sum(),
+        files: cgroups.map(|c| c.file_count).sum(),
     }
 }
 

@@ -90,38 +90,68 @@ impl Rates {
 
 /// Write rates report after report, in one pass per report: each written file's bytes are
 /// rated against the previous report's and remembered for the next (`Sample` and `Rates`
-/// would build two maps of every file for the same answer).
+/// would build two maps of every file for the same answer). A report is rated cgroup by
+/// cgroup ([`Self::start`], [`Self::rate`]), so it can be written as it is built.
 #[derive(Debug, Default)]
 pub struct WriteRates {
-    last: Option<(Instant, rustc_hash::FxHashMap<FileKey, u64>)>,
+    /// The report being rated: when it was taken, and its written files so far.
+    current: Option<(Instant, FxHashMap<FileKey, u64>)>,
+    /// The report before it, and the seconds between the two (`None` in the first report).
+    previous: FxHashMap<FileKey, u64>,
+    seconds: Option<f64>,
 }
+
+type FxHashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 impl WriteRates {
     /// Fills `write_rate_bytes_per_second` of every written file in `cgroups`, taken `at`
     /// (left null in the first report). A file absent from the previous report counts from
     /// zero.
     pub fn apply(&mut self, cgroups: &mut [CgroupUsage], at: Instant) {
-        let previous = self.last.take();
-        let seconds = previous
-            .as_ref()
-            .map(|(then, _)| at.saturating_duration_since(*then).as_secs_f64())
-            .filter(|s| *s > 0.0);
-        let capacity = previous.as_ref().map_or(0, |(_, files)| files.len());
-        let mut now = rustc_hash::FxHashMap::with_capacity_and_hasher(capacity, Default::default());
-        for cgroup in cgroups.iter_mut() {
-            let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
-            for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
-                let key = (hierarchy, id, file.dev, file.ino);
-                if let (Some(seconds), Some((_, before))) = (seconds, &previous) {
-                    let before = before.get(&key).copied().unwrap_or(0);
-                    file.write_rate_bytes_per_second =
-                        Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
-                }
-                now.insert(key, file.written_bytes);
-            }
+        self.start(at);
+        for cgroup in cgroups {
+            self.rate(cgroup);
         }
-        drop(previous);
-        self.last = Some((at, now));
+        self.finish();
+    }
+
+    /// Begins the report taken `at`: the one rated so far becomes the reference.
+    pub fn start(&mut self, at: Instant) {
+        let (then, files) = match self.current.take() {
+            Some((then, files)) => (Some(then), files),
+            None => (None, FxHashMap::default()),
+        };
+        self.seconds = then
+            .map(|then| at.saturating_duration_since(then).as_secs_f64())
+            .filter(|s| *s > 0.0);
+        let capacity = files.len();
+        self.previous = files;
+        self.current = Some((
+            at,
+            FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
+        ));
+    }
+
+    /// Rates the written files of one cgroup of the report begun last.
+    pub fn rate(&mut self, cgroup: &mut CgroupUsage) {
+        let Some((_, now)) = &mut self.current else {
+            return;
+        };
+        let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
+        for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
+            let key = (hierarchy, id, file.dev, file.ino);
+            if let Some(seconds) = self.seconds {
+                let before = self.previous.get(&key).copied().unwrap_or(0);
+                file.write_rate_bytes_per_second =
+                    Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
+            }
+            now.insert(key, file.written_bytes);
+        }
+    }
+
+    /// Ends the report begun last: the one before it is no longer needed.
+    pub fn finish(&mut self) {
+        self.previous = FxHashMap::default();
     }
 }
 

@@ -1,7 +1,7 @@
 //! The wire schema: the report types that `--json` writes, and the value types they are made
 //! of. This is the JSON contract (see the README); fields change only with `SCHEMA_VERSION`.
 
-use std::sync::Arc;
+use std::{cell::RefCell, sync::Arc};
 
 use serde::Serialize;
 
@@ -201,15 +201,17 @@ pub struct Totals {
     pub files: usize,
 }
 
-/// A snapshot of everything memtrace attributes.
+/// A snapshot of everything memtrace attributes. `C` holds the cgroups: a list, or a
+/// [`CgroupStream`] that builds them one at a time as they are written.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct Report<C = Vec<CgroupUsage>> {
     pub schema_version: u32,
     /// Seconds since the Unix epoch when the snapshot was taken.
     pub timestamp: f64,
     /// Seconds since the programs were attached.
     pub traced_seconds: f64,
-    /// Seconds this snapshot took to build (read the maps, name, filter, measure dirty).
+    /// Seconds this snapshot took to build (read the maps, name, filter, measure dirty). A
+    /// report written as it is built (`watch --json`) counts up to its first cgroup.
     pub snapshot_seconds: f64,
     pub page_size: u64,
     pub hooks: Vec<Hook>,
@@ -224,7 +226,49 @@ pub struct Report {
     /// The tmpfs/shmem files, found and measured at each report (no tracepoint sees them).
     pub shmem: ShmemSummary,
     pub totals: Totals,
-    pub cgroups: Vec<CgroupUsage>,
+    pub cgroups: C,
+}
+
+impl<C> Report<C> {
+    /// The same report with other cgroups.
+    pub fn with_cgroups<D>(self, cgroups: D) -> Report<D> {
+        Report {
+            schema_version: self.schema_version,
+            timestamp: self.timestamp,
+            traced_seconds: self.traced_seconds,
+            snapshot_seconds: self.snapshot_seconds,
+            page_size: self.page_size,
+            hooks: self.hooks,
+            writes_source: self.writes_source,
+            dirty_source: self.dirty_source,
+            stats: self.stats,
+            seed: self.seed,
+            shmem: self.shmem,
+            totals: self.totals,
+            cgroups,
+        }
+    }
+}
+
+/// Cgroups serialized as they are built, so a report of a hundred thousand files never holds
+/// them all at once. Serializes once: it is consumed as it is written.
+pub struct CgroupStream<'a>(RefCell<Option<Box<dyn Iterator<Item = CgroupUsage> + 'a>>>);
+
+impl<'a> CgroupStream<'a> {
+    pub fn new(cgroups: impl Iterator<Item = CgroupUsage> + 'a) -> Self {
+        Self(RefCell::new(Some(Box::new(cgroups))))
+    }
+}
+
+impl Serialize for CgroupStream<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let cgroups = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| serde::ser::Error::custom("a cgroup stream is written only once"))?;
+        serializer.collect_seq(cgroups)
+    }
 }
 
 /// A kernel device number (`s_dev`: `MAJOR << 20 | MINOR`), shown and serialized as `MAJ:MIN`.

@@ -225,6 +225,26 @@ fn report_json_is_unchanged() {
 }
 
 #[test]
+fn a_report_streamed_cgroup_by_cgroup_is_the_same_json_and_is_written_once() {
+    use crate::model::CgroupStream;
+    let report = fixed_report();
+    let mut whole = Vec::new();
+    json::write_line(&mut whole, &report).unwrap();
+    let cgroups = report.cgroups.clone();
+    let streamed = report.with_cgroups(CgroupStream::new(cgroups.into_iter()));
+    let mut out = Vec::new();
+    json::write_line(&mut out, &streamed).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(whole).unwrap()
+    );
+    assert!(
+        json::write_line(&mut Vec::new(), &streamed).is_err(),
+        "a stream is consumed by writing it"
+    );
+}
+
+#[test]
 fn report_table_is_unchanged() {
     let mut out = Vec::new();
     let options = table::TableOptions {
