@@ -15,14 +15,14 @@ use rustc_hash::FxHashMap as HashMap;
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
 
 use self::{
-    naming::{ask_kernel, name_cgroups, name_files, InodeIdentities},
+    naming::{ask_kernel, name_cgroups, name_files, InodeIdentities, InodeIdentity},
     seed::SeedOptions,
     shmem::ShmemScanner,
 };
 use crate::{
     loader::{read_all, runs::merge_writes, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate::{draft, CgroupDraft},
+        aggregate::{draft, Drafts},
         apply_filter,
         filter::apply_cgroup_filter,
         host_path_of, CgroupStream, CgroupUsage, Comm, Filter, KernelStats, Observation,
@@ -245,12 +245,7 @@ impl Collector {
         let mut totals = draft.totals;
         let cgroups = if filter.path_prefix.is_some() {
             // Every file needs its name before the filter can keep or drop it.
-            let page_size = self.page_size;
-            let mut cgroups: Vec<CgroupUsage> = draft
-                .cgroups
-                .into_iter()
-                .map(|d| d.into_usage(page_size))
-                .collect();
+            let mut cgroups: Vec<CgroupUsage> = draft.cgroups.into_usages().collect();
             apply_filter(&mut cgroups, &mut totals, filter, |shown| {
                 for cgroup in shown {
                     finisher.name(cgroup);
@@ -263,8 +258,8 @@ impl Collector {
         } else {
             draft
                 .cgroups
-                .into_iter()
-                .map(|d| finisher.finish(d))
+                .into_usages()
+                .map(|cgroup| finisher.finish(cgroup))
                 .collect()
         };
         self.write_rates.finish();
@@ -301,7 +296,10 @@ impl Collector {
                 inodes: &draft.inodes,
                 page_size: self.page_size,
             };
-            let cgroups = draft.cgroups.into_iter().map(move |d| finisher.finish(d));
+            let cgroups = draft
+                .cgroups
+                .into_usages()
+                .map(move |cgroup| finisher.finish(cgroup));
             write(&header.with_cgroups(CgroupStream::new(cgroups)))
         };
         self.write_rates.finish();
@@ -345,40 +343,31 @@ impl Collector {
         self.tracer.bump_memcg_epoch();
         self.drain_events();
         let mut stats = self.kernel_stats()?;
-        let (mut entries, inodes) = self.gather(&mut stats);
-        let gathered = began.elapsed();
-        let writer_entries = self.gather_writers(&mut stats);
-        let writers_read = began.elapsed();
+        // Before the counters are read: the files of the shmem filesystems found are left
+        // out of them.
         if self.shmem.due() {
             self.scan_shmem();
         }
         let shmem_scanned = began.elapsed();
-        // Only removals of shmem pages are traced: their files are measured instead.
-        let shmem_devs = &self.shmem.devs;
-        entries.retain(|(key, _)| !shmem_devs.contains(&key.dev));
-        let mut observations = Observations::with_capacity(entries.len() + self.seeds.len());
+        let (mut observations, inodes) = self.gather(&mut stats);
+        let gathered = began.elapsed();
+        let mut live_writers = self.gather_writers(&mut stats);
+        let writers_read = began.elapsed();
         let mut to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
         let measuring = to_measure.len();
-        self.measure_files(to_measure, &entries, &inodes);
+        self.measure_files(to_measure, &observations.list, &inodes);
         log::debug!(
-            "snapshot: gather {gathered:?}, writers {:?}, shmem {:?}, measure {measuring} files {:?}",
+            "snapshot: shmem {shmem_scanned:?}, gather {:?}, writers {:?}, measure {measuring} files {:?}",
+            gathered - shmem_scanned,
             writers_read - gathered,
-            shmem_scanned - writers_read,
-            began.elapsed() - shmem_scanned
+            began.elapsed() - writers_read
         );
-        for (key, counters) in entries {
-            let seeded = self.seeds.get(&key).map(|s| Box::new(*s));
-            let writers = Vec::new();
-            observations.insert(Observation {
-                key,
-                counters,
-                seeded,
-                writers,
-                shmem: false,
-            });
+        if !self.seeds.is_empty() {
+            for observation in &mut observations.list {
+                observation.seeded = self.seeds.get(&observation.key).map(|s| Box::new(*s));
+            }
         }
-
         for (key, seeded) in &self.seeds {
             if self.shmem.devs.contains(&key.dev) {
                 continue;
@@ -405,43 +394,30 @@ impl Collector {
                 shmem: true,
             });
         }
-        for (writer, written) in writer_entries {
-            let key = CacheKey {
-                cgroup_id: writer.cgroup_id,
-                ino: writer.ino,
-                dev: writer.dev,
-                hierarchy: writer.hierarchy,
-            };
-            // A file this cgroup writes but whose cache is charged elsewhere still gets a row
-            // here: the writer is worth knowing.
-            let observation = observations.get_or_insert_with(key, || Observation {
-                key,
-                counters: CacheCounters::default(),
-                seeded: None,
-                writers: Vec::new(),
-                shmem: false,
-            });
-            // Most files have one writer: no room for four.
-            observation.writers.reserve_exact(1);
-            observation.writers.push(WriterUsage {
-                pid: writer.tgid,
-                comm: Comm(written.comm),
-                bytes: written.bytes,
-                calls: written.calls,
-            });
+        // Exited writers (with anything a run of theirs added since), then live ones: read in
+        // place, not copied into one list.
+        for (writer, written) in &self.writer_totals {
+            let mut written = *written;
+            if let Some(more) = live_writers.remove(writer) {
+                merge_writes(&mut written, &more);
+            }
+            observations.add_writer(writer, &written);
+        }
+        for (writer, written) in &live_writers {
+            observations.add_writer(writer, written);
         }
 
         let read = began.elapsed();
-        let (mut cgroups, mut totals) = draft(observations.into_vec(), self.page_size);
+        let (mut drafts, mut totals) = draft(observations.into_vec(), self.page_size);
         let drafted = began.elapsed();
         self.resolvers.refresh();
         self.resolvers.paths.begin_report();
         name_cgroups(
             &mut self.resolvers,
-            cgroups.iter_mut().map(|d| &mut d.usage),
+            drafts.cgroups.iter_mut().map(|d| &mut d.usage),
         );
         if filter.path_prefix.is_none() {
-            apply_cgroup_filter(&mut cgroups, &mut totals, filter);
+            apply_cgroup_filter(&mut drafts.cgroups, &mut totals, filter);
         }
         log::debug!(
             "snapshot: read maps {read:?}, draft {:?}, name cgroups {:?}",
@@ -452,7 +428,7 @@ impl Collector {
             began,
             stats,
             totals,
-            cgroups,
+            cgroups: drafts,
             inodes,
         })
     }
@@ -463,7 +439,7 @@ struct ReportDraft {
     began: Instant,
     stats: KernelStats,
     totals: Totals,
-    cgroups: Vec<CgroupDraft>,
+    cgroups: Drafts,
     inodes: InodeIdentities,
 }
 
@@ -479,8 +455,7 @@ struct Finisher<'a> {
 }
 
 impl Finisher<'_> {
-    fn finish(&mut self, draft: CgroupDraft) -> CgroupUsage {
-        let mut cgroup = draft.into_usage(self.page_size);
+    fn finish(&mut self, mut cgroup: CgroupUsage) -> CgroupUsage {
         self.name(&mut cgroup);
         self.measure(&mut cgroup);
         cgroup
@@ -508,28 +483,58 @@ fn add_counting(sum: &mut CacheCounters, entry: &CacheCounters) {
     }
 }
 
-/// One observation per key, in a vector with an index beside it: a hash map of whole
-/// observations would hold a hundred thousand of them in room for twice as many, and copy them
-/// all out again.
+/// One observation per key, in a vector sorted by key: a hash map of whole observations would
+/// hold a hundred thousand of them in room for twice as many, and an index beside the vector
+/// would cost as much again. The traced keys, each once, are pushed first and sorted
+/// ([`Self::seal`]); the few keys added after (seeds, shmem files, writers of files cached
+/// elsewhere) go at the end with a small index of their own.
 struct Observations {
     list: Vec<Observation>,
-    index: HashMap<CacheKey, u32>,
+    /// `list[..sorted]` is sorted by [`order`].
+    sorted: usize,
+    /// Where the keys after `sorted` are.
+    added: HashMap<CacheKey, usize>,
+}
+
+/// The order of [`Observations`]: by cgroup, then file, as the report groups them.
+fn order(key: &CacheKey) -> (u32, u64, u32, u64) {
+    (key.hierarchy, key.cgroup_id, key.dev, key.ino)
 }
 
 impl Observations {
     fn with_capacity(capacity: usize) -> Self {
         Self {
             list: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            sorted: 0,
+            added: HashMap::default(),
         }
+    }
+
+    /// Adds the observation of a key not yet added (before [`Self::seal`]).
+    fn push_unique(&mut self, observation: Observation) {
+        self.list.push(observation);
+    }
+
+    /// Sorts what was pushed; lookups and additions may follow.
+    fn seal(&mut self) {
+        self.list.sort_unstable_by_key(|o| order(&o.key));
+        self.sorted = self.list.len();
+        self.added.clear();
+    }
+
+    fn position(&self, key: &CacheKey) -> Option<usize> {
+        self.list[..self.sorted]
+            .binary_search_by_key(&order(key), |o| order(&o.key))
+            .ok()
+            .or_else(|| self.added.get(key).copied())
     }
 
     /// Adds `observation`, replacing the one of its key if there is one.
     fn insert(&mut self, observation: Observation) {
-        match self.index.get(&observation.key) {
-            Some(&at) => self.list[at as usize] = observation,
+        match self.position(&observation.key) {
+            Some(at) => self.list[at] = observation,
             None => {
-                self.index.insert(observation.key, self.list.len() as u32);
+                self.added.insert(observation.key, self.list.len());
                 self.list.push(observation);
             }
         }
@@ -540,15 +545,37 @@ impl Observations {
         key: CacheKey,
         make: impl FnOnce() -> Observation,
     ) -> &mut Observation {
-        let at = match self.index.get(&key) {
-            Some(&at) => at as usize,
+        let at = match self.position(&key) {
+            Some(at) => at,
             None => {
-                self.index.insert(key, self.list.len() as u32);
+                self.added.insert(key, self.list.len());
                 self.list.push(make());
                 self.list.len() - 1
             }
         };
         &mut self.list[at]
+    }
+
+    /// Adds what a process of a cgroup wrote to a file to that (cgroup, file).
+    fn add_writer(&mut self, writer: &WriterKey, written: &WriterStats) {
+        let key = CacheKey {
+            cgroup_id: writer.cgroup_id,
+            ino: writer.ino,
+            dev: writer.dev,
+            hierarchy: writer.hierarchy,
+        };
+        // A file this cgroup writes but whose cache is charged elsewhere still gets a row
+        // here: the writer is worth knowing.
+        let observation =
+            self.get_or_insert_with(key, || Observation::traced(key, CacheCounters::default()));
+        // Most files have one writer: no room for four.
+        observation.writers.reserve_exact(1);
+        observation.writers.push(WriterUsage {
+            pid: writer.tgid,
+            comm: Comm(written.comm),
+            bytes: written.bytes,
+            calls: written.calls,
+        });
     }
 
     fn into_vec(self) -> Vec<Observation> {
@@ -563,21 +590,36 @@ const PRUNE_EVERY: u64 = 8;
 /// ...once nothing of them is resident and they have not changed for this many drains.
 const PRUNE_AFTER_IDLE_FLIPS: u64 = 4;
 
-/// A key's counters since start, and the drain in which they last changed.
-#[derive(Clone, Copy, Debug)]
+/// A key's counters since start, and the drain in which they last changed: 32 bytes, as there
+/// may be a hundred thousand.
+#[derive(Clone, Copy, Debug, Default)]
 struct Tally {
-    counters: CacheCounters,
-    changed_at: u64,
+    pages_added: u64,
+    pages_removed: u64,
+    /// The inode's kernel address, and its `i_generation` (32 bits in the kernel).
+    inode: u64,
+    generation: u32,
+    /// Drains are counted in 64 bits; 32 of them last 136 years at one a second.
+    changed_at: u32,
+}
+
+impl Tally {
+    fn counters(&self) -> CacheCounters {
+        CacheCounters {
+            pages_added: self.pages_added,
+            pages_removed: self.pages_removed,
+            inode: self.inode,
+            generation: u64::from(self.generation),
+            ..CacheCounters::default()
+        }
+    }
 }
 
 impl Collector {
     /// Empties the half of the kernel map the programs are not counting into (after a flip)
     /// into the totals, and returns every key's counters since start: totals plus the half
     /// still counting. Files whose old cache is seen leaving are queued for measuring.
-    fn gather(
-        &mut self,
-        stats: &mut KernelStats,
-    ) -> (Vec<(CacheKey, CacheCounters)>, InodeIdentities) {
+    fn gather(&mut self, stats: &mut KernelStats) -> (Observations, InodeIdentities) {
         let mut errors = 0;
         let drained = self.tracer.flip_and_drain(&mut errors);
         let drained_count = drained.len();
@@ -588,17 +630,15 @@ impl Collector {
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key) {
                 self.pending_measure.insert((key.dev, key.ino));
             }
-            let tally = self.totals.entry(key).or_insert(Tally {
-                counters: CacheCounters::default(),
-                changed_at: 0,
-            });
-            tally.counters.pages_added += entry.pages_added;
-            tally.counters.pages_removed += entry.pages_removed;
+            let tally = self.totals.entry(key).or_default();
+            tally.pages_added += entry.pages_added;
+            tally.pages_removed += entry.pages_removed;
             if entry.inode != 0 {
-                tally.counters.inode = entry.inode;
-                tally.counters.generation = entry.generation;
+                tally.inode = entry.inode;
+                // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                tally.generation = entry.generation as u32;
             }
-            tally.changed_at = self.flips;
+            tally.changed_at = self.flips as u32;
         }
         let counting = self.tracer.read_counting(&mut errors);
         self.map_read_errors += errors;
@@ -614,43 +654,63 @@ impl Collector {
         self.prune();
         // Each file's inode as last seen: the latest drain's, then the half still counting
         // (keys of the same file under other cgroups may hold an older incarnation).
-        let mut identities: InodeIdentities = HashMap::default();
-        let mut seen_at: HashMap<(u32, u64), u64> = HashMap::default();
-        for (key, tally) in &self.totals {
-            let file = (key.dev, key.ino);
-            if tally.counters.inode != 0
-                && seen_at.get(&file).is_none_or(|&at| tally.changed_at >= at)
-            {
-                seen_at.insert(file, tally.changed_at);
-                identities.insert(file, (tally.counters.inode, tally.counters.generation));
+        let mut identities: InodeIdentities =
+            HashMap::with_capacity_and_hasher(self.totals.len(), Default::default());
+        let mut show = |file: (u32, u64), counters: &CacheCounters, seen_at: u32| {
+            if counters.inode == 0 {
+                return;
             }
+            let identity = InodeIdentity {
+                inode: counters.inode,
+                // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                generation: counters.generation as u32,
+                seen_at,
+            };
+            identities
+                .entry(file)
+                .and_modify(|known| {
+                    if seen_at >= known.seen_at {
+                        *known = identity;
+                    }
+                })
+                .or_insert(identity);
+        };
+        for (key, tally) in &self.totals {
+            show((key.dev, key.ino), &tally.counters(), tally.changed_at);
         }
         for (key, entry) in &counting {
-            if entry.inode != 0 {
-                identities.insert((key.dev, key.ino), (entry.inode, entry.generation));
-            }
+            show((key.dev, key.ino), entry, u32::MAX);
         }
         // Every key's totals plus what the undrained halves add, built as one list (the
-        // undrained halves hold few keys; the totals may hold a hundred thousand).
+        // undrained halves hold few keys; the totals may hold a hundred thousand). Only
+        // removals of shmem pages are traced: their files are measured instead.
         let mut counting: HashMap<CacheKey, CacheCounters> = counting.into_iter().collect();
-        let mut combined: Vec<(CacheKey, CacheCounters)> =
-            Vec::with_capacity(self.totals.len() + counting.len());
+        let shmem_devs = &self.shmem.devs;
+        let mut observations =
+            Observations::with_capacity(self.totals.len() + counting.len() + self.seeds.len());
         for (key, tally) in &self.totals {
-            let mut sum = tally.counters;
+            let mut sum = tally.counters();
             if let Some(entry) = counting.remove(key) {
                 add_counting(&mut sum, &entry);
             }
-            combined.push((*key, sum));
+            if !shmem_devs.contains(&key.dev) {
+                observations.push_unique(Observation::traced(*key, sum));
+            }
         }
         // Keys only the undrained halves hold: their counters are all there is.
-        combined.extend(counting);
-        (combined, identities)
+        for (key, entry) in counting {
+            if !shmem_devs.contains(&key.dev) {
+                observations.push_unique(Observation::traced(key, entry));
+            }
+        }
+        observations.seal();
+        (observations, identities)
     }
 
-    /// Every writer's figures since start. Entries of processes that have exited cannot grow
-    /// any more: they move from the kernel map into userspace, so the map holds only live
-    /// writers, however many come and go.
-    fn gather_writers(&mut self, stats: &mut KernelStats) -> Vec<(WriterKey, WriterStats)> {
+    /// Live writers' figures since start (the exited ones' are in `writer_totals`). Entries of
+    /// processes that have exited cannot grow any more: they move from the kernel map into
+    /// userspace, so the map holds only live writers, however many come and go.
+    fn gather_writers(&mut self, stats: &mut KernelStats) -> HashMap<WriterKey, WriterStats> {
         // The map before the runs: a run added to the map in between is missed once, rather
         // than counted twice.
         let mapped = read_all(&self.tracer.writers, &mut stats.map_read_errors);
@@ -673,19 +733,20 @@ impl Collector {
                 add(&mut entries, key, value);
             }
         }
-        for (key, value) in runs
-            .into_iter()
-            .chain(self.writer_totals.iter().map(|(k, v)| (*k, *v)))
-        {
+        for (key, value) in runs {
             add(&mut entries, key, value);
         }
-        entries.into_iter().collect()
+        entries
     }
 
     /// A key's counters since start: the totals plus `counting`, what the halves not yet
     /// drained hold for it.
     fn combined(&self, key: &CacheKey, counting: Option<&CacheCounters>) -> CacheCounters {
-        let mut sum = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
+        let mut sum = self
+            .totals
+            .get(key)
+            .map(Tally::counters)
+            .unwrap_or_default();
         if let Some(entry) = counting {
             sum.pages_added += entry.pages_added;
             sum.pages_removed += entry.pages_removed;
@@ -695,7 +756,11 @@ impl Collector {
 
     /// Pages memtrace knew were resident for `key` from what was drained (and seeded).
     fn known_resident(&self, key: &CacheKey) -> u64 {
-        let counters = self.totals.get(key).map(|t| t.counters).unwrap_or_default();
+        let counters = self
+            .totals
+            .get(key)
+            .map(Tally::counters)
+            .unwrap_or_default();
         Observation {
             shmem: false,
             key: *key,
@@ -717,7 +782,7 @@ impl Collector {
             .totals
             .iter()
             .filter(|(key, tally)| {
-                flips.saturating_sub(tally.changed_at) >= PRUNE_AFTER_IDLE_FLIPS
+                flips.saturating_sub(u64::from(tally.changed_at)) >= PRUNE_AFTER_IDLE_FLIPS
                     && self.known_resident(key) == 0
             })
             .map(|(key, _)| *key)
@@ -765,7 +830,7 @@ impl Collector {
     fn measure_files(
         &mut self,
         mut files: Vec<(u32, u64)>,
-        entries: &[(CacheKey, CacheCounters)],
+        observed: &[Observation],
         inodes: &InodeIdentities,
     ) {
         if files.is_empty() {
@@ -791,14 +856,16 @@ impl Collector {
             .unwrap_or(0);
         for (dev, ino) in files {
             let tracer = &self.tracer;
-            let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
+            let generation = inodes
+                .get(&(dev, ino))
+                .map_or(0, |i| u64::from(i.generation));
             let resolved = self.resolvers.paths.resolve(dev, ino, generation, || {
                 ask_kernel(tracer, inodes, dev, ino)
             });
-            let keys: Vec<(CacheKey, CacheCounters)> = entries
+            let keys: Vec<(CacheKey, CacheCounters)> = observed
                 .iter()
-                .filter(|(key, _)| key.dev == dev && key.ino == ino)
-                .copied()
+                .filter(|o| o.key.dev == dev && o.key.ino == ino)
+                .map(|o| (o.key, o.counters))
                 .collect();
             for (key, counters) in &keys {
                 self.deficits_handled.insert(*key, counters.max_deficit);
@@ -877,4 +944,40 @@ pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{counters, key};
+
+    #[test]
+    fn observations_find_pushed_and_added_keys_and_keep_one_per_key() {
+        let mut observations = Observations::with_capacity(4);
+        for (cgroup, ino) in [(9, 1), (2, 7), (5, 3), (2, 1)] {
+            observations.push_unique(Observation::traced(key(cgroup, ino), counters(ino, 0)));
+        }
+        observations.seal();
+        // Found among the pushed ones, in whatever order they came.
+        observations
+            .get_or_insert_with(key(5, 3), || unreachable!("key (5, 3) was pushed"))
+            .writers
+            .push(WriterUsage {
+                pid: 1,
+                comm: Comm([0; 16]),
+                bytes: 10,
+                calls: 1,
+            });
+        // New keys go at the end, once.
+        observations
+            .get_or_insert_with(key(3, 3), || Observation::traced(key(3, 3), counters(1, 0)));
+        observations.get_or_insert_with(key(3, 3), || unreachable!("key (3, 3) was added"));
+        observations.insert(Observation::traced(key(2, 7), counters(70, 0)));
+        let list = observations.into_vec();
+        assert_eq!(list.len(), 5);
+        let of = |cgroup, ino| list.iter().find(|o| o.key == key(cgroup, ino)).unwrap();
+        assert_eq!(of(5, 3).writers.len(), 1);
+        assert_eq!(of(2, 7).counters.pages_added, 70, "insert replaces");
+        assert_eq!(of(3, 3).counters.pages_added, 1);
+    }
 }

@@ -28,7 +28,18 @@ pub(crate) fn name_cgroups<'a>(
 }
 
 /// Where a file's inode is and which incarnation it is: (kernel address, `i_generation`).
-pub(crate) type InodeIdentities = HashMap<(u32, u64), (u64, u64)>;
+pub(crate) type InodeIdentities = HashMap<(u32, u64), InodeIdentity>;
+
+/// One file's inode as the kernel last showed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InodeIdentity {
+    /// The inode's kernel address.
+    pub inode: u64,
+    /// `i_generation` (32 bits in the kernel).
+    pub generation: u32,
+    /// The drain that showed it (`u32::MAX`: the half still counting, newer than any).
+    pub seen_at: u32,
+}
 
 /// The kernel's answer for the path of (dev, ino), asked through the inode's address.
 pub(crate) fn ask_kernel(
@@ -37,7 +48,7 @@ pub(crate) fn ask_kernel(
     dev: u32,
     ino: u64,
 ) -> Option<KernelPath> {
-    let (inode, _) = inodes.get(&(dev, ino)).copied()?;
+    let inode = inodes.get(&(dev, ino))?.inode;
     tracer
         .name_inode(inode, dev, ino)
         .map(|name| KernelPath::from_name(&name))
@@ -53,7 +64,9 @@ pub(crate) fn name_files(
 ) {
     for file in cgroup.files.iter_mut() {
         let (dev, ino) = (file.dev.0, file.ino);
-        let generation = inodes.get(&(dev, ino)).map_or(0, |&(_, g)| g);
+        let generation = inodes
+            .get(&(dev, ino))
+            .map_or(0, |i| u64::from(i.generation));
         let resolved = resolvers.paths.resolve(dev, ino, generation, || {
             ask_kernel(tracer, inodes, dev, ino)
         });

@@ -1,7 +1,7 @@
 //! From raw kernel counters to cgroups and their files: seeded cache plus traced changes,
 //! grouped, summed and sorted. Names are left empty for the resolvers.
 
-use std::collections::HashMap;
+use std::ops::Range;
 
 use memtrace_common::{CacheCounters, CacheKey};
 
@@ -59,25 +59,52 @@ impl Observation {
     }
 }
 
-/// A cgroup's figures, with its files still as observations (largest first): all a report
-/// needs to sum, sort and cut before any file is built, named or measured, so that a report
-/// can be built and written one cgroup at a time.
+/// A cgroup's figures, with its files still as observations: all a report needs to sum, sort
+/// and cut before any file is built, named or measured, so that a report can be built and
+/// written one cgroup at a time.
 #[derive(Clone, Debug)]
 pub struct CgroupDraft {
-    /// Names are left empty for the resolvers; `files` is empty until [`Self::into_usage`].
+    /// Names are left empty for the resolvers; `files` is empty until it is built.
     pub usage: CgroupUsage,
-    pub files: Vec<Observation>,
+    /// Its files in [`Drafts::observations`], largest first.
+    files: Range<usize>,
 }
 
 impl CgroupDraft {
-    /// The cgroup with its files built, in the same order; names left empty.
-    pub fn into_usage(self, page_size: u64) -> CgroupUsage {
-        let Self { mut usage, files } = self;
-        usage.files = files
-            .into_iter()
-            .map(|observation| file_usage(observation, page_size))
-            .collect();
-        usage
+    /// Keeps the first (largest) `n` files.
+    pub fn truncate_files(&mut self, n: usize) {
+        self.files.end = self.files.end.min(self.files.start.saturating_add(n));
+    }
+}
+
+/// Every cgroup's draft, over one list of observations grouped by cgroup: grouping in place
+/// holds a hundred thousand observations once, not twice.
+#[derive(Clone, Debug)]
+pub struct Drafts {
+    observations: Vec<Observation>,
+    /// Largest first.
+    pub cgroups: Vec<CgroupDraft>,
+    page_size: u64,
+}
+
+impl Drafts {
+    /// Each cgroup with its files built, in order; names left empty.
+    pub fn into_usages(self) -> impl Iterator<Item = CgroupUsage> {
+        let Self {
+            mut observations,
+            cgroups,
+            page_size,
+        } = self;
+        cgroups.into_iter().map(move |draft| {
+            let files = observations[draft.files]
+                .iter_mut()
+                .map(|observation| file_usage(observation, page_size))
+                .collect();
+            CgroupUsage {
+                files,
+                ..draft.usage
+            }
+        })
     }
 }
 
@@ -85,73 +112,68 @@ impl CgroupDraft {
 /// left empty for the resolvers.
 pub fn aggregate(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupUsage>, Totals) {
     let (drafts, totals) = draft(observations, page_size);
-    let cgroups = drafts
-        .into_iter()
-        .map(|draft| draft.into_usage(page_size))
-        .collect();
-    (cgroups, totals)
+    (drafts.into_usages().collect(), totals)
 }
 
 /// Groups (memcg, file) observations into cgroups, sums and sorts them, largest first, and
 /// leaves the files as observations.
-pub fn draft(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupDraft>, Totals) {
-    // Sized exactly up front: with 100,000 files, doubling growth would hold twice the room.
-    let mut per_cgroup: HashMap<(u32, u64), usize> = HashMap::new();
-    for observation in &observations {
-        *per_cgroup
-            .entry((observation.key.hierarchy, observation.key.cgroup_id))
-            .or_default() += 1;
-    }
-    let mut by_cgroup: HashMap<(u32, u64), Vec<Observation>> = per_cgroup
-        .into_iter()
-        .map(|(cgroup, files)| (cgroup, Vec::with_capacity(files)))
-        .collect();
-    for observation in observations {
-        by_cgroup
-            .entry((observation.key.hierarchy, observation.key.cgroup_id))
-            .or_default()
-            .push(observation);
-    }
-
+pub fn draft(mut observations: Vec<Observation>, page_size: u64) -> (Drafts, Totals) {
+    // By cgroup, in place (the collector's list comes sorted by key, which this finds in one
+    // pass)...
+    observations.sort_unstable_by_key(|o| (o.key.hierarchy, o.key.cgroup_id));
     let mut totals = Totals::default();
-    let mut cgroups: Vec<CgroupDraft> = by_cgroup
-        .into_iter()
-        .map(|((hierarchy, id), mut files)| {
-            // The order FileUsage figures give: cached, then added, then written bytes.
-            files.sort_by_cached_key(|o| {
-                std::cmp::Reverse((
-                    o.resident_pages().saturating_mul(page_size),
-                    o.counters.pages_added.saturating_mul(page_size),
-                    o.writers.iter().map(|w| w.bytes).sum::<u64>(),
-                ))
-            });
-            let sum = |f: fn(&Observation) -> u64| -> u64 {
-                files.iter().map(|o| f(o).saturating_mul(page_size)).sum()
-            };
-            let cached_bytes = sum(Observation::resident_pages);
-            let added_bytes = sum(|o| o.counters.pages_added);
-            let removed_bytes = sum(|o| o.counters.pages_removed);
-            totals.cached_bytes += cached_bytes;
-            totals.added_bytes += added_bytes;
-            totals.removed_bytes += removed_bytes;
-            totals.files += files.len();
-            let usage = CgroupUsage {
-                id,
-                hierarchy,
-                path: None,
-                removed: false,
-                container: None,
-                unit: None,
-                cached_bytes,
-                added_bytes,
-                removed_bytes,
-                net_bytes: added_bytes as i64 - removed_bytes as i64,
-                file_count: files.len(),
-                files: Vec::new(),
-            };
-            CgroupDraft { usage, files }
-        })
-        .collect();
+    let mut cgroups = Vec::new();
+    let mut start = 0;
+    while start < observations.len() {
+        let (hierarchy, id) = (
+            observations[start].key.hierarchy,
+            observations[start].key.cgroup_id,
+        );
+        let len = observations[start..]
+            .iter()
+            .take_while(|o| o.key.hierarchy == hierarchy && o.key.cgroup_id == id)
+            .count();
+        // ...then each cgroup's files in the order their figures give: cached, then added,
+        // then written bytes.
+        let files = &mut observations[start..start + len];
+        files.sort_by_cached_key(|o| {
+            std::cmp::Reverse((
+                o.resident_pages().saturating_mul(page_size),
+                o.counters.pages_added.saturating_mul(page_size),
+                o.writers.iter().map(|w| w.bytes).sum::<u64>(),
+            ))
+        });
+        let files = &*files;
+        let sum = |f: fn(&Observation) -> u64| -> u64 {
+            files.iter().map(|o| f(o).saturating_mul(page_size)).sum()
+        };
+        let cached_bytes = sum(Observation::resident_pages);
+        let added_bytes = sum(|o| o.counters.pages_added);
+        let removed_bytes = sum(|o| o.counters.pages_removed);
+        totals.cached_bytes += cached_bytes;
+        totals.added_bytes += added_bytes;
+        totals.removed_bytes += removed_bytes;
+        totals.files += len;
+        let usage = CgroupUsage {
+            id,
+            hierarchy,
+            path: None,
+            removed: false,
+            container: None,
+            unit: None,
+            cached_bytes,
+            added_bytes,
+            removed_bytes,
+            net_bytes: added_bytes as i64 - removed_bytes as i64,
+            file_count: len,
+            files: Vec::new(),
+        };
+        cgroups.push(CgroupDraft {
+            usage,
+            files: start..start + len,
+        });
+        start += len;
+    }
     cgroups.sort_by(|a, b| {
         let (a, b) = (&a.usage, &b.usage);
         b.cached_bytes
@@ -160,19 +182,21 @@ pub fn draft(observations: Vec<Observation>, page_size: u64) -> (Vec<CgroupDraft
             .then(a.id.cmp(&b.id))
     });
     totals.cgroups = cgroups.len();
-    (cgroups, totals)
+    let drafts = Drafts {
+        observations,
+        cgroups,
+        page_size,
+    };
+    (drafts, totals)
 }
 
 /// One observation as the file the report lists; names left empty.
-fn file_usage(observation: Observation, page_size: u64) -> FileUsage {
+fn file_usage(observation: &mut Observation, page_size: u64) -> FileUsage {
     let cached_bytes = observation.resident_pages().saturating_mul(page_size);
-    let Observation {
-        key,
-        counters,
-        seeded,
-        mut writers,
-        shmem,
-    } = observation;
+    let (key, counters, shmem) = (observation.key, observation.counters, observation.shmem);
+    // Each observation is built once: what it owns moves into the file.
+    let seeded = observation.seeded.take();
+    let mut writers = std::mem::take(&mut observation.writers);
     writers.sort_by_key(|w| std::cmp::Reverse(w.bytes));
     let seed = seeded.as_deref().filter(|_| !shmem);
     FileUsage {

@@ -63,7 +63,7 @@ impl Listing for CgroupDraft {
     }
 
     fn truncate_files(&mut self, n: usize) {
-        self.files.truncate(n);
+        CgroupDraft::truncate_files(self, n);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-second change of each file between two samples of the model, computed from the two
 //! samples alone (as `below` computes its models from a sample and the last one).
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, hash::BuildHasher, time::Instant};
 
 use super::schema::{CgroupUsage, Dev};
 
@@ -94,10 +94,12 @@ impl Rates {
 /// cgroup ([`Self::start`], [`Self::rate`]), so it can be written as it is built.
 #[derive(Debug, Default)]
 pub struct WriteRates {
-    /// The report being rated: when it was taken, and its written files so far.
-    current: Option<(Instant, FxHashMap<FileKey, u64>)>,
+    /// The report being rated: when it was taken, and its written files so far, each under a
+    /// hash of its [`FileKey`] (16 bytes a file, not 40: a collision at worst rates one file
+    /// against another's bytes for one report).
+    current: Option<(Instant, FxHashMap<u64, u64>)>,
     /// The report before it, and the seconds between the two (`None` in the first report).
-    previous: FxHashMap<FileKey, u64>,
+    previous: FxHashMap<u64, u64>,
     seconds: Option<f64>,
 }
 
@@ -139,7 +141,8 @@ impl WriteRates {
         };
         let (hierarchy, id) = (cgroup.hierarchy, cgroup.id);
         for file in cgroup.files.iter_mut().filter(|f| f.written_bytes > 0) {
-            let key = (hierarchy, id, file.dev, file.ino);
+            let key: FileKey = (hierarchy, id, file.dev, file.ino);
+            let key = rustc_hash::FxBuildHasher.hash_one(key);
             if let Some(seconds) = self.seconds {
                 let before = self.previous.get(&key).copied().unwrap_or(0);
                 file.write_rate_bytes_per_second =

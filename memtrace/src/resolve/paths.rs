@@ -15,7 +15,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use memtrace_common::{InodeName, PATH_NO_DENTRY};
@@ -29,7 +29,7 @@ const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
 
 /// How long a checked path is trusted before it is checked again.
-const RECHECK_AFTER: Duration = Duration::from_secs(5);
+const RECHECK_AFTER: Seconds = 5;
 /// Most names re-checked in one report: at 100,000 files, checking them all at once made every
 /// fifth second's report 150–200 ms slower. The rest keep their name until a later report.
 const RECHECKS_PER_REPORT: usize = 4096;
@@ -216,13 +216,69 @@ impl ResolvedPath {
     }
 }
 
+/// A file's names as the table keeps them, for a hundred thousand files: 40 bytes, not the
+/// 130 a `ResolvedPath` with its check time takes.
 struct Checked {
-    resolved: ResolvedPath,
-    at: Instant,
-    /// The inode generation the name was found for (0: unknown).
-    generation: u64,
+    names: StoredNames,
+    /// When the names were placed: `PathTable::now` then.
+    at: Seconds,
+    /// The inode generation the name was found for (0: unknown). The kernel's
+    /// `i_generation` is 32 bits.
+    generation: u32,
     /// `PathTable::overlays_version` when it was placed.
-    overlays_version: u64,
+    overlays_version: u32,
+}
+
+/// Whole seconds since the table was made.
+type Seconds = u32;
+
+/// Most files have one path, the same on the host and in view, and nothing else to say.
+enum StoredNames {
+    Plain {
+        path: Arc<str>,
+        complete: bool,
+        deleted: bool,
+    },
+    Full(Box<ResolvedPath>),
+}
+
+impl StoredNames {
+    fn of(resolved: &ResolvedPath) -> Self {
+        match resolved {
+            ResolvedPath {
+                path: Some(path),
+                host_path: Some(host_path),
+                path_hex: None,
+                host_path_hex: None,
+                complete,
+                deleted,
+                layer: None,
+                overlay_root: None,
+            } if Arc::ptr_eq(path, host_path) => Self::Plain {
+                path: path.clone(),
+                complete: *complete,
+                deleted: *deleted,
+            },
+            _ => Self::Full(Box::new(resolved.clone())),
+        }
+    }
+
+    fn resolved(&self) -> ResolvedPath {
+        match self {
+            Self::Plain {
+                path,
+                complete,
+                deleted,
+            } => ResolvedPath {
+                path: Some(path.clone()),
+                host_path: Some(path.clone()),
+                complete: *complete,
+                deleted: *deleted,
+                ..ResolvedPath::default()
+            },
+            Self::Full(resolved) => (**resolved).clone(),
+        }
+    }
 }
 
 /// A name userspace found for a file (scanning at start), when the kernel has sent none.
@@ -246,13 +302,18 @@ pub struct PathTable {
     rechecks_left: usize,
     /// Bumped whenever the overlay mounts change: a name placed under other overlays is
     /// placed again when checked.
-    overlays_version: u64,
+    overlays_version: u32,
+    /// When the table was made, and the seconds since then at the start of this report (one
+    /// clock read a report, not one a file).
+    epoch: Option<Instant>,
+    now: Seconds,
 }
 
 impl PathTable {
     pub fn new() -> Self {
         let mut table = Self {
             rechecks_left: RECHECKS_PER_REPORT,
+            epoch: Some(Instant::now()),
             ..Self::default()
         };
         table.refresh_mounts();
@@ -271,7 +332,7 @@ impl PathTable {
     pub fn set_mounts(&mut self, mounts: Vec<Mount>) {
         let overlays: Vec<Overlay> = mounts.iter().filter_map(Overlay::from_mount).collect();
         if overlays != self.overlays {
-            self.overlays_version += 1;
+            self.overlays_version = self.overlays_version.wrapping_add(1);
         }
         self.overlays = overlays;
         self.mounts = mounts;
@@ -283,12 +344,14 @@ impl PathTable {
         self.seen.retain(|&(dev, ino), _| keep(dev, ino));
     }
 
-    /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
-    /// Starts a report: its re-checks are counted from here.
+    /// Starts a report: its re-checks are counted, and names' ages taken, from here.
     pub fn begin_report(&mut self) {
         self.rechecks_left = RECHECKS_PER_REPORT;
+        let epoch = *self.epoch.get_or_insert_with(Instant::now);
+        self.now = Seconds::try_from(epoch.elapsed().as_secs()).unwrap_or(Seconds::MAX);
     }
 
+    /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
     pub fn remember(&mut self, dev: u32, ino: u64, name: SeenName) {
         self.checked.remove(&(dev, ino));
         self.seen.insert((dev, ino), name);
@@ -313,6 +376,8 @@ impl PathTable {
         ask_kernel: impl FnOnce() -> Option<KernelPath>,
     ) -> ResolvedPath {
         let key = (dev, ino);
+        // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+        let generation = generation as u32;
         let reused = self
             .checked
             .get(&key)
@@ -321,32 +386,32 @@ impl PathTable {
             self.checked.remove(&key);
             self.seen.remove(&key);
         }
+        let now = self.now;
         let expired = self
             .checked
             .get(&key)
-            .map(|c| c.at.elapsed() >= RECHECK_AFTER);
+            .map(|c| now.saturating_sub(c.at) >= RECHECK_AFTER);
         if expired == Some(true) {
             if self.rechecks_left == 0 {
-                return self.checked[&key].resolved.clone();
+                return self.checked[&key].names.resolved();
             }
             self.rechecks_left -= 1;
         }
-        let resolved = match self.checked.get(&key) {
-            Some(checked) if expired == Some(false) => {
-                return checked.resolved.clone();
-            }
+        let previous = match self.checked.get(&key) {
+            Some(checked) if expired == Some(false) => return checked.names.resolved(),
+            Some(checked) => Some((checked.names.resolved(), checked.overlays_version)),
+            None => None,
+        };
+        let resolved = match previous {
             // A deleted file stays deleted; a partial path is as good as it gets.
-            Some(Checked { resolved, .. })
+            Some((resolved, _))
                 if resolved.deleted || (!resolved.complete && resolved.path.is_some()) =>
             {
-                resolved.clone()
+                resolved
             }
             // A name as a process sees it (found by the scan at start): kept until the kernel
             // can name the file.
-            Some(Checked { resolved, .. })
-                if resolved.host_path.is_none() && resolved.path.is_some() =>
-            {
-                let kept = resolved.clone();
+            Some((kept, _)) if kept.host_path.is_none() && kept.path.is_some() => {
                 let anew = self.name_anew(dev, ino, ask_kernel);
                 if anew.path.is_some() {
                     anew
@@ -354,18 +419,14 @@ impl PathTable {
                     kept
                 }
             }
-            Some(Checked {
-                resolved,
-                overlays_version,
-                ..
-            }) if resolved.host_path.is_some() => {
+            Some((resolved, overlays_version)) if resolved.host_path.is_some() => {
                 let host = resolved
                     .host_path
                     .as_deref()
                     .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()));
                 match host.filter(|h| is_same_file(h, ino)) {
                     // Still there, under the same overlays: placed as before.
-                    Some(_) if *overlays_version == self.overlays_version => resolved.clone(),
+                    Some(_) if overlays_version == self.overlays_version => resolved,
                     Some(host) => self.resolve_host_path(host, ino, false),
                     // Renamed or moved: ask the kernel where it is now.
                     None => self.name_anew(dev, ino, ask_kernel),
@@ -382,8 +443,8 @@ impl PathTable {
         self.checked.insert(
             key,
             Checked {
-                resolved: resolved.clone(),
-                at: Instant::now(),
+                names: StoredNames::of(&resolved),
+                at: now,
                 generation,
                 overlays_version: self.overlays_version,
             },
@@ -548,6 +609,44 @@ fn find_in_directory(path: &Path, ino: u64) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::resolve::mounts::parse_mountinfo;
+
+    #[test]
+    fn names_kept_compact_come_back_as_they_went_in() {
+        let plain = ResolvedPath::named(
+            Path::new("/var/log/app.log"),
+            Some(Path::new("/var/log/app.log")),
+        );
+        assert!(matches!(StoredNames::of(&plain), StoredNames::Plain { .. }));
+        assert_eq!(StoredNames::of(&plain).resolved(), plain);
+        let deleted = ResolvedPath {
+            deleted: true,
+            complete: false,
+            ..plain.clone()
+        };
+        assert_eq!(StoredNames::of(&deleted).resolved(), deleted);
+        let in_container = ResolvedPath {
+            layer: Some(Layer::Upper),
+            overlay_root: Some(Arc::from("/run/c/rootfs")),
+            ..ResolvedPath::named(
+                Path::new("/tmp/spring.log"),
+                Some(Path::new("/var/lib/c/upper/tmp/spring.log")),
+            )
+        };
+        assert!(matches!(
+            StoredNames::of(&in_container),
+            StoredNames::Full(_)
+        ));
+        assert_eq!(StoredNames::of(&in_container).resolved(), in_container);
+        let seen_by_a_process = ResolvedPath::named(Path::new("/data/x"), None);
+        assert_eq!(
+            StoredNames::of(&seen_by_a_process).resolved(),
+            seen_by_a_process
+        );
+        assert!(
+            size_of::<Checked>() <= 40,
+            "a name kept for each of 100,000 files stays small"
+        );
+    }
 
     /// What `name_inode` writes for a file whose components, leaf first, are `names`.
     fn kernel_name(names_leaf_first: &[&[u8]], dev: u32, ino: u64, flags: u32) -> InodeName {
