@@ -6,7 +6,10 @@ pub mod residency;
 pub mod seed;
 pub mod shmem;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use std::os::unix::fs::MetadataExt;
 
@@ -50,15 +53,17 @@ pub struct Collector {
     write_rates: WriteRates,
     /// Every (memcg, file) drained from the kernel so far: its counters since memtrace
     /// started, and the drain (flip) in which they last changed.
-    totals: HashMap<CacheKey, Tally>,
+    /// In report order, so a report's observations come out sorted.
+    totals: BTreeMap<InReportOrder<CacheKey>, Tally>,
     /// Drains so far.
     flips: u64,
     /// Files to measure at the next snapshot.
     pending_measure: std::collections::HashSet<(u32, u64)>,
     /// Map entries userspace failed to read, since start.
     map_read_errors: u64,
-    /// Writers that have exited, moved out of the kernel map.
-    writer_totals: HashMap<WriterKey, WriterStats>,
+    /// Writers that have exited, moved out of the kernel map; in report order, so they join a
+    /// report's sorted observations in one pass.
+    writer_totals: BTreeMap<InReportOrder<WriterKey>, WriterStats>,
     /// Per key, the `max_deficit` of the entry being counted into that a measurement already
     /// answered.
     deficits_handled: HashMap<CacheKey, u64>,
@@ -89,11 +94,11 @@ impl Collector {
             seeds: HashMap::default(),
             seed_summary: None,
             write_rates: WriteRates::default(),
-            totals: HashMap::default(),
+            totals: BTreeMap::new(),
             flips: 0,
             pending_measure: std::collections::HashSet::new(),
             map_read_errors: 0,
-            writer_totals: HashMap::default(),
+            writer_totals: BTreeMap::new(),
             deficits_handled: HashMap::default(),
             shmem: ShmemScanner::default(),
             dirty: dirty::DirtyMeter::default(),
@@ -396,15 +401,16 @@ impl Collector {
         }
         // Exited writers (with anything a run of theirs added since), then live ones: read in
         // place, not copied into one list.
-        for (writer, written) in &self.writer_totals {
+        let mut cursor = 0;
+        for (InReportOrder(writer), written) in &self.writer_totals {
             let mut written = *written;
             if let Some(more) = live_writers.remove(writer) {
                 merge_writes(&mut written, &more);
             }
-            observations.add_writer(writer, &written);
+            observations.add_writer(writer, &written, Some(&mut cursor));
         }
         for (writer, written) in &live_writers {
-            observations.add_writer(writer, written);
+            observations.add_writer(writer, written, None);
         }
 
         let read = began.elapsed();
@@ -501,6 +507,35 @@ fn order(key: &CacheKey) -> (u32, u64, u32, u64) {
     (key.hierarchy, key.cgroup_id, key.dev, key.ino)
 }
 
+/// A key that sorts as a report groups: by cgroup, then file (then writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InReportOrder<K>(K);
+
+impl Ord for InReportOrder<CacheKey> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        order(&self.0).cmp(&order(&other.0))
+    }
+}
+
+impl PartialOrd for InReportOrder<CacheKey> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InReportOrder<WriterKey> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let order = |w: &WriterKey| (w.hierarchy, w.cgroup_id, w.dev, w.ino, w.tgid);
+        order(&self.0).cmp(&order(&other.0))
+    }
+}
+
+impl PartialOrd for InReportOrder<WriterKey> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Observations {
     fn with_capacity(capacity: usize) -> Self {
         Self {
@@ -556,18 +591,38 @@ impl Observations {
         &mut self.list[at]
     }
 
-    /// Adds what a process of a cgroup wrote to a file to that (cgroup, file).
-    fn add_writer(&mut self, writer: &WriterKey, written: &WriterStats) {
+    /// Adds what a process of a cgroup wrote to a file to that (cgroup, file). Writers given
+    /// in report order with a `cursor` are joined in one pass over the sorted keys.
+    fn add_writer(
+        &mut self,
+        writer: &WriterKey,
+        written: &WriterStats,
+        cursor: Option<&mut usize>,
+    ) {
         let key = CacheKey {
             cgroup_id: writer.cgroup_id,
             ino: writer.ino,
             dev: writer.dev,
             hierarchy: writer.hierarchy,
         };
+        let found = match cursor {
+            Some(at) => {
+                let sorted = &self.list[..self.sorted];
+                while *at < sorted.len() && order(&sorted[*at].key) < order(&key) {
+                    *at += 1;
+                }
+                (*at < sorted.len() && sorted[*at].key == key).then_some(*at)
+            }
+            None => None,
+        };
         // A file this cgroup writes but whose cache is charged elsewhere still gets a row
         // here: the writer is worth knowing.
-        let observation =
-            self.get_or_insert_with(key, || Observation::traced(key, CacheCounters::default()));
+        let observation = match found {
+            Some(at) => &mut self.list[at],
+            None => {
+                self.get_or_insert_with(key, || Observation::traced(key, CacheCounters::default()))
+            }
+        };
         // Most files have one writer: no room for four.
         observation.writers.reserve_exact(1);
         observation.writers.push(WriterUsage {
@@ -630,7 +685,7 @@ impl Collector {
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key) {
                 self.pending_measure.insert((key.dev, key.ino));
             }
-            let tally = self.totals.entry(key).or_default();
+            let tally = self.totals.entry(InReportOrder(key)).or_default();
             tally.pages_added += entry.pages_added;
             tally.pages_removed += entry.pages_removed;
             if entry.inode != 0 {
@@ -675,7 +730,7 @@ impl Collector {
                 })
                 .or_insert(identity);
         };
-        for (key, tally) in &self.totals {
+        for (InReportOrder(key), tally) in &self.totals {
             show((key.dev, key.ino), &tally.counters(), tally.changed_at);
         }
         for (key, entry) in &counting {
@@ -688,19 +743,37 @@ impl Collector {
         let shmem_devs = &self.shmem.devs;
         let mut observations =
             Observations::with_capacity(self.totals.len() + counting.len() + self.seeds.len());
-        for (key, tally) in &self.totals {
+        // Keys only the undrained halves hold (their counters are all there is) are merged in
+        // order with the totals', so the list comes out sorted.
+        let totals = &self.totals;
+        let mut only_counting: Vec<(CacheKey, CacheCounters)> = Vec::new();
+        counting.retain(|key, entry| {
+            let known = totals.contains_key(&InReportOrder(*key));
+            if !known {
+                only_counting.push((*key, *entry));
+            }
+            known
+        });
+        only_counting.sort_unstable_by_key(|(key, _)| order(key));
+        let summed = totals.iter().map(|(InReportOrder(key), tally)| {
             let mut sum = tally.counters();
-            if let Some(entry) = counting.remove(key) {
-                add_counting(&mut sum, &entry);
+            if let Some(entry) = counting.get(key) {
+                add_counting(&mut sum, entry);
             }
+            (*key, sum)
+        });
+        let mut a = summed.peekable();
+        let mut b = only_counting.into_iter().peekable();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if order(&x.0) <= order(&y.0) => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            let Some((key, counters)) = next else { break };
             if !shmem_devs.contains(&key.dev) {
-                observations.push_unique(Observation::traced(*key, sum));
-            }
-        }
-        // Keys only the undrained halves hold: their counters are all there is.
-        for (key, entry) in counting {
-            if !shmem_devs.contains(&key.dev) {
-                observations.push_unique(Observation::traced(key, entry));
+                observations.push_unique(Observation::traced(key, counters));
             }
         }
         observations.seal();
@@ -728,7 +801,10 @@ impl Collector {
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
             if exited && self.tracer.writers.remove(&key).is_ok() {
                 // A run of its still on some CPU reaches the map later and moves then.
-                add(&mut self.writer_totals, key, value);
+                self.writer_totals
+                    .entry(InReportOrder(key))
+                    .and_modify(|into| merge_writes(into, &value))
+                    .or_insert(value);
             } else {
                 add(&mut entries, key, value);
             }
@@ -744,7 +820,7 @@ impl Collector {
     fn combined(&self, key: &CacheKey, counting: Option<&CacheCounters>) -> CacheCounters {
         let mut sum = self
             .totals
-            .get(key)
+            .get(&InReportOrder(*key))
             .map(Tally::counters)
             .unwrap_or_default();
         if let Some(entry) = counting {
@@ -758,7 +834,7 @@ impl Collector {
     fn known_resident(&self, key: &CacheKey) -> u64 {
         let counters = self
             .totals
-            .get(key)
+            .get(&InReportOrder(*key))
             .map(Tally::counters)
             .unwrap_or_default();
         Observation {
@@ -781,22 +857,22 @@ impl Collector {
         let idle: Vec<CacheKey> = self
             .totals
             .iter()
-            .filter(|(key, tally)| {
+            .filter(|(InReportOrder(key), tally)| {
                 flips.saturating_sub(u64::from(tally.changed_at)) >= PRUNE_AFTER_IDLE_FLIPS
                     && self.known_resident(key) == 0
             })
-            .map(|(key, _)| *key)
+            .map(|(InReportOrder(key), _)| *key)
             .collect();
         for key in &idle {
-            self.totals.remove(key);
+            self.totals.remove(&InReportOrder(*key));
             self.seeds.remove(key);
             self.deficits_handled.remove(key);
         }
         // Exited writers of files that are gone from every cgroup go too.
         let kept: std::collections::HashSet<(u32, u64)> =
-            self.totals.keys().map(|k| (k.dev, k.ino)).collect();
+            self.totals.keys().map(|k| (k.0.dev, k.0.ino)).collect();
         self.writer_totals
-            .retain(|key, _| kept.contains(&(key.dev, key.ino)));
+            .retain(|key, _| kept.contains(&(key.0.dev, key.0.ino)));
         // What is still reported, by file and by cgroup. tmpfs/shmem files have no kernel
         // counters: their names stay while they are measured.
         let mut files: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
@@ -804,6 +880,7 @@ impl Collector {
         for key in self
             .totals
             .keys()
+            .map(|k| &k.0)
             .chain(self.seeds.keys())
             .chain(self.shmem.files.keys())
         {
@@ -973,9 +1050,35 @@ mod tests {
             .get_or_insert_with(key(3, 3), || Observation::traced(key(3, 3), counters(1, 0)));
         observations.get_or_insert_with(key(3, 3), || unreachable!("key (3, 3) was added"));
         observations.insert(Observation::traced(key(2, 7), counters(70, 0)));
+        // Writers in report order join in one pass; one of a file cached elsewhere adds it.
+        let written = WriterStats {
+            bytes: 5,
+            calls: 1,
+            comm: [0; 16],
+        };
+        let mut cursor = 0;
+        for (cgroup, ino) in [(2, 1), (4, 4), (9, 1)] {
+            let writer = WriterKey {
+                cgroup_id: cgroup,
+                ino,
+                dev: key(0, 0).dev,
+                hierarchy: key(0, 0).hierarchy,
+                tgid: 77,
+                _pad: 0,
+            };
+            observations.add_writer(&writer, &written, Some(&mut cursor));
+        }
         let list = observations.into_vec();
-        assert_eq!(list.len(), 5);
+        assert_eq!(list.len(), 6);
         let of = |cgroup, ino| list.iter().find(|o| o.key == key(cgroup, ino)).unwrap();
+        assert_eq!(of(2, 1).writers.len(), 1);
+        assert_eq!(of(9, 1).writers.len(), 1);
+        assert_eq!(of(4, 4).writers.len(), 1);
+        assert_eq!(
+            of(4, 4).counters.pages_added,
+            0,
+            "a writer's file cached elsewhere"
+        );
         assert_eq!(of(5, 3).writers.len(), 1);
         assert_eq!(of(2, 7).counters.pages_added, 70, "insert replaces");
         assert_eq!(of(3, 3).counters.pages_added, 1);
