@@ -282,8 +282,8 @@ impl Collector {
         write: impl FnOnce(&Report<CgroupStream<'_>>) -> std::io::Result<()>,
     ) -> Result<std::io::Result<()>, CollectError> {
         if filter.path_prefix.is_some() {
-            let report = self.snapshot_filtered(filter)?;
-            let cgroups = report.cgroups.clone();
+            let mut report = self.snapshot_filtered(filter)?;
+            let cgroups = std::mem::take(&mut report.cgroups);
             return Ok(write(
                 &report.with_cgroups(CgroupStream::new(cgroups.into_iter())),
             ));

@@ -293,7 +293,17 @@ impl std::fmt::Display for Dev {
 
 impl Serialize for Dev {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // Once for every file of a report: digits without the formatting machinery.
+        let (mut major, mut minor) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (major, minor) = (major.format(self.major()), minor.format(self.minor()));
+        // At most 4 + 1 + 7 bytes: a 12-bit major and a 20-bit minor.
+        let mut text = [0u8; 16];
+        let colon = major.len();
+        let end = colon + 1 + minor.len();
+        text[..colon].copy_from_slice(major.as_bytes());
+        text[colon] = b':';
+        text[colon + 1..end].copy_from_slice(minor.as_bytes());
+        serializer.serialize_str(std::str::from_utf8(&text[..end]).unwrap_or_default())
     }
 }
 
@@ -528,5 +538,17 @@ mod tests {
     fn formats_kernel_dev_numbers() {
         assert_eq!(Dev((8 << 20) | 17).to_string(), "8:17");
         assert_eq!(Dev(0x2d).to_string(), "0:45");
+    }
+
+    #[test]
+    fn a_device_serializes_as_major_colon_minor_to_the_largest_numbers() {
+        for (dev, text) in [
+            (Dev((254 << 20) | 3), "\"254:3\""),
+            (Dev(0), "\"0:0\""),
+            (Dev(u32::MAX), "\"4095:1048575\""),
+        ] {
+            assert_eq!(serde_json::to_string(&dev).unwrap(), text);
+            assert_eq!(format!("\"{dev}\""), text);
+        }
     }
 }

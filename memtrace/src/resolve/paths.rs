@@ -378,28 +378,22 @@ impl PathTable {
         let key = (dev, ino);
         // `i_generation` is 32 bits: the kernel's value survives the cut whole.
         let generation = generation as u32;
-        let reused = self
-            .checked
-            .get(&key)
-            .is_some_and(|c| generation != 0 && c.generation != 0 && c.generation != generation);
-        if reused {
-            self.checked.remove(&key);
-            self.seen.remove(&key);
-        }
         let now = self.now;
-        let expired = self
-            .checked
-            .get(&key)
-            .map(|c| now.saturating_sub(c.at) >= RECHECK_AFTER);
-        if expired == Some(true) {
-            if self.rechecks_left == 0 {
-                return self.checked[&key].names.resolved();
-            }
-            self.rechecks_left -= 1;
-        }
+        // One lookup for the common case: a name checked lately (or no re-checks left).
         let previous = match self.checked.get(&key) {
-            Some(checked) if expired == Some(false) => return checked.names.resolved(),
-            Some(checked) => Some((checked.names.resolved(), checked.overlays_version)),
+            Some(c) if generation != 0 && c.generation != 0 && c.generation != generation => {
+                // Another file that had this inode number before.
+                self.checked.remove(&key);
+                self.seen.remove(&key);
+                None
+            }
+            Some(c) if now.saturating_sub(c.at) < RECHECK_AFTER || self.rechecks_left == 0 => {
+                return c.names.resolved();
+            }
+            Some(c) => {
+                self.rechecks_left -= 1;
+                Some((c.names.resolved(), c.overlays_version))
+            }
             None => None,
         };
         let resolved = match previous {
