@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. Each installs what it needs first.
 
 mod bench;
+mod damon;
 mod setup;
 mod soak;
 mod vm;
@@ -218,6 +219,7 @@ fn test(args: &[String]) -> Result<()> {
     ]))?;
     run(cargo().args(["build", "--locked", "-p", "memtrace"]))?;
     let binary = workspace().join("target/debug/memtrace");
+    let _reclaim_paused = damon::pause();
     let tally = run_tests(
         cargo()
             .args(["test", "--workspace", "--locked", "--no-fail-fast", "--"])

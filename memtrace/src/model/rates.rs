@@ -126,12 +126,12 @@ impl WriteRates {
         self.seconds = then
             .map(|then| at.saturating_duration_since(then).as_secs_f64())
             .filter(|s| *s > 0.0);
-        let capacity = files.len();
-        self.previous = files;
-        self.current = Some((
-            at,
-            FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
-        ));
+        // The map of two reports ago is emptied and filled again: no new table each report.
+        let mut recycled = std::mem::replace(&mut self.previous, files);
+        recycled.clear();
+        recycled.shrink_to(self.previous.len());
+        recycled.reserve(self.previous.len());
+        self.current = Some((at, recycled));
     }
 
     /// Rates the written files of one cgroup of the report begun last.
@@ -152,9 +152,10 @@ impl WriteRates {
         }
     }
 
-    /// Ends the report begun last: the one before it is no longer needed.
+    /// Ends the report begun last. The one before it is kept, emptied, for the next report's
+    /// figures.
     pub fn finish(&mut self) {
-        self.previous = FxHashMap::default();
+        self.previous.clear();
     }
 }
 
