@@ -225,7 +225,7 @@ impl Collector {
     /// its command runs) call it every few seconds so the kernel map never fills.
     pub fn maintain(&mut self) -> Result<(), CollectError> {
         let mut stats = self.kernel_stats()?;
-        self.gather(&mut stats);
+        self.drain(&mut stats);
         Ok(())
     }
 
@@ -237,16 +237,8 @@ impl Collector {
     /// Reads every (memcg, file) entry, names what it can, keeps what `filter` asks for.
     pub fn snapshot_filtered(&mut self, filter: &Filter) -> Result<Report, CollectError> {
         let draft = self.draft(filter)?;
-        let dirty_source = self.dirty.start();
-        self.write_rates.start(Instant::now());
-        let mut finisher = Finisher {
-            resolvers: &mut self.resolvers,
-            tracer: &self.tracer,
-            write_rates: &mut self.write_rates,
-            dirty: &mut self.dirty,
-            inodes: &draft.inodes,
-            page_size: self.page_size,
-        };
+        let dirty_source = self.start_files();
+        let mut finisher = self.finisher(&draft.inodes);
         let mut totals = draft.totals;
         let cgroups = if filter.path_prefix.is_some() {
             // Every file needs its name before the filter can keep or drop it.
@@ -267,8 +259,7 @@ impl Collector {
                 .map(|cgroup| finisher.finish(cgroup))
                 .collect()
         };
-        self.write_rates.finish();
-        self.dirty.finish();
+        self.finish_files();
         let header = self.header(draft.began, draft.stats, dirty_source, totals);
         Ok(header.with_cgroups(cgroups))
     }
@@ -289,28 +280,44 @@ impl Collector {
             ));
         }
         let draft = self.draft(filter)?;
-        let dirty_source = self.dirty.start();
-        self.write_rates.start(Instant::now());
+        let dirty_source = self.start_files();
         let header = self.header(draft.began, draft.stats, dirty_source, draft.totals);
         let written = {
-            let mut finisher = Finisher {
-                resolvers: &mut self.resolvers,
-                tracer: &self.tracer,
-                write_rates: &mut self.write_rates,
-                dirty: &mut self.dirty,
-                inodes: &draft.inodes,
-                page_size: self.page_size,
-            };
+            let mut finisher = self.finisher(&draft.inodes);
             let cgroups = draft
                 .cgroups
                 .into_usages()
                 .map(move |cgroup| finisher.finish(cgroup));
             write(&header.with_cgroups(CgroupStream::new(cgroups)))
         };
-        self.write_rates.finish();
-        self.dirty.finish();
+        self.finish_files();
         log::debug!("snapshot built and written in {:?}", draft.began.elapsed());
         Ok(written)
+    }
+
+    /// Begins a report's pass over its files (write rates, dirty bytes). Returns the source of
+    /// its dirty figures.
+    fn start_files(&mut self) -> Option<&'static str> {
+        self.write_rates.start(Instant::now());
+        self.dirty.start()
+    }
+
+    /// What builds the report's cgroups' files, one cgroup at a time.
+    fn finisher<'a>(&'a mut self, inodes: &'a InodeIdentities) -> Finisher<'a> {
+        Finisher {
+            resolvers: &mut self.resolvers,
+            tracer: &self.tracer,
+            write_rates: &mut self.write_rates,
+            dirty: &mut self.dirty,
+            inodes,
+            page_size: self.page_size,
+        }
+    }
+
+    /// Ends the pass [`Self::start_files`] began.
+    fn finish_files(&mut self) {
+        self.write_rates.finish();
+        self.dirty.finish();
     }
 
     /// The report's figures before its cgroups are built.
@@ -525,8 +532,8 @@ impl PartialOrd for InReportOrder<CacheKey> {
 
 impl Ord for InReportOrder<WriterKey> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let order = |w: &WriterKey| (w.hierarchy, w.cgroup_id, w.dev, w.ino, w.tgid);
-        order(&self.0).cmp(&order(&other.0))
+        let writer_order = |w: &WriterKey| (w.hierarchy, w.cgroup_id, w.dev, w.ino, w.tgid);
+        writer_order(&self.0).cmp(&writer_order(&other.0))
     }
 }
 
@@ -671,10 +678,16 @@ impl Tally {
 }
 
 impl Collector {
-    /// Empties the half of the kernel map the programs are not counting into (after a flip)
-    /// into the totals, and returns every key's counters since start: totals plus the half
-    /// still counting. Files whose old cache is seen leaving are queued for measuring.
+    /// Drains the kernel map ([`Self::drain`]) and returns every key's counters since start
+    /// as observations ([`Self::observe`]).
     fn gather(&mut self, stats: &mut KernelStats) -> (Observations, InodeIdentities) {
+        let counting = self.drain(stats);
+        self.observe(counting)
+    }
+
+    /// Empties the half of the kernel map left at the previous flip into the totals, queues
+    /// files whose old cache is seen leaving, and returns what the half still counting holds.
+    fn drain(&mut self, stats: &mut KernelStats) -> Vec<(CacheKey, CacheCounters)> {
         let mut errors = 0;
         let drained = self.tracer.flip_and_drain(&mut errors);
         let drained_count = drained.len();
@@ -707,6 +720,12 @@ impl Collector {
             }
         }
         self.prune();
+        counting
+    }
+
+    /// Every key's counters since start (the totals plus `counting`, what the half still
+    /// counting holds), as sorted observations, and each file's inode as last seen.
+    fn observe(&self, counting: Vec<(CacheKey, CacheCounters)>) -> (Observations, InodeIdentities) {
         // Each file's inode as last seen: the latest drain's, then the half still counting
         // (keys of the same file under other cgroups may hold an older incarnation).
         let mut identities: InodeIdentities =
