@@ -86,6 +86,21 @@ pub fn cached(report: &Report, id: u64, file: &files::FileId) -> u64 {
         .map_or(0, |f| f.cached_bytes)
 }
 
+/// What a report says of one file under every cgroup, and the kernel event counters: printed
+/// before an assertion so a failure shows where the file's pages went.
+pub fn describe_file(report: &Report, file: &files::FileId) -> String {
+    let mut lines = vec![format!("kernel stats: {:?}", report.stats)];
+    for cgroup in &report.cgroups {
+        if let Some(usage) = file_in(cgroup, file) {
+            lines.push(format!(
+                "cgroup {} ({:?}): {} B cached, {} B written",
+                cgroup.id, cgroup.path, usage.cached_bytes, usage.written_bytes
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
 /// Asserts `actual` is within `tolerance` bytes of `expected`, with a readable message.
 #[track_caller]
 pub fn assert_near(what: &str, actual: u64, expected: u64, tolerance: u64) {

@@ -6,10 +6,11 @@ use std::{
     thread,
 };
 
+use memtrace::collector::seed::SeedOptions;
 use memtrace_tests::{
     assert_near, cached,
     cgroup::MemCgroup,
-    cgroup_in,
+    cgroup_in, describe_file,
     files::{
         dd_read, dd_write, drop_cache, filesystem_of, folio_census, make_uncached_file,
         resident_bytes, FileId, Scratch,
@@ -107,6 +108,12 @@ fn reader_in_second_cgroup_is_charged_for_what_it_reads() {
 
     let report = tracer.snapshot().expect("snapshot");
     let third_id = FileId::of(&third);
+    eprintln!("{}", describe_file(&report, &third_id));
+    eprintln!(
+        "kernel: reader memory.stat {:?}; {} B of the file resident",
+        reader.memory_stat(),
+        resident_bytes(&File::open(&third).expect("open")).expect("mincore")
+    );
     assert_near(
         "reader charged for the file it read",
         cached(&report, reader.id, &third_id),
@@ -265,4 +272,47 @@ fn large_folios_are_counted_page_for_page_against_mincore_and_memory_stat() {
     assert_near("memtrace vs mincore", traced, resident, 4096 * 16);
     assert_near("memtrace vs memory.stat", traced, kernel, kernel / 50);
     assert_near("the whole file was read", resident, 64 * MIB, ONE_FOLIO);
+}
+
+#[test]
+fn large_folios_cached_before_start_are_seeded_to_their_memcg_page_for_page() {
+    let scratch = Scratch::new("seeded-folios");
+    let cgroup = MemCgroup::create("seeded-folios");
+    let path = scratch.path("read.bin");
+    // Read by the cgroup before memtrace starts: only the seed's per-page ownership (pagemap,
+    // kpagecgroup, kpageflags) can charge it, and on XFS the pages sit in large folios, whose
+    // tail pages 6.1 reports as charged to no memcg.
+    make_uncached_file(&path, 32);
+    let before = cgroup.page_cache_bytes();
+    cgroup.run(&mut dd_read(&path));
+    MemCgroup::settle_stats();
+    let kernel = cgroup.page_cache_bytes() - before;
+
+    let mut tracer = start_tracer();
+    let summary = tracer.seed(&SeedOptions {
+        extra_dirs: vec![scratch.dir.clone()],
+        ..SeedOptions::default()
+    });
+    let report = tracer.snapshot().expect("snapshot");
+    let file = File::open(&path).expect("open");
+    let resident = resident_bytes(&file).expect("mincore");
+    let census = folio_census(&file).expect("kpageflags");
+    let id = FileId::of(&path);
+    let traced = cached(&report, cgroup.id, &id);
+    eprintln!(
+        "{}: {} pages resident in {} large folios ({} pages in them); mincore {resident} B, memory.stat {kernel} B, memtrace {traced} B; seed {summary:?}",
+        filesystem_of(&scratch.dir),
+        census.pages,
+        census.large_folios,
+        census.pages_in_large_folios
+    );
+    eprintln!("{}", describe_file(&report, &id));
+    assert_eq!(
+        cached(&report, 0, &id),
+        0,
+        "no page of the file may be reported as charged to no memcg"
+    );
+    assert_near("seeded vs mincore", traced, resident, 4096 * 16);
+    assert_near("seeded vs memory.stat", traced, kernel, kernel / 50);
+    assert_near("the whole file was read", resident, 32 * MIB, ONE_FOLIO);
 }

@@ -227,6 +227,11 @@ impl TouchPipe {
 const KPF_DIRTY: u64 = 4;
 const KPF_ACTIVE: u64 = 6;
 const KPF_WRITEBACK: u64 = 8;
+const KPF_COMPOUND_HEAD: u64 = 15;
+const KPF_COMPOUND_TAIL: u64 = 16;
+
+/// Farthest a tail page can sit from its head: a 1 GiB hugetlb folio of 4 KiB pages.
+const MAX_FOLIO_PAGES: u64 = 1 << 18;
 
 /// Pages per chunk: mapped, read and released together.
 const CHUNK_PAGES: usize = 512;
@@ -314,6 +319,7 @@ impl PageOwnerReader {
         let chunk_bytes = (CHUNK_PAGES * self.page_size) as u64;
         let mut residency = vec![0u8; CHUNK_PAGES];
         let mut frames = vec![0u8; CHUNK_PAGES * 8];
+        let mut folios = FolioHeads::new(self.kpageflags.as_ref());
         for offset in cached_chunks(file, len, chunk_bytes) {
             let bytes = usize::try_from(chunk_bytes.min(len - offset)).unwrap_or(0);
             let count = bytes.div_ceil(self.page_size);
@@ -355,28 +361,126 @@ impl PageOwnerReader {
                     u64::from_ne_bytes(frames[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
                 let present = entry >> 63 & 1 == 1;
                 let pfn = entry & ((1u64 << 55) - 1);
-                let mut memcg = [0u8; 8];
-                if present && pfn != 0 && kpagecgroup.read_exact_at(&mut memcg, pfn * 8).is_ok() {
-                    *owners
-                        .by_cgroup
-                        .entry(u64::from_ne_bytes(memcg))
-                        .or_default() += 1;
-                    let mut flags = [0u8; 8];
-                    if let Some(kpageflags) = &self.kpageflags {
-                        if kpageflags.read_exact_at(&mut flags, pfn * 8).is_ok() {
-                            let flags = u64::from_ne_bytes(flags);
-                            owners.active += flags >> KPF_ACTIVE & 1;
-                            owners.dirty += flags >> KPF_DIRTY & 1;
-                            owners.writeback += flags >> KPF_WRITEBACK & 1;
-                        }
-                    }
-                } else {
+                let frame = (present && pfn != 0)
+                    .then(|| folios.owner(kpagecgroup, pfn))
+                    .flatten();
+                let Some(FolioOwner { memcg, flags, .. }) = frame else {
                     owners.unowned += 1;
+                    continue;
+                };
+                *owners.by_cgroup.entry(memcg).or_default() += 1;
+                if let Some(flags) = flags {
+                    owners.active += flags >> KPF_ACTIVE & 1;
+                    owners.dirty += flags >> KPF_DIRTY & 1;
+                    owners.writeback += flags >> KPF_WRITEBACK & 1;
                 }
             }
         }
         Ok(owners)
     }
+}
+
+/// A page frame's memcg (cgroup inode) and kpageflags, as its folio's head page holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FolioOwner {
+    /// The last frame resolved to this head: the next frame up is in the same folio when it is
+    /// a tail page.
+    last_pfn: u64,
+    memcg: u64,
+    flags: Option<u64>,
+}
+
+/// Reads a page's owner from the head of its folio.
+///
+/// `/proc/kpagecgroup` and `/proc/kpageflags` read the page they are asked about, and before
+/// the kernel read them through the folio, a tail page of a large folio reads as charged to no
+/// memcg and off the LRU lists: on 6.1, most of a file XFS read in 1 MiB folios would look
+/// uncharged. A tail frame is part of the compound page that holds the frame just below it, so
+/// consecutive frames share one lookup; only a folio's first frame seen costs a search down for
+/// its head.
+struct FolioHeads<'a> {
+    kpageflags: Option<&'a File>,
+    current: Option<FolioOwner>,
+}
+
+impl<'a> FolioHeads<'a> {
+    fn new(kpageflags: Option<&'a File>) -> Self {
+        Self {
+            kpageflags,
+            current: None,
+        }
+    }
+
+    /// The owner of frame `pfn`; `None` when its memcg cannot be read (or its folio's head
+    /// cannot be found: split or freed meanwhile).
+    fn owner(&mut self, kpagecgroup: &File, pfn: u64) -> Option<FolioOwner> {
+        let Some(kpageflags) = self.kpageflags else {
+            // No flags: no telling a tail from a head; the page's own answer is all there is.
+            return Some(FolioOwner {
+                last_pfn: pfn,
+                memcg: read_u64_at(kpagecgroup, pfn)?,
+                flags: None,
+            });
+        };
+        let flags = read_u64_at(kpageflags, pfn)?;
+        if flags >> KPF_COMPOUND_TAIL & 1 == 0 {
+            let owner = FolioOwner {
+                last_pfn: pfn,
+                memcg: read_u64_at(kpagecgroup, pfn)?,
+                flags: Some(flags),
+            };
+            self.current = (flags >> KPF_COMPOUND_HEAD & 1 == 1).then_some(owner);
+            return Some(owner);
+        }
+        let owner = match self.current {
+            Some(current) if current.last_pfn + 1 == pfn => current,
+            _ => {
+                let head = find_head(kpageflags, pfn)?;
+                FolioOwner {
+                    last_pfn: pfn,
+                    memcg: read_u64_at(kpagecgroup, head)?,
+                    flags: Some(read_u64_at(kpageflags, head)?),
+                }
+            }
+        };
+        self.current = Some(FolioOwner {
+            last_pfn: pfn,
+            ..owner
+        });
+        Some(owner)
+    }
+}
+
+/// The head frame of the compound page that holds tail frame `tail`: the nearest frame below
+/// it marked head, with only tail frames between. Read a block of flags at a time.
+fn find_head(kpageflags: &File, tail: u64) -> Option<u64> {
+    const BLOCK: u64 = 512;
+    let mut buf = vec![0u8; BLOCK as usize * 8];
+    let lowest = tail.saturating_sub(MAX_FOLIO_PAGES);
+    let mut end = tail;
+    while end > lowest {
+        let start = end.saturating_sub(BLOCK).max(lowest);
+        let bytes = &mut buf[..((end - start) * 8) as usize];
+        kpageflags.read_exact_at(bytes, start * 8).ok()?;
+        for (i, word) in bytes.chunks_exact(8).enumerate().rev() {
+            let flags = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+            if flags >> KPF_COMPOUND_HEAD & 1 == 1 {
+                return Some(start + i as u64);
+            }
+            if flags >> KPF_COMPOUND_TAIL & 1 == 0 {
+                return None;
+            }
+        }
+        end = start;
+    }
+    None
+}
+
+/// The u64 at index `index` of a /proc/kpage* file.
+fn read_u64_at(file: &File, index: u64) -> Option<u64> {
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, index * 8).ok()?;
+    Some(u64::from_ne_bytes(word))
 }
 
 /// Offsets of the chunks of `file` that hold any cache. With cachestat(2), empty halves are
