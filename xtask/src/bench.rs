@@ -118,6 +118,8 @@ pub(crate) struct BenchOptions {
     pub seconds: f64,
     pub files: usize,
     pub cgroups: usize,
+    /// Only the many-files workload: its figures are printed, the README is left alone.
+    pub only_many_files: bool,
 }
 
 /// A running tracer, stopped on drop.
@@ -390,6 +392,11 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     sync_and_drop_caches();
     let dir = work.to_string_lossy().into_owned();
     let seconds = options.seconds.to_string();
+    if options.only_many_files {
+        let many = many_files(options, &memtrace, &churn, &work)?;
+        println!("{}", serde_json::to_string_pretty(&many)?);
+        return Ok(());
+    }
 
     let tracers = [
         Tracer::None,

@@ -55,6 +55,9 @@ enum Task {
         /// Cgroups the files are spread over.
         #[arg(long, default_value_t = 1_000)]
         cgroups: usize,
+        /// Only the many-files workload, printed as JSON (the README is not rewritten).
+        #[arg(long)]
+        only_many_files: bool,
     },
     /// memtrace serve under file and cgroup churn for an hour (not part of CI).
     Soak {
@@ -153,6 +156,7 @@ fn try_main() -> Result<()> {
             seconds,
             files,
             cgroups,
+            only_many_files,
         } => {
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and creates cgroups: run `sudo -E cargo xtask bench`");
@@ -164,6 +168,7 @@ fn try_main() -> Result<()> {
                 seconds,
                 files,
                 cgroups,
+                only_many_files,
             })
         }
         Task::Soak {

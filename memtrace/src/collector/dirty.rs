@@ -6,7 +6,11 @@
 //! its writers' bytes change. So a file is measured again only when its figures changed since
 //! the last report, when it was dirty or under writeback then, or on its turn in a slow sweep
 //! (writes through a shared mapping show in no counter until writeback); every other file keeps
-//! its last measurement. At 100,000 clean, idle files a report measures a sixty-fourth of them.
+//! its last measurement. Measuring is budgeted in time per report, the files being written
+//! first: at 100,000 new files (100,000 opens), the first reports would otherwise spend most of
+//! their time here.
+
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -16,11 +20,14 @@ use crate::{
     resolve::open::open_regular,
 };
 
-/// Most files measured per report (largest first).
-const MEASURE_LIMIT: usize = 5_000;
-/// Longest a report spends on the sweep of files nothing happened to; files left over keep
-/// their last figures.
-const TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
+/// Time a report may spend measuring, by why files are due: a file is measured only while the
+/// report's measuring so far is under its class's budget (files changed since their last
+/// measurement get the most; see [`Due`]). What is left over keeps its last figures and stays
+/// due for the next report. At about 10 µs a file (open, cachestat, close) 25 ms is some
+/// 2,500 files.
+const CHANGED_BUDGET: Duration = Duration::from_millis(25);
+const TOUCHED_BUDGET: Duration = Duration::from_millis(15);
+const SWEEP_BUDGET: Duration = Duration::from_millis(5);
 /// An unchanged, clean file is measured again every this many reports.
 const SWEEP_REPORTS: u64 = 64;
 
@@ -39,10 +46,24 @@ struct Measured {
 /// Why a file is measured in this report, in the order they are measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
-    /// Never measured, or its figures changed since, or it was dirty or under writeback then.
-    Active,
-    /// Its turn in the sweep.
+    /// Its figures changed since it was last measured, or it was dirty or under writeback then.
+    Changed,
+    /// Never measured, and written, read or evicted since memtrace started.
+    Touched,
+    /// Its turn in the sweep, or never measured and untouched since memtrace started (cache
+    /// found at start).
     Sweep,
+}
+
+impl Due {
+    /// How long the report's measuring may have taken for a file of this class to be measured.
+    fn budget(self) -> Duration {
+        match self {
+            Self::Changed => CHANGED_BUDGET,
+            Self::Touched => TOUCHED_BUDGET,
+            Self::Sweep => SWEEP_BUDGET,
+        }
+    }
 }
 
 /// Remembers each file's last measurement between reports, keyed by a hash of (cgroup, dev,
@@ -55,8 +76,8 @@ pub(super) struct DirtyMeter {
     reports: u64,
     /// What measures dirty pages here, found once: `None` before the first report.
     source: Option<Source>,
-    /// This report: when it began, and how many files it measured.
-    began: Option<std::time::Instant>,
+    /// Time this report spent measuring, and files it measured.
+    spent: Duration,
     measured: usize,
 }
 
@@ -122,7 +143,7 @@ impl DirtyMeter {
     /// Begins a report. Returns the source of its dirty figures, or `None` when there is none.
     pub(super) fn start(&mut self) -> Option<&'static str> {
         self.reports += 1;
-        self.began = Some(std::time::Instant::now());
+        self.spent = Duration::ZERO;
         self.measured = 0;
         self.source.get_or_insert_with(Source::find).name()
     }
@@ -139,13 +160,14 @@ impl DirtyMeter {
             }
             let key = hash(&(cgroup.id, file.dev.0, file.ino));
             let why = match self.last.get_mut(&key) {
-                None => Due::Active,
+                None if file.added_bytes == 0 && file.written_bytes == 0 => Due::Sweep,
+                None => Due::Touched,
                 Some(before)
                     if before.signature != signature(file)
                         || before.dirty_pages != 0
                         || before.writeback_pages != 0 =>
                 {
-                    Due::Active
+                    Due::Changed
                 }
                 Some(_) if file.ino % SWEEP_REPORTS == sweep => Due::Sweep,
                 Some(before) => {
@@ -157,18 +179,15 @@ impl DirtyMeter {
             };
             due.push((why, key, file));
         }
-        // Files new or being written first, then the sweep; the largest first in each.
+        // Files being written first, then new ones, then the sweep; the largest first in each.
         due.sort_by_key(|(why, _, f)| (*why, std::cmp::Reverse(f.cached_bytes)));
-        let began = *self.began.get_or_insert_with(std::time::Instant::now);
         let Some(source) = &self.source else {
             return;
         };
         for (why, key, file) in due {
-            // The time budget holds back only the sweep.
-            let out_of_time = why != Due::Active && began.elapsed() > TIME_BUDGET;
-            if self.measured >= MEASURE_LIMIT || out_of_time {
-                // Not measured this time: the last figures stand, and the file stays due
-                // (its signature is the old one).
+            if self.spent >= why.budget() {
+                // Not measured this time: the last figures stand (none for a file never
+                // measured), and the file stays due (its signature is the old one).
                 if let Some(before) = self.last.get_mut(&key) {
                     file.dirty_bytes = Some(u64::from(before.dirty_pages) * page_size);
                     file.writeback_bytes = Some(u64::from(before.writeback_pages) * page_size);
@@ -179,20 +198,13 @@ impl DirtyMeter {
             let Some(path) = file.host_path.as_deref() else {
                 continue;
             };
-            let path = host_path_of(path, file.host_path_hex.as_deref());
-            // Only the file we were told about: a path now holding a symlink, a FIFO or
-            // another file measures nothing.
-            let handle = match open_regular(&path, Some(file.ino)) {
-                Ok(handle) => handle,
-                Err(err) => {
-                    log::debug!("dirty bytes not measured: {err}");
-                    continue;
-                }
-            };
-            self.measured += 1;
-            let Some((dirty, writeback)) = source.measure(&handle) else {
+            let began = Instant::now();
+            let measured = measure_file(source, file, path);
+            self.spent += began.elapsed();
+            let Some((dirty, writeback)) = measured else {
                 continue;
             };
+            self.measured += 1;
             file.dirty_bytes = Some(dirty * page_size);
             file.writeback_bytes = Some(writeback * page_size);
             self.last.insert(
@@ -211,5 +223,24 @@ impl DirtyMeter {
     pub(super) fn finish(&mut self) {
         let report = self.reports;
         self.last.retain(|_, m| m.seen == report);
+        log::debug!(
+            "dirty bytes: {} files measured in {:?}",
+            self.measured,
+            self.spent
+        );
+    }
+}
+
+/// (dirty, writeback) pages of the file a report names, opened at its host path: only the
+/// file we were told about (a path now holding a symlink, a FIFO or another file measures
+/// nothing).
+fn measure_file(source: &Source, file: &FileUsage, path: &str) -> Option<(u64, u64)> {
+    let path = host_path_of(path, file.host_path_hex.as_deref());
+    match open_regular(&path, Some(file.ino)) {
+        Ok(handle) => source.measure(&handle),
+        Err(err) => {
+            log::debug!("dirty bytes not measured: {err}");
+            None
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::{
 
 use std::os::unix::fs::MetadataExt;
 
+use itertools::{EitherOrBoth, Itertools};
 use rustc_hash::FxHashMap as HashMap;
 
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
@@ -47,7 +48,9 @@ pub struct Collector {
     pub resolvers: Resolvers,
     started: Instant,
     page_size: u64,
-    seeds: HashMap<CacheKey, SeededCache>,
+    /// Cache found by measuring (at start, or when traced counts could not explain it), in
+    /// report order: joined with the traced keys in one pass.
+    seeds: BTreeMap<InReportOrder<CacheKey>, SeededCache>,
     pub seed_summary: Option<SeedSummary>,
     /// The previous snapshot's written bytes, for rates.
     write_rates: WriteRates,
@@ -91,7 +94,7 @@ impl Collector {
             resolvers: Resolvers::new(),
             started,
             page_size: page_size(),
-            seeds: HashMap::default(),
+            seeds: BTreeMap::new(),
             seed_summary: None,
             write_rates: WriteRates::default(),
             totals: BTreeMap::new(),
@@ -192,7 +195,7 @@ impl Collector {
         for (key, seed) in scan.seeds {
             let baseline = self.combined(&key, counting.get(&key));
             self.seeds.insert(
-                key,
+                InReportOrder(key),
                 SeededCache {
                     pages: seed.pages,
                     active_pages: seed.active_pages,
@@ -368,29 +371,20 @@ impl Collector {
         let mut to_measure: Vec<(u32, u64)> = self.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
         let measuring = to_measure.len();
-        self.measure_files(to_measure, &observations.list, &inodes);
+        let remeasured = self.measure_files(to_measure, &observations.list, &inodes);
         log::debug!(
             "snapshot: shmem {shmem_scanned:?}, gather {:?}, writers {:?}, measure {measuring} files {:?}",
             gathered - shmem_scanned,
             writers_read - gathered,
             began.elapsed() - writers_read
         );
-        if !self.seeds.is_empty() {
-            for observation in &mut observations.list {
-                observation.seeded = self.seeds.get(&observation.key).map(|s| Box::new(*s));
+        // The observations carry the seeds as they were; these were measured just now.
+        for key in remeasured {
+            if let Some(seeded) = self.seeds.get(&InReportOrder(key)) {
+                observations
+                    .get_or_insert_with(key, || Observation::seeded_only(key, seeded))
+                    .seeded = Some(Box::new(*seeded));
             }
-        }
-        for (key, seeded) in &self.seeds {
-            if self.shmem.devs.contains(&key.dev) {
-                continue;
-            }
-            observations.get_or_insert_with(*key, || Observation {
-                key: *key,
-                counters: seeded.baseline,
-                seeded: Some(Box::new(*seeded)),
-                writers: Vec::new(),
-                shmem: false,
-            });
         }
         for (key, measured) in &self.shmem.files {
             observations.insert(Observation {
@@ -781,18 +775,23 @@ impl Collector {
             }
             (*key, sum)
         });
-        let mut a = summed.peekable();
-        let mut b = only_counting.into_iter().peekable();
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if order(&x.0) <= order(&y.0) => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, _) => b.next(),
+        let traced = summed.merge_by(only_counting, |x, y| order(&x.0) <= order(&y.0));
+        // Then the seeds, in the same order: one pass, not a lookup per key.
+        let seeds = self
+            .seeds
+            .iter()
+            .map(|(InReportOrder(key), seeded)| (*key, seeded));
+        for joined in traced.merge_join_by(seeds, |x, y| order(&x.0).cmp(&order(&y.0))) {
+            let observation = match joined {
+                EitherOrBoth::Left((key, counters)) => Observation::traced(key, counters),
+                EitherOrBoth::Both((key, counters), (_, seeded)) => Observation {
+                    seeded: Some(Box::new(*seeded)),
+                    ..Observation::traced(key, counters)
+                },
+                EitherOrBoth::Right((key, seeded)) => Observation::seeded_only(key, seeded),
             };
-            let Some((key, counters)) = next else { break };
-            if !shmem_devs.contains(&key.dev) {
-                observations.push_unique(Observation::traced(key, counters));
+            if !shmem_devs.contains(&observation.key.dev) {
+                observations.push_unique(observation);
             }
         }
         observations.seal();
@@ -860,7 +859,7 @@ impl Collector {
             shmem: false,
             key: *key,
             counters,
-            seeded: self.seeds.get(key).map(|s| Box::new(*s)),
+            seeded: self.seeds.get(&InReportOrder(*key)).map(|s| Box::new(*s)),
             writers: Vec::new(),
         }
         .resident_pages()
@@ -884,7 +883,7 @@ impl Collector {
             .collect();
         for key in &idle {
             self.totals.remove(&InReportOrder(*key));
-            self.seeds.remove(key);
+            self.seeds.remove(&InReportOrder(*key));
             self.deficits_handled.remove(key);
         }
         // Exited writers of files that are gone from every cgroup go too.
@@ -900,7 +899,7 @@ impl Collector {
             .totals
             .keys()
             .map(|k| &k.0)
-            .chain(self.seeds.keys())
+            .chain(self.seeds.keys().map(|k| &k.0))
             .chain(self.shmem.files.keys())
         {
             files.insert((key.dev, key.ino));
@@ -928,9 +927,10 @@ impl Collector {
         mut files: Vec<(u32, u64)>,
         observed: &[Observation],
         inodes: &InodeIdentities,
-    ) {
+    ) -> Vec<CacheKey> {
+        let mut seeded = Vec::new();
         if files.is_empty() {
-            return;
+            return seeded;
         }
         files.sort_unstable();
         files.dedup();
@@ -942,7 +942,7 @@ impl Collector {
             self.pending_measure.extend(files.drain(REMEASURE_LIMIT..));
         }
         let Ok(reader) = residency::PageOwnerReader::open() else {
-            return;
+            return seeded;
         };
         let memory_hierarchy = self
             .resolvers
@@ -997,8 +997,9 @@ impl Collector {
             };
             for (key, counters) in &keys {
                 let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
+                seeded.push(*key);
                 self.seeds.insert(
-                    *key,
+                    InReportOrder(*key),
                     SeededCache {
                         pages,
                         active_pages: active_share(pages),
@@ -1014,7 +1015,8 @@ impl Collector {
                     dev,
                     hierarchy: memory_hierarchy,
                 };
-                self.seeds.entry(key).or_insert(SeededCache {
+                seeded.push(key);
+                self.seeds.entry(InReportOrder(key)).or_insert(SeededCache {
                     pages,
                     active_pages: active_share(pages),
                     provenance,
@@ -1022,6 +1024,7 @@ impl Collector {
                 });
             }
         }
+        seeded
     }
 }
 

@@ -44,6 +44,15 @@ impl Observation {
         }
     }
 
+    /// A key only a measurement knows: its counters are those the seed started from.
+    pub fn seeded_only(key: CacheKey, seeded: &SeededCache) -> Self {
+        Self {
+            counters: seeded.baseline,
+            seeded: Some(Box::new(*seeded)),
+            ..Self::traced(key, CacheCounters::default())
+        }
+    }
+
     /// Resident pages: seeded + traced since the seed (or since start), never below zero.
     pub fn resident_pages(&self) -> u64 {
         let (base, start) = match self.seeded.as_deref() {
