@@ -58,11 +58,13 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
             }
             _ = shutdown.recv() => true,
         };
-        let mut out = io::stdout().lock();
         let written = if format.is_machine() {
             // Written as it is built: a hundred thousand files are never held at once.
-            collector.write_snapshot(&filter, |report| json::write_line(&mut out, report))?
+            collector.write_snapshot(&filter, |report| {
+                json::write_line(&mut io::stdout().lock(), report)
+            })?
         } else {
+            let mut out = io::stdout().lock();
             let report = collector.snapshot_filtered(&filter)?;
             if redraw && !last {
                 // Clear the screen and home the cursor, so the table redraws in place.

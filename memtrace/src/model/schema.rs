@@ -252,22 +252,49 @@ impl<C> Report<C> {
 
 /// Cgroups serialized as they are built, so a report of a hundred thousand files never holds
 /// them all at once. Serializes once: it is consumed as it is written.
-pub struct CgroupStream<'a>(RefCell<Option<Box<dyn Iterator<Item = CgroupUsage> + 'a>>>);
+pub struct CgroupStream<'a>(RefCell<Option<StreamParts<'a>>>);
+
+struct StreamParts<'a> {
+    cgroups: Box<dyn Iterator<Item = CgroupUsage> + 'a>,
+    /// Given each cgroup once it is written (by default, dropped).
+    after_each: Box<dyn FnMut(CgroupUsage) + 'a>,
+}
 
 impl<'a> CgroupStream<'a> {
     pub fn new(cgroups: impl Iterator<Item = CgroupUsage> + 'a) -> Self {
-        Self(RefCell::new(Some(Box::new(cgroups))))
+        Self(RefCell::new(Some(StreamParts {
+            cgroups: Box::new(cgroups),
+            after_each: Box::new(drop),
+        })))
+    }
+
+    /// Hands each cgroup to `after_each` once it is written, instead of dropping it.
+    pub fn after_each(self, after_each: impl FnMut(CgroupUsage) + 'a) -> Self {
+        let parts = self.0.into_inner().map(|parts| StreamParts {
+            after_each: Box::new(after_each),
+            ..parts
+        });
+        Self(RefCell::new(parts))
     }
 }
 
 impl Serialize for CgroupStream<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let cgroups = self
+        use serde::ser::SerializeSeq;
+        let StreamParts {
+            cgroups,
+            mut after_each,
+        } = self
             .0
             .borrow_mut()
             .take()
             .ok_or_else(|| serde::ser::Error::custom("a cgroup stream is written only once"))?;
-        serializer.collect_seq(cgroups)
+        let mut seq = serializer.serialize_seq(None)?;
+        for cgroup in cgroups {
+            seq.serialize_element(&cgroup)?;
+            after_each(cgroup);
+        }
+        seq.end()
     }
 }
 
