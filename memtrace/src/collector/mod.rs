@@ -274,13 +274,14 @@ impl Collector {
     pub fn write_snapshot(
         &mut self,
         filter: &Filter,
-        write: impl FnOnce(&Report<CgroupStream<'_>>) -> std::io::Result<()> + Send,
+        write: impl FnOnce(&Report<()>, CgroupStream<'_>) -> std::io::Result<()> + Send,
     ) -> Result<std::io::Result<()>, CollectError> {
         if filter.path_prefix.is_some() {
             let mut report = self.snapshot_filtered(filter)?;
             let cgroups = std::mem::take(&mut report.cgroups);
             return Ok(write(
-                &report.with_cgroups(CgroupStream::new(cgroups.into_iter())),
+                &report.with_cgroups(()),
+                CgroupStream::new(cgroups.into_iter()),
             ));
         }
         let draft = self.draft(filter)?;
@@ -298,7 +299,7 @@ impl Collector {
                 .spawn_scoped(scope, move || {
                     let stream = CgroupStream::new(to_write.into_iter())
                         .after_each(move |cgroup| drop(written.send(cgroup)));
-                    write(&header.with_cgroups(stream))
+                    write(&header, stream)
                 });
             let writer = match writer {
                 Ok(writer) => writer,

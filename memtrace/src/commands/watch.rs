@@ -13,7 +13,7 @@ use super::{drain_ticks, emit, load_options, maintain_ticks, seed_at_start, Shut
 use crate::{
     cli::{GlobalArgs, WatchArgs},
     collector::Collector,
-    view::{json, Format},
+    view::{report_json, Format},
 };
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -60,8 +60,8 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
         };
         let written = if format.is_machine() {
             // Written as it is built: a hundred thousand files are never held at once.
-            collector.write_snapshot(&filter, |report| {
-                json::write_line(&mut io::stdout().lock(), report)
+            collector.write_snapshot(&filter, |header, cgroups| {
+                report_json::write_line(&mut io::stdout().lock(), header, cgroups)
             })?
         } else {
             let mut out = io::stdout().lock();

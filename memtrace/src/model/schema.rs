@@ -268,6 +268,22 @@ impl<'a> CgroupStream<'a> {
         })))
     }
 
+    /// The cgroups, and what to hand each once it is written. A stream is written once: the
+    /// second time is an error.
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts(
+        self,
+    ) -> std::io::Result<(
+        Box<dyn Iterator<Item = CgroupUsage> + 'a>,
+        Box<dyn FnMut(CgroupUsage) + 'a>,
+    )> {
+        let parts = self
+            .0
+            .into_inner()
+            .ok_or_else(|| std::io::Error::other("a cgroup stream is written only once"))?;
+        Ok((parts.cgroups, parts.after_each))
+    }
+
     /// Hands each cgroup to `after_each` once it is written, instead of dropping it.
     pub fn after_each(self, after_each: impl FnMut(CgroupUsage) + 'a) -> Self {
         let parts = self.0.into_inner().map(|parts| StreamParts {

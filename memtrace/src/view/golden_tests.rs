@@ -12,7 +12,7 @@ use crate::{
         Comm, Container, Hook, KernelStats, Layer, MemoryFigures, Observation, Pod, Provenance,
         Report, Runtime, SeededCache, WriterUsage, WritesSource, SCHEMA_VERSION,
     },
-    view::{json, table},
+    view::{json, report_json, table},
 };
 
 fn comm(name: &str) -> Comm {
@@ -231,16 +231,32 @@ fn a_report_streamed_cgroup_by_cgroup_is_the_same_json_and_is_written_once() {
     let mut whole = Vec::new();
     json::write_line(&mut whole, &report).unwrap();
     let cgroups = report.cgroups.clone();
-    let streamed = report.with_cgroups(CgroupStream::new(cgroups.into_iter()));
+    let streamed = report
+        .clone()
+        .with_cgroups(CgroupStream::new(cgroups.clone().into_iter()));
     let mut out = Vec::new();
     json::write_line(&mut out, &streamed).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        String::from_utf8(whole).unwrap()
+        String::from_utf8(whole.clone()).unwrap()
     );
     assert!(
         json::write_line(&mut Vec::new(), &streamed).is_err(),
         "a stream is consumed by writing it"
+    );
+    // `watch --json`'s writer, files by hand, each cgroup handed back once written.
+    let mut out = Vec::new();
+    let mut handed_back = Vec::new();
+    let stream = CgroupStream::new(cgroups.clone().into_iter())
+        .after_each(|cgroup| handed_back.push(cgroup));
+    report_json::write_line(&mut out, &report.with_cgroups(()), stream).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(whole).unwrap()
+    );
+    assert_eq!(
+        handed_back, cgroups,
+        "every cgroup comes back, whole, in order"
     );
 }
 

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod explain;
 pub mod json;
 pub mod prometheus;
+pub mod report_json;
 pub mod table;
 pub mod top;
 
