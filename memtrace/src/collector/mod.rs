@@ -60,6 +60,8 @@ pub struct Collector {
     totals: BTreeMap<InReportOrder<CacheKey>, Tally>,
     /// Drains so far.
     flips: u64,
+    /// Each file's inode as the drains showed it last (see [`InodeIdentities`]).
+    identities: std::sync::Arc<HashMap<(u32, u64), InodeIdentity>>,
     /// Files to measure at the next snapshot.
     pending_measure: std::collections::HashSet<(u32, u64)>,
     /// Map entries userspace failed to read, since start.
@@ -99,6 +101,7 @@ impl Collector {
             write_rates: WriteRates::default(),
             totals: BTreeMap::new(),
             flips: 0,
+            identities: Default::default(),
             pending_measure: std::collections::HashSet::new(),
             map_read_errors: 0,
             writer_totals: BTreeMap::new(),
@@ -730,7 +733,7 @@ impl Collector {
         let drained = self.tracer.flip_and_drain(&mut errors);
         let drained_count = drained.len();
         self.flips += 1;
-        for (key, entry) in drained {
+        for &(key, entry) in &drained {
             let handled = self.deficits_handled.remove(&key).unwrap_or(0);
             // Removals a measurement already answered are in its seed: only the rest count.
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key) {
@@ -745,6 +748,19 @@ impl Collector {
                 tally.generation = entry.generation as u32;
             }
             tally.changed_at = self.flips as u32;
+        }
+        let identities = std::sync::Arc::make_mut(&mut self.identities);
+        for (key, entry) in &drained {
+            if entry.inode != 0 {
+                identities.insert(
+                    (key.dev, key.ino),
+                    InodeIdentity {
+                        inode: entry.inode,
+                        // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                        generation: entry.generation as u32,
+                    },
+                );
+            }
         }
         let counting = self.tracer.read_counting(&mut errors);
         self.map_read_errors += errors;
@@ -764,35 +780,24 @@ impl Collector {
     /// Every key's counters since start (the totals plus `counting`, what the half still
     /// counting holds), as sorted observations, and each file's inode as last seen.
     fn observe(&self, counting: Vec<(CacheKey, CacheCounters)>) -> (Observations, InodeIdentities) {
-        // Each file's inode as last seen: the latest drain's, then the half still counting
-        // (keys of the same file under other cgroups may hold an older incarnation).
-        let mut identities: InodeIdentities =
-            HashMap::with_capacity_and_hasher(self.totals.len(), Default::default());
-        let mut show = |file: (u32, u64), counters: &CacheCounters, seen_at: u32| {
-            if counters.inode == 0 {
-                return;
-            }
-            let identity = InodeIdentity {
-                inode: counters.inode,
-                // `i_generation` is 32 bits: the kernel's value survives the cut whole.
-                generation: counters.generation as u32,
-                seen_at,
-            };
-            identities
-                .entry(file)
-                .and_modify(|known| {
-                    if seen_at >= known.seen_at {
-                        *known = identity;
-                    }
-                })
-                .or_insert(identity);
-        };
-        for (InReportOrder(key), tally) in &self.totals {
-            show((key.dev, key.ino), &tally.counters(), tally.changed_at);
-        }
+        // Each file's inode as last seen: the drains' (kept up to date by each drain), then
+        // the half still counting, newer than any.
+        let mut counting_identities: HashMap<(u32, u64), InodeIdentity> = HashMap::default();
         for (key, entry) in &counting {
-            show((key.dev, key.ino), entry, u32::MAX);
+            if entry.inode != 0 {
+                counting_identities.insert(
+                    (key.dev, key.ino),
+                    InodeIdentity {
+                        inode: entry.inode,
+                        generation: entry.generation as u32,
+                    },
+                );
+            }
         }
+        let identities = InodeIdentities {
+            drained: std::sync::Arc::clone(&self.identities),
+            counting: counting_identities,
+        };
         // Every key's totals plus what the undrained halves add, built as one list (the
         // undrained halves hold few keys; the totals may hold a hundred thousand). Only
         // removals of shmem pages are traced: their files are measured instead.
@@ -945,6 +950,7 @@ impl Collector {
             files.insert((key.dev, key.ino));
             cgroups.insert((key.hierarchy, key.cgroup_id));
         }
+        std::sync::Arc::make_mut(&mut self.identities).retain(|file, _| files.contains(file));
         // Exited writers of files that are gone from every cgroup go too.
         self.writer_totals
             .retain(|key, _| files.contains(&(key.0.dev, key.0.ino)));

@@ -1,5 +1,7 @@
 //! Fills the model's names from the resolvers: cgroup paths, containers and units, file paths.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
@@ -27,8 +29,21 @@ pub(crate) fn name_cgroups<'a>(
     }
 }
 
-/// Where a file's inode is and which incarnation it is: (kernel address, `i_generation`).
-pub(crate) type InodeIdentities = HashMap<(u32, u64), InodeIdentity>;
+/// Where each file's inode is and which incarnation it is, as the kernel last showed it: what
+/// the drains showed, kept between reports and updated by each drain (a hundred thousand
+/// files are not gone over again for every report), with what the half still counting shows
+/// on top.
+pub(crate) struct InodeIdentities {
+    pub(crate) drained: Arc<HashMap<(u32, u64), InodeIdentity>>,
+    pub(crate) counting: HashMap<(u32, u64), InodeIdentity>,
+}
+
+impl InodeIdentities {
+    pub(crate) fn get(&self, file: &(u32, u64)) -> Option<&InodeIdentity> {
+        // What is still counting is newer than any drain.
+        self.counting.get(file).or_else(|| self.drained.get(file))
+    }
+}
 
 /// One file's inode as the kernel last showed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +52,6 @@ pub(crate) struct InodeIdentity {
     pub inode: u64,
     /// `i_generation` (32 bits in the kernel).
     pub generation: u32,
-    /// The drain that showed it (`u32::MAX`: the half still counting, newer than any).
-    pub seen_at: u32,
 }
 
 /// The kernel's answer for the path of (dev, ino), asked through the inode's address.
