@@ -597,7 +597,7 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     let mode = |name: &str, key: &str| many[name][key].as_f64().unwrap_or(f64::NAN);
     let many_ratio = many["throughput_ratio"].as_f64().unwrap_or(f64::NAN);
     markdown += &format!(
-        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot drafted, `watch` (maps read, cgroups summed and named; files are built as they are written; 10 largest named; steady state: the third report holding every file) | {:.0} ms |\n| memtrace's CPU, `watch` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot drafted, `watch --json` (every file named; steady state) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer | {:.0} ms |\n| memtrace's CPU, `watch --json` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
+        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot drafted, `watch` (maps read, cgroups summed and named; files are built as they are written; 10 largest named; steady state: median of the third to the seventh report holding every file) | {:.0} ms |\n| memtrace's CPU, `watch` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot drafted, `watch --json` (every file named; steady state) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer (median, as above) | {:.0} ms |\n| memtrace's CPU, `watch --json` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
         options.files,
         options.cgroups,
         options.rounds_many,
@@ -878,11 +878,13 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
             );
             if let (Some(mode), Some((running, rx))) = (mode, reports) {
                 traced_rates.push(rate);
-                // The third report after the files exist has had time to name them all.
-                // Steady state: the third report that holds all the files (the first names
-                // them all); memtrace's CPU is taken from the first to the third.
+                // Steady state: the reports from the third that holds every file (the first
+                // two still take in the burst of their creation) to the STEADY_REPORTS-th,
+                // their medians; the last is the one checked for names. memtrace's CPU is
+                // taken from the first full report to the last.
                 let (mut seen, mut full, mut found) = (0, 0, None);
                 let mut first_full: Option<(Instant, u64)> = None;
+                let (mut snapshots_ms, mut ends_to_end_ms) = (Vec::new(), Vec::new());
                 let mut cpu_per_second = f64::NAN;
                 while let Ok((line, arrived)) = rx.recv_timeout(Duration::from_secs(30)) {
                     // Only the report's own figures while memtrace runs: a whole report of
@@ -905,10 +907,17 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                         let (now, ticks) = (Instant::now(), running.cpu_ticks());
                         let (then, before) = *first_full.get_or_insert((now, ticks));
                         if full >= 3 {
+                            snapshots_ms.push(
+                                report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+                            );
+                            ends_to_end_ms
+                                .push(report["end_to_end_ms"].as_f64().unwrap_or(f64::NAN));
+                        }
+                        if full >= STEADY_REPORTS {
                             cpu_per_second = (ticks - before) as f64
                                 / ticks_per_second()
                                 / now.duration_since(then).as_secs_f64();
-                            found = Some((report, line));
+                            found = Some(line);
                             break;
                         }
                     }
@@ -918,17 +927,17 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
                 }
                 let peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
                 drop(running);
-                let (report, line) = found.with_context(|| {
+                let line = found.with_context(|| {
                     format!("memtrace never reported the {} files", options.files)
                 })?;
-                let snapshot_ms = report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
+                let snapshot_ms = median(snapshots_ms);
                 // Only `--json` without --top names every file; `top` names ten.
                 let unnamed = if mode == "all" {
                     unnamed_files(&serde_json::from_str(&line)?)
                 } else {
                     0
                 };
-                let end_to_end_ms = report["end_to_end_ms"].as_f64().unwrap_or(f64::NAN);
+                let end_to_end_ms = median(ends_to_end_ms);
                 by_mode.entry(mode).or_default().push(ModeRun {
                     snapshot_ms,
                     end_to_end_ms,
@@ -977,6 +986,10 @@ struct ModeRun {
     peak_rss_mib: f64,
     unnamed: u64,
 }
+
+/// Reports holding every file that a many-files run reads: the third to the seventh are
+/// measured.
+const STEADY_REPORTS: usize = 7;
 
 /// A `watch --json` report's own figures (everything before its cgroups, which come last),
 /// parsed without the cgroups.
@@ -1031,13 +1044,19 @@ fn start_watch(memtrace: &Path, args: &[&str]) -> Result<(Running, mpsc::Receive
     let (tx, rx) = mpsc::channel::<Arrival>();
     thread::spawn(move || {
         // Read as a log shipper reads a pipe: as much as it holds per call (`BufReader`'s
-        // default 8 KiB would take thousands of calls per report of 100,000 files).
-        for line in BufReader::with_capacity(PIPE_READ_BYTES, stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        // default 8 KiB would take thousands of calls per report of 100,000 files), into a
+        // buffer kept from line to line; a report arrived when its last byte was read.
+        let mut reader = BufReader::with_capacity(PIPE_READ_BYTES, stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let arrived = std::time::SystemTime::now();
             // Nobody listening any more: keep reading all the same.
-            let _ = tx.send((line, std::time::SystemTime::now()));
+            let _ = tx.send((String::from_utf8_lossy(&line).into_owned(), arrived));
         }
     });
     rx.recv_timeout(Duration::from_secs(120))
