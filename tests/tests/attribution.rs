@@ -245,11 +245,7 @@ fn large_folios_are_counted_page_for_page_against_mincore_and_memory_stat() {
     let path = scratch.path("read.bin");
     // Readahead fills the cache in large folios where the filesystem supports them (XFS since
     // 5.18; ext4 since 6.16 with large folios enabled; btrfs not on 6.1–6.12).
-    make_uncached_file(&path, 64);
-    let before = cgroup.page_cache_bytes();
-    cgroup.run(&mut dd_read(&path));
-    MemCgroup::settle_stats();
-    let kernel = cgroup.page_cache_bytes() - before;
+    let kernel = read_uncached(&cgroup, &path, 64);
     let report = tracer.snapshot().expect("snapshot");
 
     let file = File::open(&path).expect("open");
@@ -282,11 +278,7 @@ fn large_folios_cached_before_start_are_seeded_to_their_memcg_page_for_page() {
     // Read by the cgroup before memtrace starts: only the seed's per-page ownership (pagemap,
     // kpagecgroup, kpageflags) can charge it, and on XFS the pages sit in large folios, whose
     // tail pages 6.1 reports as charged to no memcg.
-    make_uncached_file(&path, 32);
-    let before = cgroup.page_cache_bytes();
-    cgroup.run(&mut dd_read(&path));
-    MemCgroup::settle_stats();
-    let kernel = cgroup.page_cache_bytes() - before;
+    let kernel = read_uncached(&cgroup, &path, 32);
 
     let mut tracer = start_tracer();
     let summary = tracer.seed(&SeedOptions {
@@ -315,4 +307,15 @@ fn large_folios_cached_before_start_are_seeded_to_their_memcg_page_for_page() {
     assert_near("seeded vs mincore", traced, resident, 4096 * 16);
     assert_near("seeded vs memory.stat", traced, kernel, kernel / 50);
     assert_near("the whole file was read", resident, 32 * MIB, ONE_FOLIO);
+}
+
+/// Writes `mib` MiB to `path`, evicts it, and has `cgroup` read it back (readahead: large
+/// folios where the filesystem has them). Returns the page cache the kernel charged `cgroup`
+/// for it (memory.stat).
+fn read_uncached(cgroup: &MemCgroup, path: &std::path::Path, mib: u64) -> u64 {
+    make_uncached_file(path, mib);
+    let before = cgroup.page_cache_bytes();
+    cgroup.run(&mut dd_read(path));
+    MemCgroup::settle_stats();
+    cgroup.page_cache_bytes() - before
 }

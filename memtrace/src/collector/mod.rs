@@ -19,7 +19,9 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
 
 use self::{
-    naming::{ask_kernel, name_cgroups, name_files, InodeIdentities, InodeIdentity},
+    naming::{
+        ask_kernel, name_cgroups, name_files, record_identities, InodeIdentities, InodeIdentity,
+    },
     seed::SeedOptions,
     shmem::ShmemScanner,
 };
@@ -749,19 +751,7 @@ impl Collector {
             }
             tally.changed_at = self.flips as u32;
         }
-        let identities = std::sync::Arc::make_mut(&mut self.identities);
-        for (key, entry) in &drained {
-            if entry.inode != 0 {
-                identities.insert(
-                    (key.dev, key.ino),
-                    InodeIdentity {
-                        inode: entry.inode,
-                        // `i_generation` is 32 bits: the kernel's value survives the cut whole.
-                        generation: entry.generation as u32,
-                    },
-                );
-            }
-        }
+        record_identities(std::sync::Arc::make_mut(&mut self.identities), &drained);
         let counting = self.tracer.read_counting(&mut errors);
         self.map_read_errors += errors;
         stats.map_read_errors = self.map_read_errors;
@@ -782,18 +772,8 @@ impl Collector {
     fn observe(&self, counting: Vec<(CacheKey, CacheCounters)>) -> (Observations, InodeIdentities) {
         // Each file's inode as last seen: the drains' (kept up to date by each drain), then
         // the half still counting, newer than any.
-        let mut counting_identities: HashMap<(u32, u64), InodeIdentity> = HashMap::default();
-        for (key, entry) in &counting {
-            if entry.inode != 0 {
-                counting_identities.insert(
-                    (key.dev, key.ino),
-                    InodeIdentity {
-                        inode: entry.inode,
-                        generation: entry.generation as u32,
-                    },
-                );
-            }
-        }
+        let mut counting_identities = HashMap::default();
+        record_identities(&mut counting_identities, &counting);
         let identities = InodeIdentities {
             drained: std::sync::Arc::clone(&self.identities),
             counting: counting_identities,

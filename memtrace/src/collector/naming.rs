@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use memtrace_common::{CacheCounters, CacheKey};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
@@ -36,6 +37,25 @@ pub(crate) fn name_cgroups<'a>(
 pub(crate) struct InodeIdentities {
     pub(crate) drained: Arc<HashMap<(u32, u64), InodeIdentity>>,
     pub(crate) counting: HashMap<(u32, u64), InodeIdentity>,
+}
+
+/// Records the inode each entry shows (where it shows one) as its file's latest.
+pub(crate) fn record_identities<'a>(
+    identities: &mut HashMap<(u32, u64), InodeIdentity>,
+    entries: impl IntoIterator<Item = &'a (CacheKey, CacheCounters)>,
+) {
+    for (key, entry) in entries {
+        if entry.inode != 0 {
+            identities.insert(
+                (key.dev, key.ino),
+                InodeIdentity {
+                    inode: entry.inode,
+                    // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                    generation: entry.generation as u32,
+                },
+            );
+        }
+    }
 }
 
 impl InodeIdentities {

@@ -1,7 +1,7 @@
 //! The wire schema: the report types that `--json` writes, and the value types they are made
 //! of. This is the JSON contract (see the README); fields change only with `SCHEMA_VERSION`.
 
-use std::{cell::RefCell, sync::Arc};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -250,11 +250,9 @@ impl<C> Report<C> {
     }
 }
 
-/// Cgroups serialized as they are built, so a report of a hundred thousand files never holds
-/// them all at once. Serializes once: it is consumed as it is written.
-pub struct CgroupStream<'a>(RefCell<Option<StreamParts<'a>>>);
-
-struct StreamParts<'a> {
+/// Cgroups built as they are written, so a report of a hundred thousand files never holds
+/// them all at once (see `view::report_json`). Taken by value: a stream is written once.
+pub struct CgroupStream<'a> {
     cgroups: Box<dyn Iterator<Item = CgroupUsage> + 'a>,
     /// Given each cgroup once it is written (by default, dropped).
     after_each: Box<dyn FnMut(CgroupUsage) + 'a>,
@@ -262,55 +260,29 @@ struct StreamParts<'a> {
 
 impl<'a> CgroupStream<'a> {
     pub fn new(cgroups: impl Iterator<Item = CgroupUsage> + 'a) -> Self {
-        Self(RefCell::new(Some(StreamParts {
+        Self {
             cgroups: Box::new(cgroups),
             after_each: Box::new(drop),
-        })))
-    }
-
-    /// The cgroups, and what to hand each once it is written. A stream is written once: the
-    /// second time is an error.
-    #[allow(clippy::type_complexity)]
-    pub fn into_parts(
-        self,
-    ) -> std::io::Result<(
-        Box<dyn Iterator<Item = CgroupUsage> + 'a>,
-        Box<dyn FnMut(CgroupUsage) + 'a>,
-    )> {
-        let parts = self
-            .0
-            .into_inner()
-            .ok_or_else(|| std::io::Error::other("a cgroup stream is written only once"))?;
-        Ok((parts.cgroups, parts.after_each))
+        }
     }
 
     /// Hands each cgroup to `after_each` once it is written, instead of dropping it.
     pub fn after_each(self, after_each: impl FnMut(CgroupUsage) + 'a) -> Self {
-        let parts = self.0.into_inner().map(|parts| StreamParts {
+        Self {
             after_each: Box::new(after_each),
-            ..parts
-        });
-        Self(RefCell::new(parts))
-    }
-}
-
-impl Serialize for CgroupStream<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let StreamParts {
-            cgroups,
-            mut after_each,
-        } = self
-            .0
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| serde::ser::Error::custom("a cgroup stream is written only once"))?;
-        let mut seq = serializer.serialize_seq(None)?;
-        for cgroup in cgroups {
-            seq.serialize_element(&cgroup)?;
-            after_each(cgroup);
+            ..self
         }
-        seq.end()
+    }
+
+    /// The cgroups, and what to hand each once it is written.
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts(
+        self,
+    ) -> (
+        Box<dyn Iterator<Item = CgroupUsage> + 'a>,
+        Box<dyn FnMut(CgroupUsage) + 'a>,
+    ) {
+        (self.cgroups, self.after_each)
     }
 }
 

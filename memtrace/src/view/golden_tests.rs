@@ -225,26 +225,14 @@ fn report_json_is_unchanged() {
 }
 
 #[test]
-fn a_report_streamed_cgroup_by_cgroup_is_the_same_json_and_is_written_once() {
+fn a_report_streamed_cgroup_by_cgroup_is_the_same_json() {
     use crate::model::CgroupStream;
     let report = fixed_report();
     let mut whole = Vec::new();
     json::write_line(&mut whole, &report).unwrap();
+    // `watch --json`'s writer, files by hand, each cgroup handed back once written (a stream
+    // is taken by value: it cannot be written twice).
     let cgroups = report.cgroups.clone();
-    let streamed = report
-        .clone()
-        .with_cgroups(CgroupStream::new(cgroups.clone().into_iter()));
-    let mut out = Vec::new();
-    json::write_line(&mut out, &streamed).unwrap();
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(whole.clone()).unwrap()
-    );
-    assert!(
-        json::write_line(&mut Vec::new(), &streamed).is_err(),
-        "a stream is consumed by writing it"
-    );
-    // `watch --json`'s writer, files by hand, each cgroup handed back once written.
     let mut out = Vec::new();
     let mut handed_back = Vec::new();
     let stream = CgroupStream::new(cgroups.clone().into_iter())

@@ -20,7 +20,7 @@ pub fn write_line(
     header: &Report<()>,
     cgroups: CgroupStream<'_>,
 ) -> io::Result<()> {
-    let (cgroups, mut after_each) = cgroups.into_parts()?;
+    let (cgroups, mut after_each) = cgroups.into_parts();
     let mut buffered = io::BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
     // The report's figures as serde writes them, up to the value of its last field.
     let mut head = serde_json::to_vec(header)?;
