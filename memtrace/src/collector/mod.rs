@@ -2,6 +2,7 @@
 
 mod dirty;
 mod naming;
+mod remeasure;
 pub mod residency;
 pub mod seed;
 pub mod shmem;
@@ -19,9 +20,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
 
 use self::{
-    naming::{
-        ask_kernel, name_cgroups, name_files, record_identities, InodeIdentities, InodeIdentity,
-    },
+    naming::{name_cgroups, name_files, record_identities, InodeIdentities, InodeIdentity},
     seed::SeedOptions,
     shmem::ShmemScanner,
 };
@@ -31,11 +30,10 @@ use crate::{
         aggregate::{draft, Drafts},
         apply_filter,
         filter::apply_cgroup_filter,
-        host_path_of, CgroupStream, CgroupUsage, Comm, Filter, KernelStats, Observation,
-        Provenance, Report, SeedSummary, SeededCache, Totals, WriteRates, WriterUsage,
-        SCHEMA_VERSION,
+        CgroupStream, CgroupUsage, Comm, Filter, KernelStats, Observation, Report, SeedSummary,
+        SeededCache, Totals, WriteRates, WriterUsage, SCHEMA_VERSION,
     },
-    resolve::{cgroups::memcg_path_of, open::open_regular, Resolvers},
+    resolve::{cgroups::memcg_path_of, Resolvers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -941,114 +939,6 @@ impl Collector {
             .cgroups
             .forget_removed(|hierarchy, id| cgroups.contains(&(hierarchy, id)));
         trim_heap();
-    }
-
-    /// Measures `files` per memcg now: their cache older than what memtrace counted is
-    /// leaving, so the counters alone would floor at zero. Traced changes count from here on,
-    /// so every file shown holds what the kernel holds (± what changed while measuring).
-    fn measure_files(
-        &mut self,
-        mut files: Vec<(u32, u64)>,
-        observed: &[Observation],
-        inodes: &InodeIdentities,
-    ) -> Vec<CacheKey> {
-        let mut seeded = Vec::new();
-        if files.is_empty() {
-            return seeded;
-        }
-        files.sort_unstable();
-        files.dedup();
-        if files.len() > REMEASURE_LIMIT {
-            log::debug!(
-                "{} files lost pre-existing cache; measuring {REMEASURE_LIMIT} now, the rest next time",
-                files.len()
-            );
-            self.pending_measure.extend(files.drain(REMEASURE_LIMIT..));
-        }
-        let Ok(reader) = residency::PageOwnerReader::open() else {
-            return seeded;
-        };
-        let memory_hierarchy = self
-            .resolvers
-            .cgroups
-            .hierarchies
-            .memory_hierarchy
-            .unwrap_or(0);
-        for (dev, ino) in files {
-            let tracer = &self.tracer;
-            let generation = inodes
-                .get(&(dev, ino))
-                .map_or(0, |i| u64::from(i.generation));
-            let resolved = self.resolvers.paths.resolve(dev, ino, generation, || {
-                ask_kernel(tracer, inodes, dev, ino)
-            });
-            let keys: Vec<(CacheKey, CacheCounters)> = observed
-                .iter()
-                .filter(|o| o.key.dev == dev && o.key.ino == ino)
-                .map(|o| (o.key, o.counters))
-                .collect();
-            for (key, counters) in &keys {
-                self.deficits_handled.insert(*key, counters.max_deficit);
-            }
-            let owners = resolved
-                .host_path
-                .as_deref()
-                .filter(|_| !resolved.deleted)
-                .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()))
-                .and_then(|path| open_regular(&path, Some(ino)).ok())
-                .filter(residency::PageOwnerReader::residency_is_honest)
-                .and_then(|file| reader.owners(&file).ok());
-            let Some(owners) = owners else {
-                continue;
-            };
-            // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
-            // are: a file charged to one cgroup gets its resident pages, by inference; a
-            // file shared by several keeps what memtrace had.
-            let (by_cgroup, provenance) = if reader.exact() {
-                (owners.by_cgroup.clone(), Provenance::Exact)
-            } else if let [(key, _)] = keys.as_slice() {
-                (
-                    std::iter::once((key.cgroup_id, owners.resident)).collect(),
-                    Provenance::InferredOwner,
-                )
-            } else {
-                continue;
-            };
-            let active_share = |pages: u64| {
-                (owners.active * pages)
-                    .checked_div(owners.resident)
-                    .unwrap_or(0)
-            };
-            for (key, counters) in &keys {
-                let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
-                seeded.push(*key);
-                self.seeds.insert(
-                    InReportOrder(*key),
-                    SeededCache {
-                        pages,
-                        active_pages: active_share(pages),
-                        provenance,
-                        baseline: *counters,
-                    },
-                );
-            }
-            for (&cgroup_id, &pages) in &by_cgroup {
-                let key = CacheKey {
-                    cgroup_id,
-                    ino,
-                    dev,
-                    hierarchy: memory_hierarchy,
-                };
-                seeded.push(key);
-                self.seeds.entry(InReportOrder(key)).or_insert(SeededCache {
-                    pages,
-                    active_pages: active_share(pages),
-                    provenance,
-                    baseline: CacheCounters::default(),
-                });
-            }
-        }
-        seeded
     }
 }
 
