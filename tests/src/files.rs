@@ -229,6 +229,15 @@ pub struct FolioCensus {
     pub large_folios: u64,
     /// Pages inside those large folios.
     pub pages_in_large_folios: u64,
+    /// Pages of the largest folio seen (1 when every folio is a single page).
+    pub largest_folio_pages: u64,
+}
+
+impl FolioCensus {
+    /// Bytes of the largest folio seen: what "within one folio" means for this file.
+    pub fn largest_folio_bytes(&self) -> u64 {
+        self.largest_folio_pages.max(1) * 4096
+    }
 }
 
 /// Counts the large folios holding `file`'s resident pages. It maps the file and reads one byte
@@ -266,6 +275,8 @@ pub fn folio_census(file: &File) -> io::Result<FolioCensus> {
         let pages = len.div_ceil(page);
         let mut resident = vec![0u8; pages];
         let mut result = Ok(());
+        // Pages of the folio being walked so far (a head starts one, its tails follow).
+        let mut run = 0u64;
         if libc::mincore(addr, len, resident.as_mut_ptr()) != 0 {
             result = Err(io::Error::last_os_error());
         }
@@ -298,7 +309,13 @@ pub fn folio_census(file: &File) -> io::Result<FolioCensus> {
             census.pages += 1;
             if flags & KPF_COMPOUND_HEAD != 0 {
                 census.large_folios += 1;
+                run = 1;
+            } else if flags & KPF_COMPOUND_TAIL != 0 {
+                run += 1;
+            } else {
+                run = 1;
             }
+            census.largest_folio_pages = census.largest_folio_pages.max(run);
             if flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) != 0 {
                 census.pages_in_large_folios += 1;
             }

@@ -178,6 +178,13 @@ impl Collector {
         }
         candidates.extend(seed::open_files());
 
+        // What the kernel counted before the scan: a file whose counters moved while it was
+        // scanned may or may not have those pages in its measurement.
+        let before: HashMap<CacheKey, CacheCounters> = self
+            .tracer
+            .read_counting(&mut self.map_read_errors)
+            .into_iter()
+            .collect();
         let scan = seed::scan(
             candidates,
             options,
@@ -195,7 +202,17 @@ impl Collector {
             .read_counting(&mut self.map_read_errors)
             .into_iter()
             .collect();
+        let pages_of = |entries: &HashMap<CacheKey, CacheCounters>, key: &CacheKey| {
+            entries
+                .get(key)
+                .map_or((0, 0), |c| (c.pages_added, c.pages_removed))
+        };
         for (key, seed) in scan.seeds {
+            if pages_of(&before, &key) != pages_of(&counting, &key) {
+                // Measured again, bracketed, at the first report.
+                self.pending_measure.insert((key.dev, key.ino));
+                continue;
+            }
             let baseline = self.combined(&key, counting.get(&key));
             self.seeds.insert(
                 InReportOrder(key),

@@ -15,7 +15,8 @@ use crate::{
 impl Collector {
     /// Measures `files` per memcg now: their cache older than what memtrace counted is
     /// leaving, so the counters alone would floor at zero. Traced changes count from here on,
-    /// so every file shown holds what the kernel holds (± what changed while measuring).
+    /// so every file shown holds what the kernel holds. A file that changed while measured is
+    /// measured again at the next report.
     pub(super) fn measure_files(
         &mut self,
         mut files: Vec<(u32, u64)>,
@@ -60,15 +61,21 @@ impl Collector {
             for (key, counters) in &keys {
                 self.deficits_handled.insert(*key, counters.max_deficit);
             }
-            let owners = resolved
+            let Some(file) = resolved
                 .host_path
                 .as_deref()
                 .filter(|_| !resolved.deleted)
                 .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()))
                 .and_then(|path| open_regular(&path, Some(ino)).ok())
                 .filter(residency::PageOwnerReader::residency_is_honest)
-                .and_then(|file| reader.owners(&file).ok());
-            let Some(owners) = owners else {
+            else {
+                continue;
+            };
+            // The measurement is bracketed by the kernel's counters for the file: pages that
+            // came or went while it ran may or may not be in it, so it counts only if none did.
+            let mut file_keys: Vec<CacheKey> = keys.iter().map(|(key, _)| *key).collect();
+            let before = self.tracer.counting_for(&file_keys);
+            let Ok(owners) = reader.owners(&file) else {
                 continue;
             };
             // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
@@ -84,12 +91,38 @@ impl Collector {
             } else {
                 continue;
             };
+            // Cgroups the measurement found that no counter named held nothing traced when
+            // the report began.
+            for &cgroup_id in by_cgroup.keys() {
+                let key = CacheKey {
+                    cgroup_id,
+                    ino,
+                    dev,
+                    hierarchy: memory_hierarchy,
+                };
+                if !file_keys.contains(&key) {
+                    file_keys.push(key);
+                }
+            }
+            let after = self.tracer.counting_for(&file_keys);
+            let steady = match (&before, &after) {
+                (Some(before), Some(after)) => after.iter().enumerate().all(|(at, now)| {
+                    let then = before.get(at).copied().unwrap_or_default();
+                    (then.pages_added, then.pages_removed) == (now.pages_added, now.pages_removed)
+                }),
+                _ => false,
+            };
+            let Some(after) = after.filter(|_| steady) else {
+                log::debug!("file {dev}:{ino} changed while measured; measuring it at the next report");
+                self.pending_measure.insert((dev, ino));
+                continue;
+            };
             let active_share = |pages: u64| {
                 (owners.active * pages)
                     .checked_div(owners.resident)
                     .unwrap_or(0)
             };
-            for (key, counters) in &keys {
+            for (key, counting) in file_keys.iter().zip(&after) {
                 let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
                 seeded.push(*key);
                 self.seeds.insert(
@@ -98,24 +131,11 @@ impl Collector {
                         pages,
                         active_pages: active_share(pages),
                         provenance,
-                        baseline: *counters,
+                        // The counters as the measurement saw them: what they add from here
+                        // on comes on top of it.
+                        baseline: self.combined(key, Some(counting)),
                     },
                 );
-            }
-            for (&cgroup_id, &pages) in &by_cgroup {
-                let key = CacheKey {
-                    cgroup_id,
-                    ino,
-                    dev,
-                    hierarchy: memory_hierarchy,
-                };
-                seeded.push(key);
-                self.seeds.entry(InReportOrder(key)).or_insert(SeededCache {
-                    pages,
-                    active_pages: active_share(pages),
-                    provenance,
-                    baseline: CacheCounters::default(),
-                });
             }
         }
         seeded
