@@ -298,3 +298,102 @@ fn doctor_into_a_closed_pipe_exits_quietly() {
     assert!(!err.contains("panicked"), "doctor panicked: {err}");
     assert_ne!(out.status.code(), Some(101), "a panic's exit status");
 }
+
+/// A pipe whose reader never reads: memtrace's stdout, filled so its next write blocks.
+struct StalledPipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl StalledPipe {
+    fn new() -> Self {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just created and are owned here alone.
+        unsafe {
+            Self {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        }
+    }
+
+    /// Fills the pipe (at whatever size memtrace gave it) until a write would block. Returns
+    /// the bytes it took.
+    fn fill(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let fd = self.write.as_raw_fd();
+        let filler = [b'\n'; 4096];
+        let mut total = 0;
+        // SAFETY: fcntl and write on our own descriptor, from a buffer that outlives the calls.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            loop {
+                let n = libc::write(fd, filler.as_ptr().cast(), filler.len());
+                if n <= 0 {
+                    break;
+                }
+                total += n as usize;
+            }
+            libc::fcntl(fd, libc::F_SETFL, flags);
+        }
+        total
+    }
+}
+
+/// A consumer that stops reading and then signals (a pipeline being stopped) must not hang
+/// memtrace: in every mode that writes reports, SIGTERM ends it within its grace (5 s) even
+/// with its stdout blocked, the final report being best effort.
+#[test]
+fn sigterm_ends_every_mode_in_bounded_time_with_stdout_blocked() {
+    require_root();
+    for args in [
+        vec!["watch", "--json", "--interval", "200ms"],
+        vec!["watch", "--interval", "200ms", "--all"],
+        vec!["run", "--json", "--", "sleep", "60"],
+        vec!["explain", "/", "--duration", "60s"],
+    ] {
+        let pipe = StalledPipe::new();
+        let mut child = memtrace(&args)
+            .stdout(Stdio::from(pipe.write.try_clone().unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Started, stdout widened, a report or two written; then nothing more fits.
+        thread::sleep(Duration::from_secs(3));
+        let filled = pipe.fill();
+        thread::sleep(Duration::from_millis(500));
+        // SAFETY: plain kill of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let signalled = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if signalled.elapsed() > Duration::from_secs(15) {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        let took = signalled.elapsed();
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        drop(pipe.read);
+        eprintln!("{args:?}: pipe filled with {filled} B more; ended {took:?} after SIGTERM: {status:?}\n{stderr}");
+        assert!(
+            status.is_some(),
+            "{args:?}: still running 15 s after SIGTERM with stdout blocked"
+        );
+        assert!(
+            took < Duration::from_secs(8),
+            "{args:?}: took {took:?} to end after SIGTERM (grace 5 s)"
+        );
+    }
+}

@@ -113,7 +113,9 @@ impl Collector {
                 _ => false,
             };
             let Some(after) = after.filter(|_| steady) else {
-                log::debug!("file {dev}:{ino} changed while measured; measuring it at the next report");
+                log::debug!(
+                    "file {dev}:{ino} changed while measured; measuring it at the next report"
+                );
                 self.pending_measure.insert((dev, ino));
                 continue;
             };

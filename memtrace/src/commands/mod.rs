@@ -95,20 +95,90 @@ pub(crate) fn maintain_ticks() -> tokio::time::Interval {
 
 /// SIGINT and SIGTERM, which end tracing cleanly (the programs detach when dropped).
 pub(crate) struct Shutdown {
+    signals: Signals,
+}
+
+impl Shutdown {
+    /// Also arms the watchdog that bounds how long the clean end may take.
+    pub(crate) fn install() -> io::Result<Self> {
+        arm_watchdog()?;
+        Ok(Self {
+            signals: Signals::install()?,
+        })
+    }
+
+    /// Waits for either signal and returns its number.
+    pub(crate) async fn recv(&mut self) -> i32 {
+        self.signals.recv().await
+    }
+}
+
+/// How long memtrace may take to end once told to: its final report is best effort.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends the process if it is still running `SHUTDOWN_GRACE` after SIGINT or SIGTERM, or at once
+/// on a second one. The clean path runs on the main thread, which can block for good in a
+/// write to a reader that stopped reading (a pipeline being stopped); this thread cannot.
+/// The programs detach when the kernel closes the process's descriptors.
+fn arm_watchdog() -> io::Result<()> {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    ARMED.call_once(|| {
+        // Its own runtime: the main one is the thread that may be blocked.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                result = Err(err);
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("shutdown-watchdog".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let Ok(mut signals) = Signals::install() else {
+                        return;
+                    };
+                    let first = signals.recv().await;
+                    let second = tokio::select! {
+                        signal = signals.recv() => Some(signal),
+                        () = tokio::time::sleep(SHUTDOWN_GRACE) => None,
+                    };
+                    let (signal, why) = match second {
+                        Some(signal) => (signal, "a second signal".to_owned()),
+                        None => (first, format!("{SHUTDOWN_GRACE:?} after the signal")),
+                    };
+                    eprintln!("memtrace: still running {why} (stdout blocked?); exiting without the final report");
+                    // SAFETY: _exit ends the process at once, touching no locks that a blocked
+                    // thread may hold (stdout's among them).
+                    unsafe { libc::_exit(128 + signal) };
+                });
+            });
+        if let Err(err) = spawned {
+            result = Err(err);
+        }
+    });
+    result
+}
+
+/// SIGINT and SIGTERM, as they come.
+struct Signals {
     interrupt: Signal,
     terminate: Signal,
 }
 
-impl Shutdown {
-    pub(crate) fn install() -> io::Result<Self> {
+impl Signals {
+    fn install() -> io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
         })
     }
 
-    /// Waits for either signal and returns its number.
-    pub(crate) async fn recv(&mut self) -> i32 {
+    async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.interrupt.recv() => libc::SIGINT,
             _ = self.terminate.recv() => libc::SIGTERM,
