@@ -23,6 +23,13 @@ fn files_by_id(report: &Report) -> HashMap<(String, u64), &FileUsage> {
         .collect()
 }
 
+/// A file's path in a report and whether it is deleted; `None` when the file is not reported.
+fn name_of(report: &Report, id: &FileId) -> Option<(Option<String>, bool)> {
+    files_by_id(report)
+        .get(&(id.dev.clone(), id.ino))
+        .map(|f| (f.path.as_deref().map(str::to_owned), f.deleted))
+}
+
 fn write_file(path: &PathBuf, bytes: usize) {
     let mut file = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     file.write_all(&vec![7u8; bytes]).unwrap();
@@ -108,4 +115,76 @@ fn every_file_of_a_burst_of_forty_thousand_is_named() {
         &unnamed[..unnamed.len().min(5)]
     );
     assert_eq!(report.stats.map_full, 0);
+}
+
+/// A name is the file's name now, in the very next report: a rename within a directory (a WAL
+/// segment recycled under a future segment's name, a log rotated), a rename across
+/// directories, and a rename over an existing file, whose replaced inode (still held open,
+/// so its cache stays) is shown deleted rather than under the name it lost. The oracle is the
+/// filesystem: each inode's name after the renames.
+#[test]
+fn renamed_files_are_shown_under_their_new_names_in_the_next_report() {
+    let mut tracer = start_tracer();
+    let scratch = Scratch::new("renames");
+    let wal = scratch.dir.join("pg_wal");
+    let archive = scratch.dir.join("archive");
+    fs::create_dir_all(&wal).unwrap();
+    fs::create_dir_all(&archive).unwrap();
+    let segment = wal.join("000000010000000000000001");
+    let moved = scratch.dir.join("moved.log");
+    let state = scratch.dir.join("replorigin_checkpoint");
+    for path in [&segment, &moved, &state] {
+        write_file(path, MIB as usize);
+    }
+    let replaced = File::open(&state).unwrap();
+    let (segment_id, moved_id, replaced_id) =
+        (FileId::of(&segment), FileId::of(&moved), FileId::of(&state));
+    for round in 0..3 {
+        let report = tracer.snapshot().unwrap();
+        let path_of = |id: &FileId| name_of(&report, id);
+        assert_eq!(
+            path_of(&segment_id),
+            Some((Some(segment.to_string_lossy().into_owned()), false)),
+            "round {round}: the segment before it is recycled"
+        );
+        // Recycled: renamed to a future segment's name in the same directory.
+        let recycled = wal.join(format!("00000001000000000000000{}", round + 2));
+        fs::rename(&segment, &recycled).unwrap();
+        // Rotated across directories.
+        let archived = archive.join(format!("moved.log.{round}"));
+        fs::rename(&moved, &archived).unwrap();
+        // Rewritten as a temporary file renamed over the old one (still open here).
+        let temp = scratch.dir.join("replorigin_checkpoint.tmp");
+        write_file(&temp, MIB as usize);
+        let fresh_id = FileId::of(&temp);
+        fs::rename(&temp, &state).unwrap();
+
+        let report = tracer.snapshot().unwrap();
+        let path_of = |id: &FileId| name_of(&report, id);
+        assert_eq!(
+            path_of(&segment_id),
+            Some((Some(recycled.to_string_lossy().into_owned()), false)),
+            "round {round}: a WAL segment recycled within its directory"
+        );
+        assert_eq!(
+            path_of(&moved_id),
+            Some((Some(archived.to_string_lossy().into_owned()), false)),
+            "round {round}: a file moved to another directory"
+        );
+        assert_eq!(
+            path_of(&fresh_id),
+            Some((Some(state.to_string_lossy().into_owned()), false)),
+            "round {round}: the file renamed over the old one has its name"
+        );
+        let old = path_of(&replaced_id).expect("the replaced file, held open, is still cached");
+        assert!(
+            old.1,
+            "round {round}: the replaced inode is deleted, not shown as {:?}",
+            old.0
+        );
+        // The next round starts from the new names.
+        fs::rename(&recycled, &segment).unwrap();
+        fs::rename(&archived, &moved).unwrap();
+    }
+    drop(replaced);
 }

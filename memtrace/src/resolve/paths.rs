@@ -15,7 +15,6 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
 };
 
 use memtrace_common::{InodeName, PATH_NO_DENTRY};
@@ -28,12 +27,10 @@ use super::mounts::{read_mountinfo, unescape_bytes, Mount};
 const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
 
-/// How long a checked path is trusted before it is checked again.
-const RECHECK_AFTER: Seconds = 5;
-/// Most names re-checked in one report: at 100,000 files, checking them all at once made every
-/// fifth second's report 150–200 ms slower, and 4,096 a report cost 10 ms of each (a path walk
-/// each). The rest keep their name until a later report: at 100,000 files, every name is checked
-/// again within some fifty reports.
+/// Most names re-checked in one report (a path walk each; 4,096 cost 10 ms of a report at
+/// 100,000 files). A name is trusted only in the report that checked it: a rename (a WAL
+/// segment recycled, a log rotated, a file renamed over another) shows in the next report for
+/// every file within the budget, and the rest keep their name until a later report checks it.
 const RECHECKS_PER_REPORT: usize = 2048;
 
 /// What the kernel said about a file when asked.
@@ -222,17 +219,14 @@ impl ResolvedPath {
 /// 130 a `ResolvedPath` with its check time takes.
 struct Checked {
     names: StoredNames,
-    /// When the names were placed: `PathTable::now` then.
-    at: Seconds,
+    /// The report that placed or last checked the names (`PathTable::report`).
+    report: u32,
     /// The inode generation the name was found for (0: unknown). The kernel's
     /// `i_generation` is 32 bits.
     generation: u32,
     /// `PathTable::overlays_version` when it was placed.
     overlays_version: u32,
 }
-
-/// Whole seconds since the table was made.
-type Seconds = u32;
 
 /// Most files have one path, the same on the host and in view, and nothing else to say.
 enum StoredNames {
@@ -305,17 +299,14 @@ pub struct PathTable {
     /// Bumped whenever the overlay mounts change: a name placed under other overlays is
     /// placed again when checked.
     overlays_version: u32,
-    /// When the table was made, and the seconds since then at the start of this report (one
-    /// clock read a report, not one a file).
-    epoch: Option<Instant>,
-    now: Seconds,
+    /// Reports begun so far: names checked in this one are trusted until it ends.
+    report: u32,
 }
 
 impl PathTable {
     pub fn new() -> Self {
         let mut table = Self {
             rechecks_left: RECHECKS_PER_REPORT,
-            epoch: Some(Instant::now()),
             ..Self::default()
         };
         table.refresh_mounts();
@@ -346,11 +337,10 @@ impl PathTable {
         self.seen.retain(|&(dev, ino), _| keep(dev, ino));
     }
 
-    /// Starts a report: its re-checks are counted, and names' ages taken, from here.
+    /// Starts a report: names checked before it are checked again, within its budget.
     pub fn begin_report(&mut self) {
         self.rechecks_left = RECHECKS_PER_REPORT;
-        let epoch = *self.epoch.get_or_insert_with(Instant::now);
-        self.now = Seconds::try_from(epoch.elapsed().as_secs()).unwrap_or(Seconds::MAX);
+        self.report = self.report.wrapping_add(1);
     }
 
     /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
@@ -380,8 +370,8 @@ impl PathTable {
         let key = (dev, ino);
         // `i_generation` is 32 bits: the kernel's value survives the cut whole.
         let generation = generation as u32;
-        let now = self.now;
-        // One lookup for the common case: a name checked lately (or no re-checks left).
+        let report = self.report;
+        // One lookup for the common case: a name checked in this report (or no re-checks left).
         let previous = match self.checked.get(&key) {
             Some(c) if generation != 0 && c.generation != 0 && c.generation != generation => {
                 // Another file that had this inode number before.
@@ -389,7 +379,7 @@ impl PathTable {
                 self.seen.remove(&key);
                 None
             }
-            Some(c) if now.saturating_sub(c.at) < RECHECK_AFTER || self.rechecks_left == 0 => {
+            Some(c) if c.report == report || self.rechecks_left == 0 => {
                 return c.names.resolved();
             }
             Some(c) => {
@@ -440,7 +430,7 @@ impl PathTable {
             key,
             Checked {
                 names: StoredNames::of(&resolved),
-                at: now,
+                report,
                 generation,
                 overlays_version: self.overlays_version,
             },
