@@ -119,6 +119,16 @@ impl MemCgroup {
         last
     }
 
+    /// Page-cache bytes as memory.stat says them now, in one read (for a test that waited out
+    /// the stat batching itself, over many cgroups at once).
+    pub fn page_cache_bytes_now(&self) -> u64 {
+        let key = if self.v2 { "file" } else { "cache" };
+        *self
+            .memory_stat_once()
+            .get(key)
+            .unwrap_or_else(|| panic!("memory.stat has no `{key}`"))
+    }
+
     fn memory_stat_once(&self) -> HashMap<String, u64> {
         let text = fs::read_to_string(self.dir.join("memory.stat")).expect("read memory.stat");
         text.lines()
