@@ -288,7 +288,7 @@ fn remove_parent_cgroups(cgroups_path: &str) {
 }
 
 /// A minimal image: static busybox and the applets the scripts use.
-fn build_busybox_image(root: &Path) {
+pub fn build_busybox_image(root: &Path) {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)

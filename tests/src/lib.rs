@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod engines;
 pub mod files;
 pub mod http;
 

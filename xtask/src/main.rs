@@ -2,6 +2,7 @@
 
 mod bench;
 mod damon;
+mod engines;
 mod setup;
 mod soak;
 mod vm;
@@ -225,6 +226,7 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--locked", "-p", "memtrace"]))?;
     let binary = workspace().join("target/debug/memtrace");
     let _reclaim_paused = damon::pause();
+    let _engines = engines::start(&workspace().join("target/engines"))?;
     let tally = run_tests(
         cargo()
             .args(["test", "--workspace", "--locked", "--no-fail-fast", "--"])

@@ -57,8 +57,26 @@ pub(crate) fn ensure(needs: Needs) -> Result<()> {
                 "prometheus",
                 "a real Prometheus server scrapes memtrace serve in the tests",
             ),
+            (
+                "containerd",
+                "containerd",
+                "containers run by containerd (`ctr`) are named in the tests",
+            ),
+            (
+                "dockerd",
+                "docker.io",
+                "Docker containers are named in the tests",
+            ),
+            (
+                "podman",
+                "podman",
+                "podman containers are named in the tests",
+            ),
         ] {
-            if find_tool(tool).is_none() && !Path::new("/bin").join(tool).exists() {
+            let in_system_dirs = ["/bin", "/usr/sbin", "/sbin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(tool).exists());
+            if find_tool(tool).is_none() && !in_system_dirs {
                 eprintln!("xtask: installing {package}: {why}");
                 packages.push(package);
             }
@@ -75,7 +93,9 @@ fn ensure_rust_src() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src: the BPF target builds `core` from source");
-    run(Command::new("rustup").args(["component", "add", "rust-src"]))
+    run(Command::new("rustup")
+        .stdout(std::io::stderr())
+        .args(["component", "add", "rust-src"]))
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -91,6 +111,7 @@ fn ensure_bpf_linker() -> Result<()> {
     }
     eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute): it links the eBPF object");
     run(Command::new("cargo")
+        .stdout(std::io::stderr())
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args([
             "--no-default-features",
@@ -111,7 +132,10 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
         all.push("apt-get");
         all.extend_from_slice(args);
         let mut cmd = Command::new(all[0]);
-        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        // stdout belongs to memtrace (`cargo xtask run -- watch --json | jq`).
+        cmd.args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::io::stderr());
         cmd
     };
     run(&mut apt(&["update", "-qq"]))?;

@@ -953,8 +953,7 @@ impl Collector {
             .paths
             .retain(|dev, ino| files.contains(&(dev, ino)));
         self.resolvers
-            .cgroups
-            .forget_removed(|hierarchy, id| cgroups.contains(&(hierarchy, id)));
+            .forget_removed_cgroups(|hierarchy, id| cgroups.contains(&(hierarchy, id)));
         trim_heap();
     }
 }

@@ -22,7 +22,8 @@ pub(crate) fn name_cgroups<'a>(
             cgroup.removed = name.removed;
         }
         if let Some(path) = cgroup.path.as_deref() {
-            cgroup.container = resolvers.container_of(cgroup.hierarchy, path);
+            cgroup.container =
+                resolvers.container_of_cgroup(cgroup.hierarchy, cgroup.id, path, cgroup.removed);
             if cgroup.container.is_none() {
                 cgroup.unit = systemd_unit(path);
             }

@@ -159,6 +159,13 @@ impl CgroupTable {
             .retain(|&(hierarchy, id), name| !name.removed || keep(hierarchy, id));
     }
 
+    /// Whether cgroup (hierarchy, id) is known and not removed.
+    pub fn is_live(&self, hierarchy: u32, id: u64) -> bool {
+        self.known
+            .get(&(hierarchy, id))
+            .is_some_and(|name| !name.removed)
+    }
+
     /// Every cgroup known so far: (hierarchy, id, name).
     pub fn known(&self) -> impl Iterator<Item = (u32, u64, &CgroupName)> {
         self.known.iter().map(|(&(h, id), name)| (h, id, name))

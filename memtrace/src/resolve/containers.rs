@@ -206,6 +206,11 @@ impl RuntimeState {
         self.by_cgroup_dir.get(dir)
     }
 
+    /// Every container with its memory cgroup directories.
+    pub fn by_cgroup(&self) -> impl Iterator<Item = (&Path, &Container)> {
+        self.by_cgroup_dir.iter().map(|(dir, c)| (dir.as_path(), c))
+    }
+
     pub fn by_id(&self, id: &str) -> Option<&Container> {
         self.by_id.get(id)
     }
@@ -242,13 +247,37 @@ fn read_runc_state(dir: &Path, runtime: Runtime) -> Option<(Container, Vec<PathB
     let state = parse_runc_state(&text, runtime)?;
     let mut container = state.container;
     if let Some(bundle) = state.bundle {
+        // The engine that asked runc for the container, before its annotations (which may
+        // say it is Kubernetes' through that engine).
+        if let Some(engine) = engine_of_bundle(&bundle) {
+            container.runtime = engine;
+        }
         if let Some(config) = read_capped(&bundle.join("config.json"), STATE_FILE_CAP) {
             apply_annotations(&mut container, &config);
         }
     }
-    // By the state directory's runtime: CRI-O keeps its state where plain runc does.
+    let runtime = container.runtime;
     name_from_runtime(&mut container, runtime);
     Some((container, state.cgroup_dirs))
+}
+
+/// The engine behind a runc container, from where its OCI bundle lives: runc keeps its state
+/// wherever the engine's runtime told it to (podman's and CRI-O's in `/run/runc`, Docker's
+/// in containerd's), but each engine keeps bundles in a place of its own.
+pub fn engine_of_bundle(bundle: &Path) -> Option<Runtime> {
+    let text = bundle.to_str()?;
+    if text.contains("/overlay-containers/") && text.ends_with("/userdata") {
+        return Some(Runtime::Podman);
+    }
+    // containerd's task directories, by namespace: Docker uses `moby`.
+    let namespace = text
+        .strip_prefix("/run/containerd/io.containerd.runtime.v2.task/")
+        .or_else(|| text.strip_prefix("/run/containerd/io.containerd.runtime.v1.linux/"))
+        .and_then(|rest| rest.split('/').next())?;
+    Some(match namespace {
+        "moby" => Runtime::Docker,
+        _ => Runtime::Containerd,
+    })
 }
 
 /// What a runc `state.json` says.
@@ -303,6 +332,13 @@ fn name_from_runtime(container: &mut Container, runtime: Runtime) {
         Some(NameSource::DockerConfig) => docker_name(&container.id),
         Some(NameSource::PodmanStore) => podman_name(&container.id),
         Some(NameSource::Id) => Some(container.id.clone()),
+        // Outside Kubernetes (`ctr run`, nerdctl without a name), the id is the name the
+        // user gave.
+        Some(NameSource::Annotations)
+            if runtime == Runtime::Containerd && container.pod.is_none() =>
+        {
+            Some(container.id.clone())
+        }
         Some(NameSource::Annotations) | None => None,
     };
 }
@@ -384,6 +420,16 @@ pub fn identify(path: &str, cgroup_dir: Option<&Path>, state: &RuntimeState) -> 
             container.verified = false;
             Some(container)
         })?;
+    // runc state says runc for any engine that keeps it where runc alone does (podman with
+    // cgroupfs in `/run/runc`): the engine the path names is the better answer.
+    if let Some(PathInfo { runtime, .. }) = &from_path {
+        if container.runtime == Runtime::Runc
+            && matches!(runtime, Runtime::Docker | Runtime::Podman)
+        {
+            container.runtime = *runtime;
+            container.name = None;
+        }
+    }
     if let Some(PathInfo {
         runtime,
         pod: Some((uid, qos)),
@@ -552,6 +598,53 @@ mod tests {
                 &state
             ),
             None
+        );
+    }
+
+    #[test]
+    fn the_engine_is_told_by_where_it_keeps_the_bundle() {
+        let engine = |p: &str| engine_of_bundle(Path::new(p));
+        assert_eq!(
+            engine(&format!(
+                "/var/lib/containers/storage/overlay-containers/{ID}/userdata"
+            )),
+            Some(Runtime::Podman)
+        );
+        assert_eq!(
+            engine(&format!(
+                "/run/containerd/io.containerd.runtime.v2.task/moby/{ID}"
+            )),
+            Some(Runtime::Docker)
+        );
+        assert_eq!(
+            engine("/run/containerd/io.containerd.runtime.v2.task/default/web"),
+            Some(Runtime::Containerd)
+        );
+        assert_eq!(engine("/srv/bundles/web"), None);
+    }
+
+    #[test]
+    fn an_engine_named_by_the_path_wins_over_runc_state() {
+        // podman with the cgroupfs manager keeps runc's state in /run/runc.
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/memory/libpod_parent/libpod-{ID}"));
+        let mut state = RuntimeState::default();
+        state.by_cgroup_dir.insert(
+            dir.clone(),
+            Container {
+                runtime: Runtime::Runc,
+                id: ID.into(),
+                name: Some(ID.into()),
+                verified: true,
+                ..Container::default()
+            },
+        );
+        let found = identify(&format!("/libpod_parent/libpod-{ID}"), Some(&dir), &state).unwrap();
+        assert_eq!(found.runtime, "podman");
+        assert!(found.verified, "still verified by the runtime's state");
+        assert_ne!(
+            found.name.as_deref(),
+            Some(ID),
+            "the id is not podman's name"
         );
     }
 }

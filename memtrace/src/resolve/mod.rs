@@ -51,6 +51,10 @@ pub struct Resolvers {
     pub cgroups: CgroupTable,
     pub paths: PathTable,
     pub runtime: RuntimeState,
+    /// Each container seen running, by its memory cgroup (hierarchy, id): once an engine
+    /// removes a container its state and its cgroup directory are gone, while the cache it
+    /// left stays charged to its memcg and is still its.
+    seen_containers: std::collections::HashMap<(u32, u64), Container>,
 }
 
 impl Resolvers {
@@ -59,7 +63,62 @@ impl Resolvers {
             cgroups: CgroupTable::new(Hierarchies::discover()),
             paths: PathTable::new(),
             runtime: RuntimeState::scan(),
+            seen_containers: std::collections::HashMap::new(),
         }
+        .remembering_containers()
+    }
+
+    /// Remembers the containers runtime state shows now, by memory cgroup id.
+    fn remembering_containers(mut self) -> Self {
+        self.remember_containers();
+        self
+    }
+
+    fn remember_containers(&mut self) {
+        let Some(hierarchy) = self.cgroups.hierarchies.memory_hierarchy else {
+            return;
+        };
+        let Some(mount) = self.cgroups.hierarchies.mount_of(hierarchy) else {
+            return;
+        };
+        for (dir, container) in self.runtime.by_cgroup() {
+            if !dir.starts_with(&mount.mount_point) {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(dir) {
+                use std::os::unix::fs::MetadataExt;
+                self.seen_containers
+                    .insert((hierarchy, meta.ino()), container.clone());
+            }
+        }
+    }
+
+    /// The container behind cgroup (hierarchy, id) at `path`: as runtime state and the path
+    /// say now, or, once the cgroup is removed, as it was seen running.
+    pub fn container_of_cgroup(
+        &mut self,
+        hierarchy: u32,
+        id: u64,
+        path: &str,
+        removed: bool,
+    ) -> Option<Container> {
+        let now = self.container_of(hierarchy, path);
+        match now {
+            Some(container) if container.verified || !removed => {
+                self.seen_containers
+                    .insert((hierarchy, id), container.clone());
+                Some(container)
+            }
+            now => self.seen_containers.get(&(hierarchy, id)).cloned().or(now),
+        }
+    }
+
+    /// Forgets removed cgroups, and the containers they held, that `keep` does not ask for.
+    pub fn forget_removed_cgroups(&mut self, mut keep: impl FnMut(u32, u64) -> bool) {
+        self.cgroups.forget_removed(&mut keep);
+        let cgroups = &self.cgroups;
+        self.seen_containers
+            .retain(|&(hierarchy, id), _| keep(hierarchy, id) || cgroups.is_live(hierarchy, id));
     }
 
     pub fn on_cgroup_event(&mut self, event: &CgroupEvent) {
@@ -70,6 +129,7 @@ impl Resolvers {
     pub fn refresh(&mut self) {
         self.paths.refresh_mounts();
         self.runtime = RuntimeState::scan();
+        self.remember_containers();
         self.cgroups.begin_lookups();
     }
 
