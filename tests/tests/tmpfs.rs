@@ -154,27 +154,34 @@ impl Drop for Holder {
     }
 }
 
+/// memfds keep their own name; a SysV segment and shared anonymous memory (PostgreSQL's
+/// shared buffers), which /proc calls `/SYSV<key>` and `/dev/zero`, are named for what they
+/// are and who holds them.
 #[test]
-fn a_memfd_and_a_sysv_segment_are_named_with_their_bytes_in_their_memcg() {
+fn a_memfd_a_sysv_segment_and_shared_anonymous_memory_are_named_with_their_bytes_in_their_memcg() {
     memtrace_tests::require_root();
     let scratch = Scratch::new("shm");
     let cgroup = MemCgroup::create("shm");
     let _memfd = Holder::start(&cgroup, "memfd", 16, &scratch);
     let sysv = Holder::start(&cgroup, "sysv", 8, &scratch);
+    let anon = Holder::start(&cgroup, "anon", 4, &scratch);
     MemCgroup::settle_stats();
     // The kernel's figures: the memcg's shmem, and the segment's own rss in /proc/sysvipc/shm
     // (columns: key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime
     // rss swap).
     let shmem = shmem_of(&cgroup);
-    assert_near("the memcg's shmem", shmem, 24 * MIB, 64 * 4096);
+    assert_near("the memcg's shmem", shmem, 28 * MIB, 64 * 4096);
     let segments = std::fs::read_to_string("/proc/sysvipc/shm").expect("/proc/sysvipc/shm");
     let segment_rss = segments
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(sysv.0.id()))
-        .and_then(|f| f.get(14).and_then(|v| v.parse::<u64>().ok()))
-        .expect("the segment is in /proc/sysvipc/shm");
+        .and_then(|f| {
+            let key = f.first()?.parse::<i32>().ok()?;
+            Some((key, f.get(14)?.parse::<u64>().ok()?))
+        });
+    let (segment_key, segment_rss) = segment_rss.expect("the segment is in /proc/sysvipc/shm");
 
     let cg = watched_cgroup(&cgroup);
     let files = cg["files"].as_array().unwrap();
@@ -192,12 +199,26 @@ fn a_memfd_and_a_sysv_segment_are_named_with_their_bytes_in_their_memcg() {
         16 * MIB,
         4 * 4096,
     );
-    let segment = named("/SYSV");
+    let segment = named(&format!(
+        "[SysV shm key 0x{:08x} of shm-holder, pid {}]",
+        segment_key,
+        sysv.0.id()
+    ));
     assert_eq!(segment["fs"].as_str(), Some("tmpfs"));
     assert_near(
         "the SysV segment's bytes vs /proc/sysvipc/shm rss",
         segment["cached_bytes"].as_u64().unwrap(),
         segment_rss,
+        4 * 4096,
+    );
+    let shared = named(&format!(
+        "[shared anonymous memory of shm-holder, pid {}]",
+        anon.0.id()
+    ));
+    assert_near(
+        "the shared anonymous memory's bytes",
+        shared["cached_bytes"].as_u64().unwrap(),
+        4 * MIB,
         4 * 4096,
     );
     assert_near(

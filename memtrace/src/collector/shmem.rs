@@ -315,7 +315,7 @@ fn find<F: FnMut(u32) -> Option<u64>>(devs: &mut HashSet<u32>, measurer: &mut Me
         if !is_tmpfs(&file) {
             continue;
         }
-        let name = name_of_link(&target);
+        let name = name_of_link(&target, pid);
         measurer.visit(devs, Found { file, name, pid });
     }
 }
@@ -343,12 +343,38 @@ fn add_pages(
 }
 
 /// The name /proc gives a shmem file: memfds and SysV segments are always "deleted" (they
-/// never had a name in a directory), so that is not said of them.
-fn name_of_link(target: &Path) -> SeenName {
+/// never had a name in a directory), so that is not said of them. Shared anonymous memory and
+/// SysV segments are named for what they are and who holds them (`/dev/zero` and `/SYSV...`
+/// would mean nothing to a reader).
+fn name_of_link(target: &Path, pid: u32) -> SeenName {
     let text = target.as_os_str().as_bytes();
-    let internal = text.starts_with(b"/memfd:") || text.starts_with(b"/SYSV");
+    let holder = || {
+        let comm = fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = String::from_utf8_lossy(comm.trim_ascii_end()).into_owned();
+        format!("{comm}, pid {pid}")
+    };
+    let internal = if text == b"/dev/zero (deleted)" {
+        Some(format!("[shared anonymous memory of {}]", holder()))
+    } else if let Some(key) = text.strip_prefix(b"/SYSV") {
+        let key = key.strip_suffix(b" (deleted)").unwrap_or(key);
+        Some(format!(
+            "[SysV shm key 0x{} of {}]",
+            String::from_utf8_lossy(key),
+            holder()
+        ))
+    } else {
+        None
+    };
+    if let Some(name) = internal {
+        return SeenName {
+            path: PathBuf::from(name),
+            on_host: false,
+            deleted: false,
+        };
+    }
+    let memfd = text.starts_with(b"/memfd:");
     let (path, deleted) = match text.strip_suffix(b" (deleted)") {
-        Some(stripped) => (PathBuf::from(OsStr::from_bytes(stripped)), !internal),
+        Some(stripped) => (PathBuf::from(OsStr::from_bytes(stripped)), !memfd),
         None => (target.to_path_buf(), false),
     };
     SeenName {

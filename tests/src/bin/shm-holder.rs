@@ -1,14 +1,15 @@
 //! Holds shared memory the way programs do, for the tmpfs/shmem tests:
-//! `shm-holder sysv|memfd MIB READY_FILE`. Fills MIB MiB of a SysV segment (attached, and
-//! marked for removal so it goes when this process does) or of a memfd (held open), writes
-//! READY_FILE, then sleeps until killed (at most ten minutes).
+//! `shm-holder sysv|memfd|anon MIB READY_FILE`. Fills MIB MiB of a SysV segment (attached, and
+//! marked for removal so it goes when this process does), of a memfd (held open) or of a
+//! shared anonymous mapping (as PostgreSQL keeps its shared buffers), writes READY_FILE, then
+//! sleeps until killed (at most ten minutes).
 
 use std::{env, ffi::CString, fs, process::ExitCode, thread, time::Duration};
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().collect();
     let [_, kind, mib, ready] = args.as_slice() else {
-        eprintln!("usage: shm-holder sysv|memfd MIB READY_FILE");
+        eprintln!("usage: shm-holder sysv|memfd|anon MIB READY_FILE");
         return ExitCode::from(2);
     };
     let Ok(mib) = mib.parse::<usize>() else {
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let held = match kind.as_str() {
         "sysv" => sysv(size),
         "memfd" => memfd(size),
+        "anon" => shared_anonymous(size),
         _ => Err(format!("unknown kind {kind}")),
     };
     if let Err(err) = held {
@@ -47,6 +49,26 @@ fn sysv(size: usize) -> Result<(), String> {
         }
         // Removed once nobody is attached: when this process exits.
         libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        std::ptr::write_bytes(addr.cast::<u8>(), 0x5a, size);
+    }
+    Ok(())
+}
+
+fn shared_anonymous(size: usize) -> Result<(), String> {
+    // SAFETY: a fresh mapping of our own, kept for the rest of the process and filled within
+    // its size.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
         std::ptr::write_bytes(addr.cast::<u8>(), 0x5a, size);
     }
     Ok(())
