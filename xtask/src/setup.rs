@@ -81,6 +81,13 @@ pub(crate) fn ensure(needs: Needs) -> Result<()> {
                 packages.push(package);
             }
         }
+        // Not on PATH: Debian keeps each PostgreSQL major version's programs apart.
+        if !Path::new("/usr/lib/postgresql/15/bin/pgbench").exists() {
+            eprintln!(
+                "xtask: installing postgresql-15: a real database workload (pgbench) is traced in the tests"
+            );
+            packages.push("postgresql-15");
+        }
         apt_install(&packages)?;
     }
     Ok(())

@@ -28,10 +28,14 @@ const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
 
 /// Most names re-checked in one report (a path walk each; 4,096 cost 10 ms of a report at
-/// 100,000 files). A name is trusted only in the report that checked it: a rename (a WAL
-/// segment recycled, a log rotated, a file renamed over another) shows in the next report for
-/// every file within the budget, and the rest keep their name until a later report checks it.
+/// 100,000 files). A name is checked only when its directory changed since it was last
+/// checked (see [`DirStamp`]), so the budget goes to the directories where names move; past
+/// it, the rest keep their name until a later report checks it.
 const RECHECKS_PER_REPORT: usize = 2048;
+/// A directory stamp is trusted only if the directory last changed this long before the
+/// stamp was taken: timestamps are coarse (a clock tick), so a change in the same tick as
+/// the `lstat` would leave the mtime as it was.
+const DIR_STAMP_SETTLED_NS: i64 = 1_000_000_000;
 
 /// What the kernel said about a file when asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,6 +230,52 @@ struct Checked {
     generation: u32,
     /// `PathTable::overlays_version` when it was placed.
     overlays_version: u32,
+    /// The directory of its host path when it was checked, if settled, as
+    /// [`DirStamp::fingerprint`]; 0: none (checked again at each report).
+    dir: u32,
+}
+
+/// A directory as one `lstat` saw it. Adding, removing or renaming an entry in it changes its
+/// mtime; the directory renamed, or another put in its place, changes what is at its path. So
+/// while the stamp holds, every name in it still names the same file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirStamp {
+    ino: u64,
+    mtime_ns: i64,
+}
+
+impl DirStamp {
+    /// 32 bits that change with the stamp (kept per file, for a hundred thousand files);
+    /// never 0. Two stamps alike by chance: one in four billion.
+    fn fingerprint(self) -> u32 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = rustc_hash::FxHasher::default();
+        (self.ino, self.mtime_ns).hash(&mut hasher);
+        let hash = hasher.finish();
+        ((hash >> 32) as u32 ^ hash as u32).max(1)
+    }
+}
+
+/// The directory holding `host` as it is now: one `lstat` per directory per report.
+fn dir_now(dirs: &mut FxHashMap<PathBuf, Option<DirStamp>>, host: &Path) -> Option<DirStamp> {
+    let dir = host.parent()?;
+    if let Some(stamp) = dirs.get(dir) {
+        return *stamp;
+    }
+    let stamp = fs::symlink_metadata(dir).ok().map(|m| DirStamp {
+        ino: m.ino(),
+        mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+    });
+    dirs.insert(dir.to_owned(), stamp);
+    stamp
+}
+
+/// The host path of a file's names, if it has one.
+fn host_of(names: &ResolvedPath) -> Option<PathBuf> {
+    names
+        .host_path
+        .as_deref()
+        .map(|text| host_path_of(text, names.host_path_hex.as_deref()))
 }
 
 /// Most files have one path, the same on the host and in view, and nothing else to say.
@@ -301,6 +351,10 @@ pub struct PathTable {
     overlays_version: u32,
     /// Reports begun so far: names checked in this one are trusted until it ends.
     report: u32,
+    /// Directories as this report found them (see [`DirStamp`]).
+    dirs_now: FxHashMap<PathBuf, Option<DirStamp>>,
+    /// When this report began, in nanoseconds since the epoch.
+    report_began_ns: i64,
 }
 
 impl PathTable {
@@ -337,10 +391,14 @@ impl PathTable {
         self.seen.retain(|&(dev, ino), _| keep(dev, ino));
     }
 
-    /// Starts a report: names checked before it are checked again, within its budget.
+    /// Starts a report: names whose directory changed are checked again, within its budget.
     pub fn begin_report(&mut self) {
         self.rechecks_left = RECHECKS_PER_REPORT;
         self.report = self.report.wrapping_add(1);
+        self.dirs_now.clear();
+        self.report_began_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     }
 
     /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
@@ -371,20 +429,32 @@ impl PathTable {
         // `i_generation` is 32 bits: the kernel's value survives the cut whole.
         let generation = generation as u32;
         let report = self.report;
-        // One lookup for the common case: a name checked in this report (or no re-checks left).
-        let previous = match self.checked.get(&key) {
+        // One lookup for the common case: a name checked in this report, or in a directory
+        // that has not changed since (or no re-checks left).
+        let previous = match self.checked.get_mut(&key) {
             Some(c) if generation != 0 && c.generation != 0 && c.generation != generation => {
                 // Another file that had this inode number before.
                 self.checked.remove(&key);
                 self.seen.remove(&key);
                 None
             }
-            Some(c) if c.report == report || self.rechecks_left == 0 => {
-                return c.names.resolved();
-            }
+            Some(c) if c.report == report => return c.names.resolved(),
             Some(c) => {
+                let names = c.names.resolved();
+                let in_place = c.dir != 0
+                    && c.overlays_version == self.overlays_version
+                    && host_of(&names).is_some_and(|host| {
+                        dir_now(&mut self.dirs_now, &host).map(DirStamp::fingerprint) == Some(c.dir)
+                    });
+                if in_place {
+                    c.report = report;
+                    return names;
+                }
+                if self.rechecks_left == 0 {
+                    return names;
+                }
                 self.rechecks_left -= 1;
-                Some((c.names.resolved(), c.overlays_version))
+                Some((names, c.overlays_version))
             }
             None => None,
         };
@@ -426,6 +496,12 @@ impl PathTable {
             self.checked.remove(&key);
             return resolved;
         }
+        let settled_before = self.report_began_ns - DIR_STAMP_SETTLED_NS;
+        let dir = host_of(&resolved)
+            .filter(|_| !resolved.deleted)
+            .and_then(|host| dir_now(&mut self.dirs_now, &host))
+            .filter(|stamp| stamp.mtime_ns < settled_before)
+            .map_or(0, DirStamp::fingerprint);
         self.checked.insert(
             key,
             Checked {
@@ -433,6 +509,7 @@ impl PathTable {
                 report,
                 generation,
                 overlays_version: self.overlays_version,
+                dir,
             },
         );
         resolved
