@@ -267,3 +267,33 @@ impl Drop for EngineContainer {
         self.remove();
     }
 }
+
+/// The images containerd's CRI needs, in its `k8s.io` namespace: the busybox image, and the
+/// same tagged as the configured sandbox (pause) image, sleeping; once per test process.
+pub fn ensure_cri_images() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    ensure_images();
+    DONE.get_or_init(|| {
+        let root = PathBuf::from(format!(
+            "/var/tmp/memtrace-tests/pause-image-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        build_busybox_image(&root);
+        output(Command::new("sh").arg("-c").arg(format!(
+            "tar -C {} -c . | {DOCKER} import --change 'CMD [\"/bin/sleep\",\"1000000\"]' - {PAUSE_IMAGE}",
+            root.display()
+        )));
+        let _ = std::fs::remove_dir_all(&root);
+        for image in [IMAGE, PAUSE_IMAGE] {
+            output(Command::new("sh").arg("-c").arg(format!(
+                "{DOCKER} save {image} | ctr -n k8s.io images import -"
+            )));
+        }
+    });
+}
+
+/// The sandbox image containerd is configured with (`cargo xtask test` writes its config).
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.6";
+/// The busybox image as CRI names it.
+pub const CRI_IMAGE: &str = "docker.io/library/memtrace-busybox:test";

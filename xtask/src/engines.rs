@@ -15,6 +15,15 @@ use anyhow::{bail, Context, Result};
 const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
+/// containerd's CRI as the tests drive it: the sandbox image is one they import (no
+/// registry), and root here lacks CAP_SYS_RESOURCE, so a sandbox's oom_score_adj (-998) is
+/// kept to what the process may set instead of failing runc's child.
+const CONTAINERD_CONFIG: &str = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.6"
+  restrict_oom_score_adj = true
+"#;
+
 /// Daemons this run started; stopped when dropped.
 pub(crate) struct Running {
     started: Vec<(&'static str, Child)>,
@@ -27,7 +36,11 @@ pub(crate) fn start(logs: &Path) -> Result<Running> {
         started: Vec::new(),
     };
     if !Path::new(CONTAINERD_SOCKET).exists() {
-        running.spawn("containerd", Command::new("containerd"), logs)?;
+        let config = logs.join("containerd.toml");
+        std::fs::write(&config, CONTAINERD_CONFIG)?;
+        let mut containerd = Command::new("containerd");
+        containerd.arg("--config").arg(&config);
+        running.spawn("containerd", containerd, logs)?;
         wait_for_socket(CONTAINERD_SOCKET, "containerd", logs)?;
     }
     if !Path::new(DOCKER_SOCKET).exists() {

@@ -72,6 +72,11 @@ pub(crate) fn ensure(needs: Needs) -> Result<()> {
                 "podman",
                 "podman containers are named in the tests",
             ),
+            (
+                "protoc",
+                "protobuf-compiler",
+                "the tests' CRI client is built from Kubernetes' protobuf definitions",
+            ),
         ] {
             let in_system_dirs = ["/bin", "/usr/sbin", "/sbin"]
                 .iter()
