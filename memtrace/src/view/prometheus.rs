@@ -453,7 +453,17 @@ mod tests {
             text.contains(r#"path="/tmp/a \"quoted\" \\ new\nline.log""#),
             "escaped: {text}"
         );
-        assert!(text.lines().all(|l| !l.is_empty() || l.is_empty()));
+        // The newline in the path stays escaped: every line is a comment or a whole sample
+        // (`memtrace_name{labels} value`), and none is empty.
+        for line in text.lines() {
+            assert!(!line.is_empty(), "an empty line in:\n{text}");
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            assert!(series.starts_with("memtrace_"), "not a sample: {line}");
+            assert!(value.parse::<f64>().is_ok(), "not a value: {line}");
+        }
         assert!(text.contains(r#"memtrace_file_page_cache_bytes{cgroup="/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c",container="spring",pod="spring-0",namespace="shop",path="",layer=""}"#), "the rest summed: {text}");
         assert!(text.ends_with("# EOF\n"));
         let limited = render(&MetricsInput {
