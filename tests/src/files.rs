@@ -210,13 +210,49 @@ pub fn resident_bytes(file: &File) -> io::Result<u64> {
     }
 }
 
-/// Bytes of `path` in the page cache, as cachestat(2) counts them (the kernel's own figure).
+/// Bytes of `path` in the page cache, as cachestat(2) counts them (the kernel's own figure),
+/// called here directly: the oracle shares no code with memtrace's own wrapper.
 pub fn cachestat_bytes(path: &Path) -> u64 {
+    /// `struct cachestat_range` and `struct cachestat` of the kernel's uapi.
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
     let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    memtrace::collector::residency::cachestat(&file)
-        .expect("cachestat (Linux 6.5+)")
-        .cached
-        * memtrace::collector::page_size()
+    // Length 0: to the end of the file.
+    let range = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both ours and alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0,
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "cachestat(2) on {} (Linux 6.5+): {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    stat.cache * page
 }
 
 /// How a file's resident pages sit in folios, from the kernel's own page flags
