@@ -53,15 +53,20 @@ fn a_log_truncated_in_a_loop_during_explain_does_not_kill_memtrace() {
 #[test]
 fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
     require_root();
-    let secret_dir = Scratch::new("host-secret");
-    let secret = secret_dir.path("secret.bin");
+    // Outside every directory a scan at start walks (/var/log, /tmp, /var/tmp): nothing but a
+    // followed symlink leads memtrace there.
+    let secret_dir = SecretDir::new();
+    let secret = secret_dir.0.join("secret.bin");
     // A host file with plenty of cache, which must never show under the container.
     Command::new("dd")
         .args(["if=/dev/zero", "bs=1M", "count=16", "status=none"])
         .arg(format!("of={}", secret.display()))
         .status()
         .unwrap();
-    let mut watch = memtrace(&["watch", "--json", "--interval", "500ms"])
+    // An independent observer of every open of the host file: memtrace, not seeding, never
+    // learns of it but through the symlink.
+    let opens = Opens::watch(&secret);
+    let mut watch = memtrace(&["watch", "--json", "--interval", "500ms", "--no-seed"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -88,8 +93,12 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
     let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let fifo_opens = Opens::watch(&fifo);
     fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&secret, &link).unwrap();
+    // A scan at start walks the layer, link and FIFO included (explain seeds).
+    let explained = explain_json(&evil.id);
+    assert_eq!(explained["target"]["container"]["id"], evil.id.as_str());
     // Reports keep coming (a blocked open would stop them), then SIGTERM ends the watch.
     for _ in 0..3 {
         reports
@@ -124,6 +133,12 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
             "the host file measured as the container's link.log: {file}"
         );
     }
+    assert_eq!(
+        opens.count(),
+        0,
+        "memtrace opened the host file a symlink in the container points to"
+    );
+    assert_eq!(fifo_opens.count(), 0, "memtrace opened the FIFO");
     let kept = cg["files"]
         .as_array()
         .unwrap()
@@ -136,6 +151,88 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
         12 * MIB,
         2 * MIB,
     );
+}
+
+/// A host directory no scan walks, removed when dropped.
+struct SecretDir(std::path::PathBuf);
+
+impl SecretDir {
+    fn new() -> Self {
+        let dir = std::path::PathBuf::from(format!("/srv/memtrace-secret-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens of one file, as inotify sees them (`IN_OPEN`), from whoever opens it.
+struct Opens {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Opens {
+    fn watch(path: &std::path::Path) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscalls; the descriptor is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just created and is ours alone.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                c.as_ptr(),
+                libc::IN_OPEN,
+            )
+        };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Self { fd }
+    }
+
+    /// `IN_OPEN` events so far.
+    fn count(&self) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut events = 0;
+        loop {
+            // SAFETY: reads into our buffer, within its length.
+            let n = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                return events;
+            }
+            let mut at = 0;
+            while at + size_of::<libc::inotify_event>() <= n as usize {
+                // SAFETY: the kernel wrote whole events into the buffer; read unaligned.
+                let event: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at).cast()) };
+                if event.mask & libc::IN_OPEN != 0 {
+                    events += 1;
+                }
+                at += size_of::<libc::inotify_event>() + event.len as usize;
+            }
+        }
+    }
 }
 
 /// A 1 TiB sparse file with a few cached pages costs what a small file costs: explain
