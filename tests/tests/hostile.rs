@@ -13,8 +13,8 @@ use std::{
 };
 
 use memtrace_tests::{
-    assert_near, container::OverlayContainer, explain_json, files::cachestat_bytes, files::Scratch,
-    memtrace, require_root, MIB,
+    assert_near, cgroup::MemCgroup, container::OverlayContainer, explain_json,
+    files::cachestat_bytes, files::Scratch, memtrace, require_root, MIB,
 };
 use serde_json::Value;
 
@@ -272,6 +272,14 @@ fn a_huge_sparse_file_is_measured_exactly() {
 fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
     require_root();
     let base = std::path::Path::new("/run/runc");
+    // A cgroup with cache that only the oversized state file claims.
+    let decoy = MemCgroup::create("huge-state");
+    let decoy_dir = Scratch::new("huge-state");
+    decoy.run(
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=4", "status=none"])
+            .arg(format!("of={}", decoy_dir.path("decoy.log").display())),
+    );
     let fakes = [
         ("memtrace-bad-json", "fifo"),
         (
@@ -292,9 +300,14 @@ fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
                 assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
             }
             "huge" => {
-                let mut text = String::from("{\"id\": \"memtrace-huge\", \"pad\": \"");
-                text.push_str(&"x".repeat(64 << 20));
-                text.push_str("\"}");
+                // Valid, and naming a real memory cgroup: read past the cap, it would make
+                // that cgroup a verified container.
+                let text = format!(
+                    "{{\"id\": \"memtrace-huge\", \"cgroup_paths\": {{\"memory\": \"{}\", \"\": \"{}\"}}, \"config\": {{\"rootfs\": \"/\", \"labels\": []}}, \"pad\": \"{}\"}}",
+                    decoy.dir.display(),
+                    decoy.dir.display(),
+                    "x".repeat(5 << 20)
+                );
                 fs::write(&state, text).unwrap();
             }
             text => fs::write(&state, text).unwrap(),
@@ -306,9 +319,25 @@ fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
     );
     real.wait_for("/tmp/done", STARTUP);
     let e = explain_json(&real.id);
+    let out = memtrace(&["watch", "--json", "--count", "1", "--cgroup", &decoy.path])
+        .output()
+        .expect("memtrace watch");
     for (id, _) in fakes {
         let _ = fs::remove_dir_all(base.join(id));
     }
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let decoy_seen = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(decoy.id))
+        .unwrap_or_else(|| panic!("the decoy cgroup is reported: {report}"));
+    assert!(
+        decoy_seen["container"].is_null(),
+        "a state file over the 4 MiB cap was read: {}",
+        decoy_seen["container"]
+    );
     assert_eq!(e["target"]["container"]["id"], real.id.as_str());
     assert_eq!(e["target"]["container"]["verified"], true, "{e:#}");
     assert_eq!(e["files"][0]["path"], "/tmp/real.log");
