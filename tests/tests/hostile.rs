@@ -349,7 +349,7 @@ fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
 fn container_identity_from_a_cgroup_name_alone_is_marked_unverified() {
     require_root();
     let id = "4d6f6e6b6579206d656d7472616365206d656d7472616365206d656d74726163";
-    let claimed = memtrace_tests::cgroup::MemCgroup::create_exact(&format!("docker-{id}.scope"));
+    let claimed = MemCgroup::create_exact(&format!("docker-{id}.scope"));
     let scratch = Scratch::new("claimed");
     let path = scratch.path("claimed.log");
     let mut watch = memtrace(&["watch", "--json", "--interval", "300ms"])
