@@ -15,6 +15,7 @@ pub mod names {
     pub const PROG_NAME_INODE: &str = "name_inode";
     pub const WRITERS_MAP: &str = "WRITERS";
     pub const PENDING_CACHE: &str = "PENDING_CACHE";
+    pub const CACHE_OVERFLOW: &str = "CACHE_OVERFLOW";
     pub const PENDING_WRITE: &str = "PENDING_WRITE";
     pub const MEMCG_EPOCH: &str = "MEMCG_EPOCH";
     pub const PROG_VFS_WRITE: &str = "vfs_write_exit";
@@ -34,6 +35,29 @@ pub mod names {
 
 /// Default capacity of the page-cache map: one entry per (memory cgroup, file) pair.
 pub const DEFAULT_CACHE_ENTRIES: u32 = 262_144;
+/// Capacity of the per-memcg overflow map: one entry per memory cgroup whose runs found the
+/// (memcg, file) map full.
+pub const OVERFLOW_ENTRIES: u32 = 16_384;
+
+/// Key of the overflow map: a memory cgroup, as in `CacheKey`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OverflowKey {
+    pub cgroup_id: u64,
+    pub hierarchy: u32,
+    pub _pad: u32,
+}
+
+/// Pages in and out of a memory cgroup's files that found no room in the (memcg, file) map:
+/// counted for the cgroup, not the file, so the burst's detail is coarser but no page is lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverflowCounters {
+    pub pages_added: u64,
+    pub pages_removed: u64,
+    /// Runs counted here.
+    pub runs: u64,
+}
 /// Capacity of the writers map: one entry per (writer's memcg, file, process).
 pub const WRITER_ENTRIES: u32 = 65_536;
 /// Bytes of a task's command name (`TASK_COMM_LEN`).
@@ -196,11 +220,12 @@ pub struct WriterStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Unused since events are counted in `PendingCache`; always 0 (kept so indices stay put).
-    AddEvents = 0,
-    /// Unused, as `AddEvents`.
-    DeleteEvents = 1,
-    /// Events lost because the page-cache map was full.
+    /// Keys inserted into `PAGE_CACHE` (the first half), since load: userspace flips early
+    /// when the half being counted into fills.
+    KeysInsertedA = 0,
+    /// Keys inserted into `PAGE_CACHE_B`, since load.
+    KeysInsertedB = 1,
+    /// Runs lost because both the page-cache map and the overflow map were full: pages lost.
     MapFull = 2,
     /// Events lost because a kernel read failed (a torn or freed pointer chain).
     ReadFailed = 3,
@@ -212,19 +237,23 @@ pub enum Stat {
     FileEventsLost = 6,
     /// Writes not recorded because the writers map was full.
     WritersMapFull = 7,
+    /// Runs counted per memory cgroup in the overflow map (the page-cache map was full): the
+    /// file's detail is lost, its pages are not.
+    Overflowed = 8,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Stat; Self::COUNT as usize] = [
-        Stat::AddEvents,
-        Stat::DeleteEvents,
+        Stat::KeysInsertedA,
+        Stat::KeysInsertedB,
         Stat::MapFull,
         Stat::ReadFailed,
         Stat::Uncharged,
         Stat::CgroupEventsLost,
         Stat::FileEventsLost,
         Stat::WritersMapFull,
+        Stat::Overflowed,
     ];
 }
 
@@ -376,6 +405,10 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCache {}
     // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::PendingWrite {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::OverflowKey {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::OverflowCounters {}
 
     // No padding: each size is the sum of its fields.
     const _: () = assert!(size_of::<super::CgroupEvent>() == 8 + 4 + 4 + super::CGROUP_PATH_LEN);

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    CacheCounters, CacheKey, InodeName, KernelOffsets, PendingCache, PendingWrite, Stat, WriterKey,
-    WriterStats, DEFAULT_CACHE_ENTRIES, WRITER_ENTRIES,
+    CacheCounters, CacheKey, InodeName, KernelOffsets, OverflowCounters, OverflowKey, PendingCache,
+    PendingWrite, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES, OVERFLOW_ENTRIES,
+    WRITER_ENTRIES,
 };
 
 /// Pages in and out per (memcg, file), in two halves: the programs count into the active one
@@ -20,6 +21,13 @@ pub(crate) static PAGE_CACHE: HashMap<CacheKey, CacheCounters> =
 #[map(name = "PAGE_CACHE_B")]
 pub(crate) static PAGE_CACHE_B: HashMap<CacheKey, CacheCounters> =
     HashMap::with_max_entries(DEFAULT_CACHE_ENTRIES, 0);
+
+/// Per memory cgroup, the runs that found the half being counted into full: never flipped,
+/// read whole at every report, so a burst of more new files than the map holds loses the
+/// files' detail but no page.
+#[map(name = "CACHE_OVERFLOW")]
+pub(crate) static CACHE_OVERFLOW: HashMap<OverflowKey, OverflowCounters> =
+    HashMap::with_max_entries(OVERFLOW_ENTRIES, 0);
 
 /// Which half the programs count into: 0 is `PAGE_CACHE`, 1 is `PAGE_CACHE_B`. Userspace
 /// flips it, waits for programs still running on the old half, then empties that half.

@@ -8,12 +8,12 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST, macros::btf_tracepoint, maps::HashMap, programs::BtfTracePointContext,
 };
-use memtrace_common::{CacheCounters, CacheKey, PendingCache, Stat};
+use memtrace_common::{CacheCounters, CacheKey, OverflowCounters, OverflowKey, PendingCache, Stat};
 
 use crate::{
     cgroups::{current_epoch, memcg_identity, MemcgIdentity},
     kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
-    maps::{count, offset, PAGE_CACHE, PAGE_CACHE_B, PENDING_CACHE},
+    maps::{count, offset, CACHE_OVERFLOW, PAGE_CACHE, PAGE_CACHE_B, PENDING_CACHE},
 };
 
 /// The low bits of `folio.memcg_data` are flags (kmem/objcg); the rest is the memcg pointer.
@@ -153,9 +153,9 @@ fn start_run(
     if run.inode != 0 {
         // One call per half, so the verifier sees one map at each helper call.
         if half == 1 {
-            flush(&PAGE_CACHE_B, run);
+            flush(&PAGE_CACHE_B, run, Stat::KeysInsertedB);
         } else {
-            flush(&PAGE_CACHE, run);
+            flush(&PAGE_CACHE, run, Stat::KeysInsertedA);
         }
     }
     let changing = begin_change(&mut run.ends);
@@ -177,9 +177,10 @@ fn start_run(
     Ok(())
 }
 
-/// Adds a finished run to its entry in the map.
+/// Adds a finished run to its entry in the map (counting a new key as `inserted`), or to its
+/// memcg's overflow entry when the map is full.
 #[inline(always)]
-fn flush(map: &HashMap<CacheKey, CacheCounters>, run: &PendingCache) {
+fn flush(map: &HashMap<CacheKey, CacheCounters>, run: &PendingCache, inserted: Stat) {
     if let Some(counters) = map.get_ptr_mut(run.key) {
         add_run(counters, run);
         return;
@@ -187,11 +188,38 @@ fn flush(map: &HashMap<CacheKey, CacheCounters>, run: &PendingCache) {
     // The inode's address lets userspace ask for the file's path later (`name_inode`).
     let fresh = run_counters(run);
     if map.insert(run.key, fresh, BPF_NOEXIST as u64).is_ok() {
+        count(inserted);
         return;
     }
     // Either another CPU inserted the key first (then add to its entry) or the map is full.
     match map.get_ptr_mut(run.key) {
         Some(counters) => add_run(counters, run),
+        None => overflow(run),
+    }
+}
+
+/// Counts a run the map had no room for under its memcg alone.
+#[inline(always)]
+fn overflow(run: &PendingCache) {
+    let key = OverflowKey {
+        cgroup_id: run.key.cgroup_id,
+        hierarchy: run.key.hierarchy,
+        _pad: 0,
+    };
+    if CACHE_OVERFLOW.get_ptr_mut(&key).is_none() {
+        // Racing CPUs: one insert wins, the others find its entry below.
+        let _ = CACHE_OVERFLOW.insert(&key, &OverflowCounters::default(), BPF_NOEXIST as u64);
+    }
+    match CACHE_OVERFLOW.get_ptr_mut(&key) {
+        Some(counters) => {
+            // SAFETY: the pointer comes from a map lookup and stays valid for this run.
+            unsafe {
+                atomic_add(&raw mut (*counters).pages_added, run.pages_added);
+                atomic_add(&raw mut (*counters).pages_removed, run.pages_removed);
+                atomic_add(&raw mut (*counters).runs, 1);
+            }
+            count(Stat::Overflowed);
+        }
         None => count(Stat::MapFull),
     }
 }

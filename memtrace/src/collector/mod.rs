@@ -17,7 +17,9 @@ use std::os::unix::fs::MetadataExt;
 use itertools::{EitherOrBoth, Itertools};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use memtrace_common::{CacheCounters, CacheKey, CgroupEvent, Stat, WriterKey, WriterStats};
+use memtrace_common::{
+    CacheCounters, CacheKey, CgroupEvent, OverflowCounters, Stat, WriterKey, WriterStats,
+};
 
 use self::{
     naming::{name_cgroups, name_files, record_identities, InodeIdentities, InodeIdentity},
@@ -27,7 +29,7 @@ use self::{
 use crate::{
     loader::{read_all, runs::merge_writes, LoadError, LoadOptions, Tracer},
     model::{
-        aggregate::{draft, Drafts},
+        aggregate::{draft, Drafts, OVERFLOW_INO},
         apply_filter,
         filter::apply_cgroup_filter,
         CgroupStream, CgroupUsage, Comm, Filter, KernelStats, Observation, Report, SeedSummary,
@@ -60,6 +62,12 @@ pub struct Collector {
     totals: BTreeMap<InReportOrder<CacheKey>, Tally>,
     /// Drains so far.
     flips: u64,
+    /// Drains made because the half being counted into was filling, not for a report.
+    early_flips: u64,
+    /// Per memcg (hierarchy, cgroup id), runs the map had no room for (read at each drain).
+    overflow: HashMap<(u32, u64), OverflowCounters>,
+    /// Per memcg, pages taken out of its overflow by keys pruned since (see `prune`).
+    overflow_taken: HashMap<(u32, u64), u64>,
     /// Each file's inode as the drains showed it last (see [`InodeIdentities`]).
     identities: std::sync::Arc<HashMap<(u32, u64), InodeIdentity>>,
     /// Files to measure at the next snapshot.
@@ -101,6 +109,9 @@ impl Collector {
             write_rates: WriteRates::default(),
             totals: BTreeMap::new(),
             flips: 0,
+            early_flips: 0,
+            overflow: HashMap::default(),
+            overflow_taken: HashMap::default(),
             identities: Default::default(),
             pending_measure: std::collections::HashSet::new(),
             map_read_errors: 0,
@@ -115,12 +126,20 @@ impl Collector {
         &self.tracer
     }
 
-    /// Applies pending notices from the kernel: cgroups made and removed.
-    /// Call it often enough that the ring buffers do not fill (the commands do, every 200 ms).
+    /// Applies pending notices from the kernel: cgroups made and removed; and drains the
+    /// (memcg, file) map early when the half being counted into is half full, so a burst of
+    /// new files between reports fits. Call it often enough that the ring buffers do not fill
+    /// (the commands do, every 200 ms).
     pub fn drain_events(&mut self) {
         while let Some(item) = self.tracer.cgroup_events.next() {
             if let Some(event) = read_event::<CgroupEvent>(&item) {
                 self.resolvers.on_cgroup_event(&event);
+            }
+        }
+        if self.tracer.counting_half_keys() > u64::from(self.tracer.max_entries / 2) {
+            self.early_flips += 1;
+            if let Err(err) = self.maintain() {
+                log::warn!("cannot drain the filling (memcg, file) map: {err}");
             }
         }
     }
@@ -146,6 +165,8 @@ impl Collector {
             cgroup_events_lost: sums[Stat::CgroupEventsLost as usize],
             file_events_lost: sums[Stat::FileEventsLost as usize],
             writers_map_full: sums[Stat::WritersMapFull as usize],
+            overflow_runs: sums[Stat::Overflowed as usize],
+            early_flips: self.early_flips,
             map_entries: 0,
             map_capacity: u64::from(self.tracer.max_entries),
             map_read_errors: 0,
@@ -753,7 +774,9 @@ impl Collector {
         for &(key, entry) in &drained {
             let handled = self.deficits_handled.remove(&key).unwrap_or(0);
             // Removals a measurement already answered are in its seed: only the rest count.
-            if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key) {
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key)
+                && !self.overflow_holds(&key)
+            {
                 self.pending_measure.insert((key.dev, key.ino));
             }
             let tally = self.totals.entry(InReportOrder(key)).or_default();
@@ -767,6 +790,12 @@ impl Collector {
             tally.changed_at = self.flips as u32;
         }
         record_identities(std::sync::Arc::make_mut(&mut self.identities), &drained);
+        self.overflow = self
+            .tracer
+            .read_overflow(&mut errors)
+            .into_iter()
+            .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
+            .collect();
         let counting = self.tracer.read_counting(&mut errors);
         self.map_read_errors += errors;
         stats.map_read_errors = self.map_read_errors;
@@ -774,7 +803,9 @@ impl Collector {
         stats.map_entries = drained_count.max(counting.len()) as u64;
         for (key, entry) in &counting {
             let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
-            if entry.max_deficit.saturating_sub(handled) > self.known_resident(key) {
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(key)
+                && !self.overflow_holds(key)
+            {
                 self.pending_measure.insert((key.dev, key.ino));
             }
         }
@@ -839,7 +870,45 @@ impl Collector {
             }
         }
         observations.seal();
+        self.add_overflow(&mut observations);
         (observations, identities)
+    }
+
+    /// Adds, per memcg with runs the map had no room for, one observation for its files not
+    /// tracked one by one ([`OVERFLOW_INO`]). Removals its files show that memtrace never saw
+    /// added (and no measurement explains) came out of it: they are taken from it, not lost.
+    fn add_overflow(&self, observations: &mut Observations) {
+        if self.overflow.is_empty() {
+            return;
+        }
+        let mut unexplained: HashMap<(u32, u64), u64> = HashMap::default();
+        for observation in &observations.list {
+            let cgroup = (observation.key.hierarchy, observation.key.cgroup_id);
+            if observation.seeded.is_none() && self.overflow.contains_key(&cgroup) {
+                let counters = &observation.counters;
+                *unexplained.entry(cgroup).or_default() +=
+                    counters.pages_removed.saturating_sub(counters.pages_added);
+            }
+        }
+        for (&(hierarchy, cgroup_id), overflow) in &self.overflow {
+            let key = CacheKey {
+                cgroup_id,
+                ino: OVERFLOW_INO,
+                dev: 0,
+                hierarchy,
+            };
+            let cgroup = (hierarchy, cgroup_id);
+            let taken = unexplained.get(&cgroup).copied().unwrap_or(0)
+                + self.overflow_taken.get(&cgroup).copied().unwrap_or(0);
+            observations.insert(Observation::traced(
+                key,
+                CacheCounters {
+                    pages_added: overflow.pages_added,
+                    pages_removed: overflow.pages_removed + taken,
+                    ..CacheCounters::default()
+                },
+            ));
+        }
     }
 
     /// Live writers' figures since start (the exited ones' are in `writer_totals`). Entries of
@@ -892,6 +961,15 @@ impl Collector {
         sum
     }
 
+    /// Whether `key`'s memcg has pages in the overflow (its files' runs that found the map
+    /// full): a file of it that loses pages memtrace never saw added lost them from there,
+    /// and measuring it would count them twice.
+    fn overflow_holds(&self, key: &CacheKey) -> bool {
+        self.overflow
+            .get(&(key.hierarchy, key.cgroup_id))
+            .is_some_and(|o| o.pages_added > o.pages_removed)
+    }
+
     /// Pages memtrace knew were resident for `key` from what was drained (and seeded).
     fn known_resident(&self, key: &CacheKey) -> u64 {
         let counters = self
@@ -926,9 +1004,17 @@ impl Collector {
             .map(|(InReportOrder(key), _)| *key)
             .collect();
         for key in &idle {
-            self.totals.remove(&InReportOrder(*key));
-            self.seeds.remove(&InReportOrder(*key));
+            let tally = self.totals.remove(&InReportOrder(*key));
+            let seeded = self.seeds.remove(&InReportOrder(*key));
             self.deficits_handled.remove(key);
+            // Removals it showed that no addition or measurement explains came out of its
+            // memcg's overflow (see `add_overflow`): kept there once the key is gone.
+            let cgroup = (key.hierarchy, key.cgroup_id);
+            if let (Some(tally), None, true) = (tally, seeded, self.overflow.contains_key(&cgroup))
+            {
+                *self.overflow_taken.entry(cgroup).or_default() +=
+                    tally.pages_removed.saturating_sub(tally.pages_added);
+            }
         }
         // What is still reported, by file and by cgroup. tmpfs/shmem files have no kernel
         // counters: their names stay while they are measured.

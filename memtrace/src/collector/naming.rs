@@ -88,6 +88,10 @@ pub(crate) fn ask_kernel(
         .map(|name| KernelPath::from_name(&name))
 }
 
+/// What a memcg's files not tracked one by one are shown as.
+pub(crate) const OVERFLOW_NAME: &str =
+    "[files not tracked one by one: the (memcg, file) map was full; their pages are counted here]";
+
 /// File paths of one cgroup's files (looked up lazily: call it after cutting what will not be
 /// shown).
 pub(crate) fn name_files(
@@ -98,9 +102,21 @@ pub(crate) fn name_files(
 ) {
     for file in cgroup.files.iter_mut() {
         let (dev, ino) = (file.dev.0, file.ino);
+        if (dev, ino) == (0, crate::model::aggregate::OVERFLOW_INO) {
+            file.path = Some(OVERFLOW_NAME.into());
+            continue;
+        }
         let generation = inodes
             .get(&(dev, ino))
             .map_or(0, |i| u64::from(i.generation));
+        if file.generation != 0 && generation != 0 && u64::from(file.generation) != generation {
+            // An earlier file that had this inode number, deleted since: the name found for
+            // the number is the later file's, not its own.
+            file.path = None;
+            file.host_path = None;
+            file.deleted = true;
+            continue;
+        }
         let resolved = resolvers.paths.resolve(dev, ino, generation, || {
             ask_kernel(tracer, inodes, dev, ino)
         });

@@ -22,8 +22,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    names, CacheCounters, CacheKey, InodeName, PendingCache, PendingWrite, WriterKey, WriterStats,
-    DEFAULT_CACHE_ENTRIES,
+    names, CacheCounters, CacheKey, InodeName, OverflowCounters, OverflowKey, PendingCache,
+    PendingWrite, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES,
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -199,6 +199,11 @@ pub struct Tracer {
     drained_events: (u64, u64),
     /// When the programs last switched halves.
     flipped_at: Option<std::time::Instant>,
+    /// Per half, the keys the programs had inserted into it (since load) when it last became
+    /// the half counted into: what it holds now is the count since.
+    inserted_when_counting: [u64; 2],
+    /// Per memcg, runs the half being counted into had no room for.
+    overflow: HashMap<MapData, OverflowKey, OverflowCounters>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
@@ -246,6 +251,7 @@ impl Tracer {
         };
         let writers = take_typed_map(&mut ebpf, names::WRITERS_MAP)?;
         let memcg_epoch = take_typed_map(&mut ebpf, names::MEMCG_EPOCH)?;
+        let overflow = take_typed_map(&mut ebpf, names::CACHE_OVERFLOW)?;
 
         Ok(Self {
             _ebpf: ebpf,
@@ -256,6 +262,8 @@ impl Tracer {
             pending_write,
             drained_events: (0, 0),
             flipped_at: None,
+            inserted_when_counting: [0; 2],
+            overflow,
             stats,
             cgroup_events,
             namer,
@@ -443,9 +451,11 @@ impl Tracer {
             }
         }
         // The emptied half takes the counting over.
+        let inserted_before = self.keys_inserted(old);
         match self.active_half.set(0, old as u32, 0) {
             Ok(()) => {
                 self.counting_into = old;
+                self.inserted_when_counting[old] = inserted_before;
                 self.flipped_at = Some(std::time::Instant::now());
             }
             Err(err) => log::warn!("cannot switch the (memcg, file) map halves: {err}"),
@@ -507,6 +517,31 @@ impl Tracer {
             }
         }
         Some(found)
+    }
+
+    /// Keys the programs inserted into half `half` since load.
+    fn keys_inserted(&self, half: usize) -> u64 {
+        let stat = if half == 1 {
+            Stat::KeysInsertedB
+        } else {
+            Stat::KeysInsertedA
+        };
+        self.stats
+            .get(&(stat as u32), 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+
+    /// Keys in the half counted into now: the programs' inserts since it became that half
+    /// (it was empty then).
+    pub(crate) fn counting_half_keys(&self) -> u64 {
+        self.keys_inserted(self.counting_into)
+            .saturating_sub(self.inserted_when_counting[self.counting_into])
+    }
+
+    /// Every memcg's runs that found the map full, since load (the overflow map is never
+    /// emptied: it holds one entry per memcg that ever overflowed).
+    pub(crate) fn read_overflow(&self, errors: &mut u64) -> Vec<(OverflowKey, OverflowCounters)> {
+        read_all(&self.overflow, errors)
     }
 
     /// Folio insertions and removals the programs saw since load.

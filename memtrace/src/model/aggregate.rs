@@ -53,6 +53,22 @@ impl Observation {
         }
     }
 
+    /// Whether this stands for a memcg's files not tracked one by one (see [`OVERFLOW_INO`]).
+    pub fn is_overflow(&self) -> bool {
+        self.key.dev == 0 && self.key.ino == OVERFLOW_INO
+    }
+
+    /// Pages this adds to its cgroup's total: its resident pages; for the overflow, its net,
+    /// which is below zero when removals found the map full for files whose additions it
+    /// had room for (those files' rows then show pages that are gone; the total does not).
+    pub fn cgroup_share(&self) -> i64 {
+        if self.is_overflow() {
+            self.counters.pages_added as i64 - self.counters.pages_removed as i64
+        } else {
+            self.resident_pages() as i64
+        }
+    }
+
     /// Resident pages: seeded + traced since the seed (or since start), never below zero.
     pub fn resident_pages(&self) -> u64 {
         let (base, start) = match self.seeded.as_deref() {
@@ -67,6 +83,10 @@ impl Observation {
         (base + added).saturating_sub(removed)
     }
 }
+
+/// The inode number (on device 0) of a memcg's files not tracked one by one: their runs found
+/// the (memcg, file) map full and were counted for the memcg alone.
+pub const OVERFLOW_INO: u64 = u64::MAX;
 
 /// A cgroup's figures, with its files still as observations: all a report needs to sum, sort
 /// and cut before any file is built, named or measured, so that a report can be built and
@@ -156,7 +176,12 @@ pub fn draft(mut observations: Vec<Observation>, page_size: u64) -> (Drafts, Tot
         let sum = |f: fn(&Observation) -> u64| -> u64 {
             files.iter().map(|o| f(o).saturating_mul(page_size)).sum()
         };
-        let cached_bytes = sum(Observation::resident_pages);
+        let cached_bytes = (files
+            .iter()
+            .map(Observation::cgroup_share)
+            .sum::<i64>()
+            .max(0) as u64)
+            .saturating_mul(page_size);
         let added_bytes = sum(|o| o.counters.pages_added);
         let removed_bytes = sum(|o| o.counters.pages_removed);
         totals.cached_bytes += cached_bytes;
@@ -233,6 +258,8 @@ fn file_usage(observation: &mut Observation, page_size: u64) -> FileUsage {
         dirty_bytes: None,
         writeback_bytes: None,
         fs: shmem.then_some("tmpfs"),
+        // The kernel's `i_generation` is 32 bits: the value survives the cut whole.
+        generation: counters.generation as u32,
     }
 }
 

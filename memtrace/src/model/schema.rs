@@ -75,7 +75,8 @@ pub struct WriterUsage {
 pub struct KernelStats {
     pub add_events: u64,
     pub delete_events: u64,
-    /// Events dropped because the (memcg, file) map was full: raise `--max-entries`.
+    /// Runs of events dropped because the (memcg, file) map and the per-memcg overflow map
+    /// were both full: pages lost. Raise `--max-entries`.
     pub map_full: u64,
     /// Events dropped because a kernel pointer chain could not be read.
     pub read_failed: u64,
@@ -85,6 +86,12 @@ pub struct KernelStats {
     pub cgroup_events_lost: u64,
     /// Writes not recorded because the writers map was full.
     pub writers_map_full: u64,
+    /// Runs of events counted for their memcg alone because the (memcg, file) map was full:
+    /// the files' detail is lost (they show as one "files not tracked one by one" entry per
+    /// memcg), their pages are not.
+    pub overflow_runs: u64,
+    /// Drains made early because the half of the map being counted into was half full.
+    pub early_flips: u64,
     /// File path notices dropped (a full ring buffer): some files may show no path.
     pub file_events_lost: u64,
     /// Entries in the (memcg, file) map now, and its capacity.
@@ -161,6 +168,10 @@ pub struct FileUsage {
     /// is not reclaimable without swap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs: Option<&'static str>,
+    /// `i_generation` of the file counted here (0: unknown): a later file with the same inode
+    /// number has another, and the name found for the number is that later file's.
+    #[serde(skip)]
+    pub generation: u32,
 }
 
 fn is_true(value: &bool) -> bool {

@@ -129,6 +129,8 @@ pub(crate) fn fixed_report() -> Report {
             uncharged: 2,
             cgroup_events_lost: 0,
             writers_map_full: 0,
+            overflow_runs: 0,
+            early_flips: 0,
             file_events_lost: 3,
             map_entries: 5,
             map_capacity: 262_144,

@@ -377,6 +377,21 @@ fn self_metrics(registry: &mut Registry, input: &MetricsInput<'_>, dropped_serie
         "Entries in the (memcg, file) map",
         gauge(stats.map_entries),
     );
+    let counter = |value: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        c
+    };
+    registry.register(
+        "overflow_runs",
+        "Runs of events counted per memory cgroup, not per file, because the (memcg, file) map was full: detail lost, no page",
+        counter(stats.overflow_runs),
+    );
+    registry.register(
+        "early_flips",
+        "Drains of the (memcg, file) map made early because the half being counted into was half full",
+        counter(stats.early_flips),
+    );
     registry.register(
         "map_capacity",
         "Capacity of the (memcg, file) map",

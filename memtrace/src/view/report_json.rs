@@ -285,6 +285,7 @@ mod tests {
                 dirty_bytes: dirty.0,
                 writeback_bytes: dirty.1,
                 fs,
+                generation: 0,
             }
         }
     }

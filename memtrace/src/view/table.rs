@@ -38,6 +38,13 @@ pub fn write(out: &mut impl Write, report: &Report, options: TableOptions) -> io
             stats.map_full, stats.read_failed, stats.writers_map_full, stats.map_read_errors, stats.missed_runs
         )?;
     }
+    if stats.overflow_runs > 0 {
+        writeln!(
+            out,
+            "NOTE: {} runs of events counted per cgroup, not per file, because the (memcg, file) map was full ({} early drains): no page lost, some files' detail is; raise --max-entries to keep it",
+            stats.overflow_runs, stats.early_flips
+        )?;
+    }
     if stats.file_events_lost + stats.cgroup_events_lost > 0 {
         writeln!(
             out,

@@ -1,0 +1,104 @@
+//! A burst of more new files between two reports than the (memcg, file) map holds (an image
+//! layer unpacked, a `git checkout`): the map is drained early while it fills, and what still
+//! finds it full is counted for its memcg alone, so the cgroup's total stays equal to
+//! memory.stat and the report says how much detail went to the overflow.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use memtrace_tests::{cgroup::MemCgroup, files::Scratch, memtrace};
+use serde_json::Value;
+
+const BURST: &str = env!("CARGO_BIN_EXE_file-burst");
+
+fn burst_through_a_small_map(files: usize) {
+    let scratch = Scratch::new(&format!("burst-{files}"));
+    let cgroup = MemCgroup::create(&format!("burst-{files}"));
+    let mut watch = memtrace(&[
+        "--max-entries",
+        "4096",
+        "watch",
+        "--json",
+        "--interval",
+        "1s",
+        "--no-seed",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("memtrace watch");
+    // Reports as they come, read on their own thread: the test takes the newest.
+    let (sender, reports) = std::sync::mpsc::channel::<Value>();
+    let stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let report = serde_json::from_str(&line).expect("each line is a JSON report");
+            if sender.send(report).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = Duration::from_secs(60);
+    reports.recv_timeout(wait).expect("a first report");
+    cgroup.run(
+        Command::new(BURST)
+            .arg(&scratch.dir)
+            .arg(files.to_string())
+            .arg("4096"),
+    );
+    MemCgroup::settle_stats();
+    let kernel = cgroup.page_cache_bytes();
+    // The first report after the read may have been built before it; the second was not.
+    while reports.try_recv().is_ok() {}
+    reports.recv_timeout(wait).expect("a report");
+    let last = reports.recv_timeout(wait).expect("a report");
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    drop(reports);
+    let _ = watch.wait();
+    let _ = reader.join();
+
+    let stats = &last["stats"];
+    let cgroup_seen = last["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("the cgroup is reported");
+    let traced = cgroup_seen["cached_bytes"].as_u64().unwrap();
+    eprintln!("{files} files: memory.stat {kernel} B, memtrace {traced} B; stats {stats}");
+    // Reclaim may take some of it meanwhile (its removals find the map full too): the oracle
+    // is what memory.stat holds, whatever that is.
+    assert!(
+        kernel >= 4096 * 4096,
+        "the kernel charged only {kernel} B for {files} files of 4 KiB"
+    );
+    let tolerance = (kernel / 500).max(256 * 1024);
+    assert!(
+        traced.abs_diff(kernel) <= tolerance,
+        "{files} files through a 4096-entry map: memtrace {traced} B vs memory.stat {kernel} B (± {tolerance})"
+    );
+    assert_eq!(stats["map_full"], 0, "no page lost: {stats}");
+    assert!(
+        stats["early_flips"].as_u64().unwrap() > 0,
+        "{files} new keys through 4096 entries: the map is drained early: {stats}"
+    );
+    // Whatever still found the map full is counted for the cgroup, shown as one entry.
+    let overflow_runs = stats["overflow_runs"].as_u64().expect("overflow_runs");
+    let overflow = cgroup_seen["files"].as_array().unwrap().iter().find(|f| {
+        f["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("not tracked one by one"))
+    });
+    if overflow_runs == 0 {
+        assert!(overflow.is_none(), "{cgroup_seen}");
+    }
+}
+
+#[test]
+fn forty_thousand_new_files_in_one_burst_through_a_4096_entry_map_lose_no_page() {
+    burst_through_a_small_map(40_000);
+}
