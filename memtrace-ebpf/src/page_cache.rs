@@ -206,11 +206,11 @@ fn overflow(run: &PendingCache) {
         hierarchy: run.key.hierarchy,
         _pad: 0,
     };
-    if CACHE_OVERFLOW.get_ptr_mut(&key).is_none() {
+    if CACHE_OVERFLOW.get_ptr_mut(key).is_none() {
         // Racing CPUs: one insert wins, the others find its entry below.
-        let _ = CACHE_OVERFLOW.insert(&key, &OverflowCounters::default(), BPF_NOEXIST as u64);
+        let _ = CACHE_OVERFLOW.insert(key, OverflowCounters::default(), BPF_NOEXIST as u64);
     }
-    match CACHE_OVERFLOW.get_ptr_mut(&key) {
+    match CACHE_OVERFLOW.get_ptr_mut(key) {
         Some(counters) => {
             // SAFETY: the pointer comes from a map lookup and stays valid for this run.
             unsafe {
