@@ -1,7 +1,10 @@
 //! `cargo xtask soak`: memtrace serve under an hour (by default) of file and cgroup churn, as a
 //! node agent lives for weeks: a million distinct files over thousands of cgroups made and
-//! removed, scraped every round. Reports RSS over time, lost events, map use, and the final
-//! agreement of a fresh cgroup with memory.stat. Not part of CI (it takes an hour).
+//! removed, scraped every round. Reports RSS over time, lost events by reason, map use and
+//! overflow, and the agreement of a fresh cgroup with memory.stat at checkpoints every ten
+//! minutes and at the end; fails on any lost page, RSS still growing over the last third, a
+//! checkpoint off by more than a folio, a scrape slower than its budget, or a series missing.
+//! Not part of CI (it takes an hour).
 
 use std::{
     fmt::Write as _,
@@ -36,11 +39,82 @@ fn scrape(addr: &str) -> Result<String> {
         .unwrap_or_default())
 }
 
-fn sum_of(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
+/// The sum of every sample of series `name` (with or without labels); an error when the scrape
+/// has none, rather than a silent 0.
+fn sum_of(text: &str, name: &str) -> Result<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    if values.is_empty() {
+        bail!("the scrape has no `{name}` series");
+    }
+    Ok(values.iter().sum())
+}
+
+/// `memtrace_lost_events_total` by reason, the non-zero ones, as `reason=N, ...`.
+fn lost_by_reason(text: &str) -> String {
+    let reasons: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("memtrace_lost_events_total{"))
+        .filter_map(|l| {
+            let reason = l.split("reason=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            (value > 0.0).then(|| format!("{reason}={value:.0}"))
+        })
+        .collect();
+    if reasons.is_empty() {
+        "none".to_owned()
+    } else {
+        reasons.join(", ")
+    }
+}
+
+/// Longest a scrape may take at this size before the soak fails.
+const SCRAPE_BUDGET: Duration = Duration::from_secs(2);
+/// Minutes between checkpoints (a fresh cgroup compared with memory.stat).
+const CHECKPOINT_EVERY: u64 = 10;
+/// RSS may grow by this much over the last third of the run before it counts as growing.
+const RSS_SLACK: f64 = 0.05;
+
+/// A fresh cgroup writes and syncs a 32 MiB file; returns memtrace's figure for it and
+/// memory.stat's, in bytes.
+fn checkpoint(addr: &str, cgroup_root: &Path, work: &Path, name: &str) -> Result<(f64, f64)> {
+    let fresh = cgroup_root.join(name);
+    fs::create_dir_all(&fresh)?;
+    let file = work.join(format!("{name}.log"));
+    let status = Command::new("sh")
+        .args(["-c", &format!(
+            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={} bs=1M count=32 conv=fsync status=none",
+            fresh.display(),
+            file.display()
+        )])
+        .status()?;
+    if !status.success() {
+        bail!("writing the checkpoint file {} failed", file.display());
+    }
+    // memory.stat folds per-CPU counts within 2 s; a scrape after that sees both settled.
+    thread::sleep(Duration::from_secs(3));
+    let text = scrape(addr)?;
+    let path = format!("/memtrace-soak/{name}");
+    let shown = text
+        .lines()
+        .filter(|l| l.starts_with("memtrace_cgroup_page_cache_bytes{"))
+        .find(|l| l.contains(&format!("cgroup=\"{path}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .with_context(|| format!("the scrape has no page-cache series for {path}"))?;
+    let stat = fs::read_to_string(fresh.join("memory.stat")).unwrap_or_default();
+    let kernel: f64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cache ").or_else(|| l.strip_prefix("file ")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{} has no page-cache figure", fresh.display()))?;
+    let _ = fs::remove_file(&file);
+    Ok((shown, kernel))
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -100,8 +174,10 @@ pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
     let cgroups_per_round = options.cgroups.div_ceil(rounds).max(1);
     let started = Instant::now();
     let mut table = String::from(
-        "| minute | files so far | cgroups so far | RSS (MiB) | map entries | lost events |\n|---:|---:|---:|---:|---:|---:|\n",
+        "| minute | files so far | cgroups so far | RSS (MiB) | map entries | overflowed runs | early drains | lost events | scrape (s) | checkpoint |\n|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n",
     );
+    let mut failures: Vec<String> = Vec::new();
+    let mut rss_by_round: Vec<u64> = Vec::new();
     let mut lost = 0.0;
     for round in 0..rounds {
         let round_started = Instant::now();
@@ -130,15 +206,46 @@ pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
             }
         }
         let _ = fs::remove_dir(&cgroups);
+        let scraping = Instant::now();
         let text = scrape(addr)?;
-        lost = sum_of(&text, "memtrace_lost_events_total");
-        let entries = sum_of(&text, "memtrace_map_entries ");
+        let scrape_time = scraping.elapsed();
+        if scrape_time > SCRAPE_BUDGET {
+            failures.push(format!(
+                "minute {}: a scrape took {scrape_time:?} (budget {SCRAPE_BUDGET:?})",
+                round + 1
+            ));
+        }
+        lost = sum_of(&text, "memtrace_lost_events_total")?;
+        let entries = sum_of(&text, "memtrace_map_entries")?;
+        let overflowed = sum_of(&text, "memtrace_overflow_runs_total")?;
+        let early = sum_of(&text, "memtrace_early_flips_total")?;
+        let reasons = lost_by_reason(&text);
+        if lost > 0.0 {
+            failures.push(format!("minute {}: events lost ({reasons})", round + 1));
+        }
+        let rss = rss_kib(pid, "VmRSS:");
+        rss_by_round.push(rss);
+        let check = if (round + 1) % CHECKPOINT_EVERY == 0 {
+            let (shown, kernel) =
+                checkpoint(addr, &cgroup_root, &work, &format!("check{}", round + 1))?;
+            // Written in 1 MiB writes: folios of at most 2 MiB.
+            if (shown - kernel).abs() > 2.0 * 1048576.0 {
+                failures.push(format!(
+                    "minute {}: a fresh cgroup's 32 MiB file: memtrace {shown:.0} B, memory.stat {kernel:.0} B",
+                    round + 1
+                ));
+            }
+            format!("{shown:.0} of {kernel:.0} B")
+        } else {
+            String::new()
+        };
         let row = format!(
-            "| {} | {} | {} | {:.1} | {entries:.0} | {lost:.0} |",
+            "| {} | {} | {} | {:.1} | {entries:.0} | {overflowed:.0} | {early:.0} | {reasons} | {:.2} | {check} |",
             round + 1,
             files_per_round * (round + 1),
             cgroups_per_round * (round + 1),
-            rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            scrape_time.as_secs_f64(),
         );
         // Each row as it comes, so a run cut short still says what it saw.
         eprintln!("soak: {row}");
@@ -148,44 +255,43 @@ pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
             thread::sleep(Duration::from_secs(60) - spent);
         }
     }
-    // Agreement at the end: a fresh cgroup's 32 MiB file, as memory.stat counts it.
-    let fresh = cgroup_root.join("final");
-    fs::create_dir_all(&fresh)?;
-    let file = work.join("final.log");
-    let status = Command::new("sh")
-        .args(["-c", &format!(
-            "echo $$ > {}/cgroup.procs && dd if=/dev/zero of={} bs=1M count=32 conv=fsync status=none",
-            fresh.display(),
-            file.display()
-        )])
-        .status()?;
-    if !status.success() {
-        bail!("writing the final file failed");
+    // Agreement at the end, as at each checkpoint.
+    let (shown, kernel) = checkpoint(addr, &cgroup_root, &work, "final")?;
+    if (shown - kernel).abs() > 2.0 * 1048576.0 {
+        failures.push(format!(
+            "end: a fresh cgroup's 32 MiB file: memtrace {shown:.0} B, memory.stat {kernel:.0} B"
+        ));
     }
-    thread::sleep(Duration::from_secs(3));
-    let text = scrape(addr)?;
-    let path = "/memtrace-soak/final";
-    let shown = text
-        .lines()
-        .filter(|l| l.starts_with("memtrace_cgroup_page_cache_bytes{"))
-        .find(|l| l.contains(&format!("cgroup=\"{path}\"")))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let stat = fs::read_to_string(fresh.join("memory.stat")).unwrap_or_default();
-    let kernel: f64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("cache ").or_else(|| l.strip_prefix("file ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    // RSS over the last third: still growing means something is kept that should not be.
+    let third = rss_by_round.len() / 3;
+    if third >= 1 {
+        let from = rss_by_round[rss_by_round.len() - third - 1] as f64;
+        let to = *rss_by_round.last().unwrap_or(&0) as f64;
+        if to > from * (1.0 + RSS_SLACK) {
+            failures.push(format!(
+                "RSS still growing over the last third: {:.1} to {:.1} MiB",
+                from / 1024.0,
+                to / 1024.0
+            ));
+        }
+    }
     // SAFETY: kill of our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = serve.wait();
     let peak = rss_kib(pid, "VmHWM:");
-    let _ = fs::remove_file(&file);
-    let _ = fs::remove_dir(&fresh);
+    if let Ok(entries) = fs::read_dir(&cgroup_root) {
+        for entry in entries.flatten() {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
     let _ = fs::remove_dir(&cgroup_root);
+    let verdict = if failures.is_empty() {
+        "Verdict: PASS.".to_owned()
+    } else {
+        format!("Verdict: FAIL:\n- {}", failures.join("\n- "))
+    };
     let report = format!(
-        "Soak: {} minutes, {} files over {} cgroups made and removed, memtrace serve scraped every minute.\n\n{table}\nEnd: a fresh cgroup's 32 MiB file: memtrace {shown:.0} B, memory.stat {kernel:.0} B ({:+.2}%); lost events {lost:.0}; {:.0} s in all.{}\n",
+        "Soak: {} minutes, {} files over {} cgroups made and removed, memtrace serve scraped every minute.\n\n{table}\nEnd: a fresh cgroup's 32 MiB file: memtrace {shown:.0} B, memory.stat {kernel:.0} B ({:+.2}%); lost events {lost:.0}; {:.0} s in all.{}\n\n{verdict}\n",
         rounds,
         files_per_round * rounds,
         cgroups_per_round * rounds,
@@ -196,6 +302,9 @@ pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
     let out_dir = workspace().join("target/soak");
     fs::create_dir_all(&out_dir)?;
     fs::write(out_dir.join("report.md"), &report)?;
-    println!("{report}");
+    eprintln!("{report}");
+    if !failures.is_empty() {
+        bail!("the soak failed: {}", failures.join("; "));
+    }
     Ok(())
 }
