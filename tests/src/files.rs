@@ -360,3 +360,17 @@ pub fn folio_census(file: &File) -> io::Result<FolioCensus> {
         result.map(|()| census)
     }
 }
+
+/// Resident bytes of a file as util-linux `fincore` says (an oracle independent of memtrace).
+pub fn fincore_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["-b", "-n", "-o", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux)");
+    assert!(out.status.success(), "fincore {}: {out:?}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore {}: {out:?}", path.display()))
+}

@@ -135,3 +135,16 @@ pub fn explain_json(target: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
 }
+
+/// `memtrace watch --json --count 1 --container NAME`, as a user runs it, asserted to succeed
+/// and to report that one cgroup: its JSON.
+pub fn watch_container_json(name: &str) -> serde_json::Value {
+    let out = memtrace(&["watch", "--json", "--count", "1", "--container", name])
+        .output()
+        .expect("run memtrace watch");
+    assert!(out.status.success(), "watch --container {name}: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let cgroups = report["cgroups"].as_array().expect("cgroups");
+    assert_eq!(cgroups.len(), 1, "only the container's cgroup: {report}");
+    cgroups[0].clone()
+}

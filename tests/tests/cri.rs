@@ -5,7 +5,7 @@
 //! name, runtime `containerd`, verified, with the log's host path in containerd's snapshots
 //! and fincore's bytes.
 
-use std::{collections::HashMap, path::PathBuf, process::Command, thread, time::Duration};
+use std::{collections::HashMap, path::PathBuf, thread, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
@@ -17,7 +17,8 @@ use k8s_cri::v1::{
 };
 use memtrace_tests::{
     engines::{ensure_cri_images, CRI_IMAGE},
-    memtrace, require_root,
+    files::fincore_bytes,
+    require_root, watch_container_json,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -171,18 +172,6 @@ impl Drop for Pod {
     }
 }
 
-fn fincore(path: &std::path::Path) -> u64 {
-    let out = Command::new("fincore")
-        .args(["-b", "-n", "-o", "RES"])
-        .arg(path)
-        .output()
-        .expect("fincore (util-linux)");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("fincore {}: {out:?}", path.display()))
-}
-
 #[test]
 fn a_pod_run_through_containerds_cri_is_named_with_its_pod_and_container() {
     require_root();
@@ -206,21 +195,7 @@ fn a_pod_run_through_containerds_cri_is_named_with_its_pod_and_container() {
     }
     assert!(done.exists(), "the container never wrote /tmp/done");
 
-    let out = memtrace(&[
-        "watch",
-        "--json",
-        "--count",
-        "1",
-        "--container",
-        &container_name,
-    ])
-    .output()
-    .expect("memtrace watch");
-    assert!(out.status.success(), "watch --container: {out:?}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    let cgroups = report["cgroups"].as_array().expect("cgroups");
-    assert_eq!(cgroups.len(), 1, "only the container's cgroup: {report}");
-    let cgroup = &cgroups[0];
+    let cgroup = &watch_container_json(&container_name);
     assert_eq!(
         cgroup["path"].as_str(),
         Some(format!("/kubepods/burstable/pod{uid}/{}", pod.container).as_str()),
@@ -256,7 +231,7 @@ fn a_pod_run_through_containerds_cri_is_named_with_its_pod_and_container() {
     );
     assert_eq!(
         log["cached_bytes"].as_u64(),
-        Some(fincore(&host)),
+        Some(fincore_bytes(&host)),
         "fincore's bytes"
     );
 }

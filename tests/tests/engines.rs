@@ -4,30 +4,17 @@
 //! `explain NAME`, `watch --container NAME`, and a removed container's cache kept under its
 //! name.
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 use memtrace_tests::{
     cgroup_in,
     engines::{Engine, EngineContainer},
-    explain_json, memtrace, start_tracer,
+    explain_json,
+    files::fincore_bytes,
+    start_tracer, watch_container_json,
 };
-use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(60);
-
-/// Resident bytes of a file as util-linux `fincore` says (an oracle independent of memtrace).
-fn fincore(path: &Path) -> u64 {
-    let out = Command::new("fincore")
-        .args(["-b", "-n", "-o", "RES"])
-        .arg(path)
-        .output()
-        .expect("fincore (util-linux)");
-    assert!(out.status.success(), "fincore {}: {out:?}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("fincore said {out:?}"))
-}
 
 fn check_engine(engine: Engine) {
     let volume = Path::new("/var/tmp/memtrace-tests").join(format!(
@@ -56,28 +43,7 @@ fn check_engine(engine: Engine) {
     );
 
     // watch --container NAME, as a user runs it: only this container, named by the engine.
-    let out = memtrace(&[
-        "watch",
-        "--json",
-        "--count",
-        "1",
-        "--container",
-        &container.name,
-    ])
-    .output()
-    .expect("memtrace watch");
-    assert!(
-        out.status.success(),
-        "{engine:?}: watch --container: {out:?}"
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    let cgroups = report["cgroups"].as_array().expect("cgroups");
-    assert_eq!(
-        cgroups.len(),
-        1,
-        "{engine:?}: only the container's cgroup: {report}"
-    );
-    let cgroup = &cgroups[0];
+    let cgroup = &watch_container_json(&container.name);
     let found = &cgroup["container"];
     assert_eq!(
         found["name"],
@@ -101,7 +67,7 @@ fn check_engine(engine: Engine) {
     );
     assert_eq!(
         log["cached_bytes"].as_u64(),
-        Some(fincore(&host)),
+        Some(fincore_bytes(&host)),
         "{engine:?}: bytes equal to fincore"
     );
 
@@ -133,7 +99,11 @@ fn check_engine(engine: Engine) {
         .iter()
         .find(|f| f.host_path.as_deref().or(f.path.as_deref()) == kept.to_str())
         .unwrap_or_else(|| panic!("{engine:?}: the volume file: {:?}", gone.files));
-    assert_eq!(file.cached_bytes, fincore(&kept), "{engine:?}: its bytes");
+    assert_eq!(
+        file.cached_bytes,
+        fincore_bytes(&kept),
+        "{engine:?}: its bytes"
+    );
     let _ = fs::remove_dir_all(&volume);
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use memtrace::collector::seed::SeedOptions;
-use memtrace_tests::{cgroup::MemCgroup, cgroup_in, start_tracer, MIB};
+use memtrace_tests::{cgroup::MemCgroup, cgroup_in, files::fincore_bytes, start_tracer, MIB};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PORT: &str = "54329";
@@ -156,19 +156,6 @@ impl Drop for Stopped {
     }
 }
 
-/// Resident bytes of a file as util-linux `fincore` says.
-fn fincore(path: &Path) -> u64 {
-    let out = Command::new("fincore")
-        .args(["-b", "-n", "-o", "RES"])
-        .arg(path)
-        .output()
-        .expect("fincore (util-linux)");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("fincore {}: {out:?}", path.display()))
-}
-
 #[test]
 fn postgresql_under_pgbench_is_named_file_by_file_and_adds_up_to_memory_stat() {
     let mut tracer = start_tracer();
@@ -219,7 +206,7 @@ fn postgresql_under_pgbench_is_named_file_by_file_and_adds_up_to_memory_stat() {
         named += file.cached_bytes;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.ino() == file.ino => {
-                let resident = fincore(Path::new(path));
+                let resident = fincore_bytes(Path::new(path));
                 // A shared file (the server's binary, its libraries) is charged to whoever read
                 // each page first: fincore's figure is the sum over every cgroup.
                 let everywhere: u64 = report
