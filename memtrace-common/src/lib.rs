@@ -100,6 +100,13 @@ pub struct CacheCounters {
 }
 
 impl CacheCounters {
+    /// Pages added and removed: what a measurement is bracketed by (a change in either means
+    /// pages came or went meanwhile).
+    #[inline(always)]
+    pub fn pages(&self) -> (u64, u64) {
+        (self.pages_added, self.pages_removed)
+    }
+
     /// The new `max_deficit` once a run whose own largest excess of removals is `run_peak`
     /// follows these counters, if it raises it: the excess before the run plus the run's peak.
     /// The programs fold runs into map entries with it, and userspace merges entries with it.

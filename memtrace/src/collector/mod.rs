@@ -224,9 +224,7 @@ impl Collector {
             .into_iter()
             .collect();
         let pages_of = |entries: &HashMap<CacheKey, CacheCounters>, key: &CacheKey| {
-            entries
-                .get(key)
-                .map_or((0, 0), |c| (c.pages_added, c.pages_removed))
+            entries.get(key).copied().unwrap_or_default().pages()
         };
         for (key, seed) in scan.seeds {
             if pages_of(&before, &key) != pages_of(&counting, &key) {

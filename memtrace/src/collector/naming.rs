@@ -102,7 +102,7 @@ pub(crate) fn name_files(
 ) {
     for file in cgroup.files.iter_mut() {
         let (dev, ino) = (file.dev.0, file.ino);
-        if (dev, ino) == (0, crate::model::aggregate::OVERFLOW_INO) {
+        if crate::model::aggregate::is_overflow_file(dev, ino) {
             file.path = Some(OVERFLOW_NAME.into());
             continue;
         }

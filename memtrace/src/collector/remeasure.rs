@@ -8,7 +8,7 @@ use super::{
     residency, Collector, InReportOrder, REMEASURE_LIMIT,
 };
 use crate::{
-    model::{host_path_of, Observation, Provenance, SeededCache},
+    model::{Observation, Provenance, SeededCache},
     resolve::open::open_regular,
 };
 
@@ -62,10 +62,8 @@ impl Collector {
                 self.deficits_handled.insert(*key, counters.max_deficit);
             }
             let Some(file) = resolved
-                .host_path
-                .as_deref()
+                .host()
                 .filter(|_| !resolved.deleted)
-                .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()))
                 .and_then(|path| open_regular(&path, Some(ino)).ok())
                 .filter(residency::PageOwnerReader::residency_is_honest)
             else {
@@ -108,7 +106,7 @@ impl Collector {
             let steady = match (&before, &after) {
                 (Some(before), Some(after)) => after.iter().enumerate().all(|(at, now)| {
                     let then = before.get(at).copied().unwrap_or_default();
-                    (then.pages_added, then.pages_removed) == (now.pages_added, now.pages_removed)
+                    then.pages() == now.pages()
                 }),
                 _ => false,
             };

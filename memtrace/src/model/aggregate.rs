@@ -53,9 +53,9 @@ impl Observation {
         }
     }
 
-    /// Whether this stands for a memcg's files not tracked one by one (see [`OVERFLOW_INO`]).
+    /// Whether this stands for a memcg's files not tracked one by one.
     pub fn is_overflow(&self) -> bool {
-        self.key.dev == 0 && self.key.ino == OVERFLOW_INO
+        is_overflow_file(self.key.dev, self.key.ino)
     }
 
     /// Pages this adds to its cgroup's total: its resident pages; for the overflow, its net,
@@ -87,6 +87,11 @@ impl Observation {
 /// The inode number (on device 0) of a memcg's files not tracked one by one: their runs found
 /// the (memcg, file) map full and were counted for the memcg alone.
 pub const OVERFLOW_INO: u64 = u64::MAX;
+
+/// Whether (dev, ino) stands for a memcg's files not tracked one by one.
+pub fn is_overflow_file(dev: u32, ino: u64) -> bool {
+    (dev, ino) == (0, OVERFLOW_INO)
+}
 
 /// A cgroup's figures, with its files still as observations: all a report needs to sum, sort
 /// and cut before any file is built, named or measured, so that a report can be built and

@@ -59,21 +59,17 @@ pub struct Resolvers {
 
 impl Resolvers {
     pub fn new() -> Self {
-        Self {
+        let mut resolvers = Self {
             cgroups: CgroupTable::new(Hierarchies::discover()),
             paths: PathTable::new(),
             runtime: RuntimeState::scan(),
             seen_containers: std::collections::HashMap::new(),
-        }
-        .remembering_containers()
+        };
+        resolvers.remember_containers();
+        resolvers
     }
 
     /// Remembers the containers runtime state shows now, by memory cgroup id.
-    fn remembering_containers(mut self) -> Self {
-        self.remember_containers();
-        self
-    }
-
     fn remember_containers(&mut self) {
         let Some(hierarchy) = self.cgroups.hierarchies.memory_hierarchy else {
             return;

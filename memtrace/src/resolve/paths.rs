@@ -194,6 +194,14 @@ impl Default for ResolvedPath {
 }
 
 impl ResolvedPath {
+    /// The file's path on the host, as bytes (its exact ones when they are not UTF-8), if it
+    /// has one.
+    pub fn host(&self) -> Option<PathBuf> {
+        self.host_path
+            .as_deref()
+            .map(|text| host_path_of(text, self.host_path_hex.as_deref()))
+    }
+
     /// Names from a path as a process or the host sees it.
     fn named(path: &Path, host_path: Option<&Path>) -> Self {
         let path_os = path;
@@ -268,14 +276,6 @@ fn dir_now(dirs: &mut FxHashMap<PathBuf, Option<DirStamp>>, host: &Path) -> Opti
     });
     dirs.insert(dir.to_owned(), stamp);
     stamp
-}
-
-/// The host path of a file's names, if it has one.
-fn host_of(names: &ResolvedPath) -> Option<PathBuf> {
-    names
-        .host_path
-        .as_deref()
-        .map(|text| host_path_of(text, names.host_path_hex.as_deref()))
 }
 
 /// Most files have one path, the same on the host and in view, and nothing else to say.
@@ -443,7 +443,7 @@ impl PathTable {
                 let names = c.names.resolved();
                 let in_place = c.dir != 0
                     && c.overlays_version == self.overlays_version
-                    && host_of(&names).is_some_and(|host| {
+                    && names.host().is_some_and(|host| {
                         dir_now(&mut self.dirs_now, &host).map(DirStamp::fingerprint) == Some(c.dir)
                     });
                 if in_place {
@@ -476,11 +476,7 @@ impl PathTable {
                 }
             }
             Some((resolved, overlays_version)) if resolved.host_path.is_some() => {
-                let host = resolved
-                    .host_path
-                    .as_deref()
-                    .map(|text| host_path_of(text, resolved.host_path_hex.as_deref()));
-                match host.filter(|h| is_same_file(h, ino)) {
+                match resolved.host().filter(|h| is_same_file(h, ino)) {
                     // Still there, under the same overlays: placed as before.
                     Some(_) if overlays_version == self.overlays_version => resolved,
                     Some(host) => self.resolve_host_path(host, ino, false),
@@ -497,7 +493,8 @@ impl PathTable {
             return resolved;
         }
         let settled_before = self.report_began_ns - DIR_STAMP_SETTLED_NS;
-        let dir = host_of(&resolved)
+        let dir = resolved
+            .host()
             .filter(|_| !resolved.deleted)
             .and_then(|host| dir_now(&mut self.dirs_now, &host))
             .filter(|stamp| stamp.mtime_ns < settled_before)
