@@ -4,6 +4,8 @@
 
 use std::{
     fs::File,
+    io::{Read, Write},
+    os::unix::net::UnixStream,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -29,21 +31,24 @@ pub(crate) struct Running {
     started: Vec<(&'static str, Child)>,
 }
 
-/// Starts containerd and dockerd unless their sockets answer already, and waits for them.
+/// Starts containerd and dockerd unless their sockets answer already, and waits until they
+/// answer. A socket file alone proves nothing: /run is on disk on these machines, so a daemon
+/// killed with the session before leaves its socket behind, and clients then fail with
+/// "connection refused" instead of a run that starts its own daemon.
 pub(crate) fn start(logs: &Path) -> Result<Running> {
     std::fs::create_dir_all(logs)?;
     let mut running = Running {
         started: Vec::new(),
     };
-    if !Path::new(CONTAINERD_SOCKET).exists() {
+    if !clear_unless_answering(CONTAINERD_SOCKET, containerd_answers)? {
         let config = logs.join("containerd.toml");
         std::fs::write(&config, CONTAINERD_CONFIG)?;
         let mut containerd = Command::new("containerd");
         containerd.arg("--config").arg(&config);
         running.spawn("containerd", containerd, logs)?;
-        wait_for_socket(CONTAINERD_SOCKET, "containerd", logs)?;
+        running.wait_until_answering(CONTAINERD_SOCKET, containerd_answers, logs)?;
     }
-    if !Path::new(DOCKER_SOCKET).exists() {
+    if !clear_unless_answering(DOCKER_SOCKET, dockerd_answers)? {
         let mut dockerd = Command::new("dockerd");
         dockerd.args([
             "--iptables=false",
@@ -54,9 +59,45 @@ pub(crate) fn start(logs: &Path) -> Result<Running> {
             CONTAINERD_SOCKET,
         ]);
         running.spawn("dockerd", dockerd, logs)?;
-        wait_for_socket(DOCKER_SOCKET, "dockerd", logs)?;
+        running.wait_until_answering(DOCKER_SOCKET, dockerd_answers, logs)?;
     }
     Ok(running)
+}
+
+/// Whether a daemon answers on `socket`; if not, removes what a dead one left there so a new
+/// one can listen (dockerd refuses to start beside a pid file naming a live process, and a
+/// dead one's is overwritten).
+fn clear_unless_answering(socket: &str, answers: fn(&str) -> bool) -> Result<bool> {
+    if answers(socket) {
+        return Ok(true);
+    }
+    for stale in [socket.to_string(), format!("{socket}.ttrpc")] {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => eprintln!("xtask: {stale} did not answer; removed it (a stopped daemon's)"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("cannot remove stale {stale}")),
+        }
+    }
+    Ok(false)
+}
+
+/// containerd speaks gRPC; a connection accepted is a daemon listening.
+fn containerd_answers(socket: &str) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+/// dockerd answers `GET /_ping` with `OK` once it serves its API.
+fn dockerd_answers(socket: &str) -> bool {
+    let ping = || -> std::io::Result<bool> {
+        let mut stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"))
+    };
+    ping().unwrap_or(false)
 }
 
 impl Running {
@@ -75,20 +116,35 @@ impl Running {
         self.started.push((name, child));
         Ok(())
     }
-}
 
-fn wait_for_socket(socket: &str, name: &str, logs: &Path) -> Result<()> {
-    let started = Instant::now();
-    while !Path::new(socket).exists() {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "{name} did not open {socket} within 60 s; see {}/{name}.log",
-                logs.display()
-            );
+    /// Waits for the daemon started last to answer on `socket`; fails at once if it exits.
+    fn wait_until_answering(
+        &mut self,
+        socket: &str,
+        answers: fn(&str) -> bool,
+        logs: &Path,
+    ) -> Result<()> {
+        let Some((name, child)) = self.started.last_mut() else {
+            bail!("no daemon was started to wait for");
+        };
+        let began = Instant::now();
+        while !answers(socket) {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}) before answering on {socket}; see {}/{name}.log",
+                    logs.display()
+                );
+            }
+            if began.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "{name} did not answer on {socket} within 60 s; see {}/{name}.log",
+                    logs.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
         }
-        thread::sleep(Duration::from_millis(200));
+        Ok(())
     }
-    Ok(())
 }
 
 impl Drop for Running {
