@@ -6,7 +6,7 @@
 //! run per workload with the kernel's BPF stats on says where memtrace's nanoseconds go, per
 //! program, beside the floor's. The many-files workload interleaves the same way, with
 //! memtrace's output read as it comes. Results go to target/bench/report.{md,json} and the
-//! README's Performance table; a missed goal fails the command after the report is written.
+//! Performance table in docs/performance.md; a missed goal fails the command after the report is written.
 
 use std::{
     collections::HashMap,
@@ -118,7 +118,7 @@ pub(crate) struct BenchOptions {
     pub seconds: f64,
     pub files: usize,
     pub cgroups: usize,
-    /// Only the many-files workload: its figures are printed, the README is left alone.
+    /// Only the many-files workload: its figures are printed, docs/performance.md is left alone.
     pub only_many_files: bool,
 }
 
@@ -676,12 +676,9 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
         serde_json::to_vec_pretty(&Value::Object(results))?,
     )?;
     fs::write(out_dir.join("report.md"), &markdown)?;
-    write_into_readme(&markdown)?;
+    write_into_performance_doc(&markdown)?;
     println!("{markdown}");
-    println!(
-        "written to {} and README.md's Performance section",
-        out_dir.display()
-    );
+    println!("written to {} and docs/performance.md", out_dir.display());
     let _ = fs::remove_dir_all(&work);
     let missed: Vec<&str> = goals
         .iter()
@@ -708,18 +705,18 @@ fn watching_cpu(memtrace: &Path, churn: &Path, dir: &str) -> Result<f64> {
     Ok(cpu)
 }
 
-const README_BEGIN: &str = "<!-- bench:begin (written by cargo xtask bench) -->";
-const README_END: &str = "<!-- bench:end -->";
+const TABLE_BEGIN: &str = "<!-- bench:begin (written by cargo xtask bench) -->";
+const TABLE_END: &str = "<!-- bench:end -->";
 
-/// Replaces the README's generated Performance table with this run's.
-fn write_into_readme(markdown: &str) -> Result<()> {
-    let path = workspace().join("README.md");
+/// Replaces the generated table in docs/performance.md with this run's.
+fn write_into_performance_doc(markdown: &str) -> Result<()> {
+    let path = workspace().join("docs/performance.md");
     let text = fs::read_to_string(&path)?;
-    let (Some(begin), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
-        bail!("README.md has no {README_BEGIN} ... {README_END} section to write into");
+    let (Some(begin), Some(end)) = (text.find(TABLE_BEGIN), text.find(TABLE_END)) else {
+        bail!("docs/performance.md has no {TABLE_BEGIN} ... {TABLE_END} section to write into");
     };
     let updated = format!(
-        "{}{README_BEGIN}\n\n{markdown}\n{}",
+        "{}{TABLE_BEGIN}\n\n{markdown}\n{}",
         &text[..begin],
         &text[end..]
     );

@@ -56,7 +56,7 @@ enum Task {
         /// Cgroups the files are spread over.
         #[arg(long, default_value_t = 1_000)]
         cgroups: usize,
-        /// Only the many-files workload, printed as JSON (the README is not rewritten).
+        /// Only the many-files workload, printed as JSON (docs/performance.md is not rewritten).
         #[arg(long)]
         only_many_files: bool,
     },
