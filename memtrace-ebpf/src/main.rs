@@ -23,6 +23,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// GPL-compatible, as the kernel requires of programs calling GPL-only helpers
+/// (`bpf_probe_read_kernel`); see LICENSE.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
