@@ -5,12 +5,16 @@ use memtrace_common::{CacheCounters, CacheKey};
 
 use super::{
     naming::{ask_kernel, InodeIdentities},
-    residency, Collector, InReportOrder, REMEASURE_LIMIT,
+    observations::InReportOrder,
+    residency, Collector,
 };
 use crate::{
     model::{Observation, Provenance, SeededCache},
     resolve::open::open_regular,
 };
+
+/// Most files measured again in one snapshot because their pre-existing cache is leaving.
+const REMEASURE_LIMIT: usize = 256;
 
 impl Collector {
     /// Measures `files` per memcg now: their cache older than what memtrace counted is
@@ -34,7 +38,9 @@ impl Collector {
                 "{} files lost pre-existing cache; measuring {REMEASURE_LIMIT} now, the rest next time",
                 files.len()
             );
-            self.pending_measure.extend(files.drain(REMEASURE_LIMIT..));
+            self.ledger
+                .pending_measure
+                .extend(files.drain(REMEASURE_LIMIT..));
         }
         let Ok(reader) = residency::PageOwnerReader::open() else {
             return seeded;
@@ -59,7 +65,9 @@ impl Collector {
                 .map(|o| (o.key, o.counters))
                 .collect();
             for (key, counters) in &keys {
-                self.deficits_handled.insert(*key, counters.max_deficit);
+                self.ledger
+                    .deficits_handled
+                    .insert(*key, counters.max_deficit);
             }
             let Some(file) = resolved
                 .host()
@@ -114,7 +122,7 @@ impl Collector {
                 log::debug!(
                     "file {dev}:{ino} changed while measured; measuring it at the next report"
                 );
-                self.pending_measure.insert((dev, ino));
+                self.ledger.pending_measure.insert((dev, ino));
                 continue;
             };
             let active_share = |pages: u64| {
@@ -125,7 +133,7 @@ impl Collector {
             for (key, counting) in file_keys.iter().zip(&after) {
                 let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
                 seeded.push(*key);
-                self.seeds.insert(
+                self.ledger.seeds.insert(
                     InReportOrder(*key),
                     SeededCache {
                         pages,
@@ -133,7 +141,7 @@ impl Collector {
                         provenance,
                         // The counters as the measurement saw them: what they add from here
                         // on comes on top of it.
-                        baseline: self.combined(key, Some(counting)),
+                        baseline: self.ledger.combined(key, Some(counting)),
                     },
                 );
             }

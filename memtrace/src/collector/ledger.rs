@@ -1,0 +1,394 @@
+//! The ledger: what the kernel counted, moved into userspace at each drain (flip) of the
+//! (memcg, file) map, with the cache found by measuring, the per-memcg overflow and the
+//! writers that exited; and the pruning that keeps it as small as what is still cached.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use itertools::{EitherOrBoth, Itertools};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use memtrace_common::{CacheCounters, CacheKey, OverflowCounters, WriterKey, WriterStats};
+
+use super::{
+    naming::{record_identities, InodeIdentities, InodeIdentity},
+    observations::{order, InReportOrder, Observations},
+};
+use crate::{
+    loader::{read_all, runs::merge_writes, Tracer},
+    model::{aggregate::OVERFLOW_INO, KernelStats, Observation, SeededCache},
+};
+
+/// What the kernel counted since start, per (memcg, file), kept in userspace between drains.
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// Every (memcg, file) drained from the kernel so far: its counters since memtrace
+    /// started, and the drain (flip) in which they last changed.
+    /// In report order, so a report's observations come out sorted.
+    totals: BTreeMap<InReportOrder<CacheKey>, Tally>,
+    /// Cache found by measuring (at start, or when traced counts could not explain it), in
+    /// report order: joined with the traced keys in one pass.
+    pub(super) seeds: BTreeMap<InReportOrder<CacheKey>, SeededCache>,
+    /// Drains so far.
+    flips: u64,
+    /// Per memcg (hierarchy, cgroup id), runs the map had no room for (read at each drain).
+    overflow: HashMap<(u32, u64), OverflowCounters>,
+    /// Per memcg, pages taken out of its overflow by keys pruned since (see `prune`).
+    overflow_taken: HashMap<(u32, u64), u64>,
+    /// Each file's inode as the drains showed it last (see [`InodeIdentities`]).
+    identities: Arc<HashMap<(u32, u64), InodeIdentity>>,
+    /// Files to measure at the next snapshot.
+    pub(super) pending_measure: std::collections::HashSet<(u32, u64)>,
+    /// Map entries userspace failed to read, since start.
+    map_read_errors: u64,
+    /// Writers that have exited, moved out of the kernel map; in report order, so they join a
+    /// report's sorted observations in one pass.
+    pub(super) writer_totals: BTreeMap<InReportOrder<WriterKey>, WriterStats>,
+    /// Per key, the `max_deficit` of the entry being counted into that a measurement already
+    /// answered.
+    pub(super) deficits_handled: HashMap<CacheKey, u64>,
+}
+
+/// What a prune kept: the files and memcgs still reported, whose names must stay.
+pub(super) struct Kept {
+    pub(super) files: HashSet<(u32, u64)>,
+    pub(super) cgroups: HashSet<(u32, u64)>,
+}
+
+/// Keys are pruned every this many drains...
+const PRUNE_EVERY: u64 = 8;
+/// ...once nothing of them is resident and they have not changed for this many drains.
+const PRUNE_AFTER_IDLE_FLIPS: u64 = 4;
+
+/// A key's counters since start, and the drain in which they last changed: 32 bytes, as there
+/// may be a hundred thousand.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    pages_added: u64,
+    pages_removed: u64,
+    /// The inode's kernel address, and its `i_generation` (32 bits in the kernel).
+    inode: u64,
+    generation: u32,
+    /// Drains are counted in 64 bits; 32 of them last 136 years at one a second.
+    changed_at: u32,
+}
+
+impl Tally {
+    fn counters(&self) -> CacheCounters {
+        CacheCounters {
+            pages_added: self.pages_added,
+            pages_removed: self.pages_removed,
+            inode: self.inode,
+            generation: u64::from(self.generation),
+            ..CacheCounters::default()
+        }
+    }
+}
+
+/// Adds what an undrained half holds for a key to its totals.
+fn add_counting(sum: &mut CacheCounters, entry: &CacheCounters) {
+    sum.pages_added += entry.pages_added;
+    sum.pages_removed += entry.pages_removed;
+    sum.max_deficit = entry.max_deficit;
+    if entry.inode != 0 {
+        sum.inode = entry.inode;
+        sum.generation = entry.generation;
+    }
+}
+
+impl Ledger {
+    /// Empties the half of the kernel map left at the previous flip into the totals, queues
+    /// files whose old cache is seen leaving, and returns what the half still counting holds.
+    pub(super) fn drain(
+        &mut self,
+        tracer: &mut Tracer,
+        stats: &mut KernelStats,
+    ) -> Vec<(CacheKey, CacheCounters)> {
+        let mut errors = 0;
+        let drained = tracer.flip_and_drain(&mut errors);
+        let drained_count = drained.len();
+        self.flips += 1;
+        for &(key, entry) in &drained {
+            let handled = self.deficits_handled.remove(&key).unwrap_or(0);
+            // Removals a measurement already answered are in its seed: only the rest count.
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key)
+                && !self.overflow_holds(&key)
+            {
+                self.pending_measure.insert((key.dev, key.ino));
+            }
+            let tally = self.totals.entry(InReportOrder(key)).or_default();
+            tally.pages_added += entry.pages_added;
+            tally.pages_removed += entry.pages_removed;
+            if entry.inode != 0 {
+                tally.inode = entry.inode;
+                // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                tally.generation = entry.generation as u32;
+            }
+            tally.changed_at = self.flips as u32;
+        }
+        record_identities(Arc::make_mut(&mut self.identities), &drained);
+        self.overflow = tracer
+            .read_overflow(&mut errors)
+            .into_iter()
+            .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
+            .collect();
+        let counting = tracer.read_counting(&mut errors);
+        self.map_read_errors += errors;
+        stats.map_read_errors = self.map_read_errors;
+        // The half just drained held a whole interval's keys: that is the map's real use.
+        stats.map_entries = drained_count.max(counting.len()) as u64;
+        for (key, entry) in &counting {
+            let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
+            if entry.max_deficit.saturating_sub(handled) > self.known_resident(key)
+                && !self.overflow_holds(key)
+            {
+                self.pending_measure.insert((key.dev, key.ino));
+            }
+        }
+        counting
+    }
+
+    /// What the half being counted into holds now, counting failed reads.
+    pub(super) fn read_counting(&mut self, tracer: &Tracer) -> Vec<(CacheKey, CacheCounters)> {
+        tracer.read_counting(&mut self.map_read_errors)
+    }
+
+    /// Every key's counters since start (the totals plus `counting`, what the half still
+    /// counting holds), as sorted observations, and each file's inode as last seen.
+    pub(super) fn observe(
+        &self,
+        counting: Vec<(CacheKey, CacheCounters)>,
+        shmem_devs: &std::collections::HashSet<u32>,
+    ) -> (Observations, InodeIdentities) {
+        // Each file's inode as last seen: the drains' (kept up to date by each drain), then
+        // the half still counting, newer than any.
+        let mut counting_identities = HashMap::default();
+        record_identities(&mut counting_identities, &counting);
+        let identities = InodeIdentities {
+            drained: Arc::clone(&self.identities),
+            counting: counting_identities,
+        };
+        // Every key's totals plus what the undrained halves add, built as one list (the
+        // undrained halves hold few keys; the totals may hold a hundred thousand). Only
+        // removals of shmem pages are traced: their files are measured instead.
+        let mut counting: HashMap<CacheKey, CacheCounters> = counting.into_iter().collect();
+        let mut observations =
+            Observations::with_capacity(self.totals.len() + counting.len() + self.seeds.len());
+        // Keys only the undrained halves hold (their counters are all there is) are merged in
+        // order with the totals', so the list comes out sorted.
+        let totals = &self.totals;
+        let mut only_counting: Vec<(CacheKey, CacheCounters)> = Vec::new();
+        counting.retain(|key, entry| {
+            let known = totals.contains_key(&InReportOrder(*key));
+            if !known {
+                only_counting.push((*key, *entry));
+            }
+            known
+        });
+        only_counting.sort_unstable_by_key(|(key, _)| order(key));
+        let summed = totals.iter().map(|(InReportOrder(key), tally)| {
+            let mut sum = tally.counters();
+            if let Some(entry) = counting.get(key) {
+                add_counting(&mut sum, entry);
+            }
+            (*key, sum)
+        });
+        let traced = summed.merge_by(only_counting, |x, y| order(&x.0) <= order(&y.0));
+        // Then the seeds, in the same order: one pass, not a lookup per key.
+        let seeds = self
+            .seeds
+            .iter()
+            .map(|(InReportOrder(key), seeded)| (*key, seeded));
+        for joined in traced.merge_join_by(seeds, |x, y| order(&x.0).cmp(&order(&y.0))) {
+            let observation = match joined {
+                EitherOrBoth::Left((key, counters)) => Observation::traced(key, counters),
+                EitherOrBoth::Both((key, counters), (_, seeded)) => Observation {
+                    seeded: Some(Box::new(*seeded)),
+                    ..Observation::traced(key, counters)
+                },
+                EitherOrBoth::Right((key, seeded)) => Observation::seeded_only(key, seeded),
+            };
+            if !shmem_devs.contains(&observation.key.dev) {
+                observations.push_unique(observation);
+            }
+        }
+        observations.seal();
+        self.add_overflow(&mut observations);
+        (observations, identities)
+    }
+
+    /// Adds, per memcg with runs the map had no room for, one observation for its files not
+    /// tracked one by one ([`OVERFLOW_INO`]). Removals its files show that memtrace never saw
+    /// added (and no measurement explains) came out of it: they are taken from it, not lost.
+    fn add_overflow(&self, observations: &mut Observations) {
+        if self.overflow.is_empty() {
+            return;
+        }
+        let mut unexplained: HashMap<(u32, u64), u64> = HashMap::default();
+        for observation in &observations.list {
+            let cgroup = (observation.key.hierarchy, observation.key.cgroup_id);
+            if observation.seeded.is_none() && self.overflow.contains_key(&cgroup) {
+                let counters = &observation.counters;
+                *unexplained.entry(cgroup).or_default() +=
+                    counters.pages_removed.saturating_sub(counters.pages_added);
+            }
+        }
+        for (&(hierarchy, cgroup_id), overflow) in &self.overflow {
+            let key = CacheKey {
+                cgroup_id,
+                ino: OVERFLOW_INO,
+                dev: 0,
+                hierarchy,
+            };
+            let cgroup = (hierarchy, cgroup_id);
+            let taken = unexplained.get(&cgroup).copied().unwrap_or(0)
+                + self.overflow_taken.get(&cgroup).copied().unwrap_or(0);
+            observations.insert(Observation::traced(
+                key,
+                CacheCounters {
+                    pages_added: overflow.pages_added,
+                    pages_removed: overflow.pages_removed + taken,
+                    ..CacheCounters::default()
+                },
+            ));
+        }
+    }
+
+    /// Live writers' figures since start (the exited ones' are in `writer_totals`). Entries of
+    /// processes that have exited cannot grow any more: they move from the kernel map into
+    /// userspace, so the map holds only live writers, however many come and go.
+    pub(super) fn gather_writers(
+        &mut self,
+        tracer: &mut Tracer,
+        stats: &mut KernelStats,
+    ) -> HashMap<WriterKey, WriterStats> {
+        // The map before the runs: a run added to the map in between is missed once, rather
+        // than counted twice.
+        let mapped = read_all(&tracer.writers, &mut stats.map_read_errors);
+        let runs = tracer.writer_runs();
+        let mut entries: HashMap<WriterKey, WriterStats> = HashMap::default();
+        let add = |entries: &mut HashMap<WriterKey, WriterStats>, key, value: WriterStats| {
+            entries
+                .entry(key)
+                .and_modify(|into| merge_writes(into, &value))
+                .or_insert(value);
+        };
+        for (key, value) in mapped {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let exited = unsafe { libc::kill(key.tgid as i32, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if exited && tracer.writers.remove(&key).is_ok() {
+                // A run of its still on some CPU reaches the map later and moves then.
+                self.writer_totals
+                    .entry(InReportOrder(key))
+                    .and_modify(|into| merge_writes(into, &value))
+                    .or_insert(value);
+            } else {
+                add(&mut entries, key, value);
+            }
+        }
+        for (key, value) in runs {
+            add(&mut entries, key, value);
+        }
+        entries
+    }
+
+    /// A key's counters since start: the totals plus `counting`, what the halves not yet
+    /// drained hold for it.
+    pub(super) fn combined(
+        &self,
+        key: &CacheKey,
+        counting: Option<&CacheCounters>,
+    ) -> CacheCounters {
+        let mut sum = self
+            .totals
+            .get(&InReportOrder(*key))
+            .map(Tally::counters)
+            .unwrap_or_default();
+        if let Some(entry) = counting {
+            sum.pages_added += entry.pages_added;
+            sum.pages_removed += entry.pages_removed;
+        }
+        sum
+    }
+
+    /// Whether `key`'s memcg has pages in the overflow (its files' runs that found the map
+    /// full): a file of it that loses pages memtrace never saw added lost them from there,
+    /// and measuring it would count them twice.
+    fn overflow_holds(&self, key: &CacheKey) -> bool {
+        self.overflow
+            .get(&(key.hierarchy, key.cgroup_id))
+            .is_some_and(|o| o.pages_added > o.pages_removed)
+    }
+
+    /// Pages memtrace knew were resident for `key` from what was drained (and seeded).
+    fn known_resident(&self, key: &CacheKey) -> u64 {
+        let counters = self
+            .totals
+            .get(&InReportOrder(*key))
+            .map(Tally::counters)
+            .unwrap_or_default();
+        Observation {
+            shmem: false,
+            key: *key,
+            counters,
+            seeded: self.seeds.get(&InReportOrder(*key)).map(|s| Box::new(*s)),
+            writers: Vec::new(),
+        }
+        .resident_pages()
+    }
+
+    /// Whether this drain is one that prunes.
+    pub(super) fn prune_due(&self) -> bool {
+        self.flips.is_multiple_of(PRUNE_EVERY)
+    }
+
+    /// Forgets keys with nothing resident that have not changed for a while, so memory stays
+    /// flat however many files come and go; their seeds go with them. Returns what is still
+    /// reported (with `measured`, the files measured instead of traced), whose names must stay.
+    pub(super) fn prune<'a>(&mut self, measured: impl Iterator<Item = &'a CacheKey>) -> Kept {
+        let measured: Vec<CacheKey> = measured.copied().collect();
+        let flips = self.flips;
+        let idle: Vec<CacheKey> = self
+            .totals
+            .iter()
+            .filter(|(InReportOrder(key), tally)| {
+                flips.saturating_sub(u64::from(tally.changed_at)) >= PRUNE_AFTER_IDLE_FLIPS
+                    && self.known_resident(key) == 0
+            })
+            .map(|(InReportOrder(key), _)| *key)
+            .collect();
+        for key in &idle {
+            let tally = self.totals.remove(&InReportOrder(*key));
+            let seeded = self.seeds.remove(&InReportOrder(*key));
+            self.deficits_handled.remove(key);
+            // Removals it showed that no addition or measurement explains came out of its
+            // memcg's overflow (see `add_overflow`): kept there once the key is gone.
+            let cgroup = (key.hierarchy, key.cgroup_id);
+            if let (Some(tally), None, true) = (tally, seeded, self.overflow.contains_key(&cgroup))
+            {
+                *self.overflow_taken.entry(cgroup).or_default() +=
+                    tally.pages_removed.saturating_sub(tally.pages_added);
+            }
+        }
+        // What is still reported, by file and by cgroup. Files measured instead of traced
+        // (tmpfs/shmem) have no kernel counters: their names stay while they are measured.
+        let mut files: HashSet<(u32, u64)> = HashSet::default();
+        let mut cgroups: HashSet<(u32, u64)> = HashSet::default();
+        files.reserve(self.totals.len());
+        for key in self
+            .totals
+            .keys()
+            .map(|k| &k.0)
+            .chain(self.seeds.keys().map(|k| &k.0))
+            .chain(&measured)
+        {
+            files.insert((key.dev, key.ino));
+            cgroups.insert((key.hierarchy, key.cgroup_id));
+        }
+        Arc::make_mut(&mut self.identities).retain(|file, _| files.contains(file));
+        // Exited writers of files that are gone from every cgroup go too.
+        self.writer_totals
+            .retain(|key, _| files.contains(&(key.0.dev, key.0.ino)));
+        Kept { files, cgroups }
+    }
+}
