@@ -23,7 +23,7 @@ use self::{
 use crate::{
     loader::{LoadError, LoadOptions, Tracer},
     model::{KernelStats, SeedSummary, SeededCache, WriteRates},
-    resolve::{cgroups::memcg_path_of, Resolvers},
+    resolve::{cgroups::memcg_path_of, FoundTarget, Resolvers, TargetError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum CollectError {
 /// Loaded programs plus the userspace state that names what they count.
 pub struct Collector {
     tracer: Tracer,
-    pub resolvers: Resolvers,
+    resolvers: Resolvers,
     started: Instant,
     page_size: u64,
     /// What the kernel counted, moved into userspace, with the cache found by measuring.
@@ -80,6 +80,16 @@ impl Collector {
 
     pub fn tracer(&self) -> &Tracer {
         &self.tracer
+    }
+
+    /// What names things: cgroups, containers, memory.stat, targets the user names.
+    pub fn resolvers(&self) -> &Resolvers {
+        &self.resolvers
+    }
+
+    /// Finds what the user named (a pid, a cgroup path, a container) among what runs now.
+    pub fn find_target(&mut self, query: &str) -> Result<FoundTarget, TargetError> {
+        self.resolvers.find_target(query)
     }
 
     /// Applies pending notices from the kernel: cgroups made and removed; and drains the

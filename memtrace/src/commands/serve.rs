@@ -20,8 +20,7 @@ use super::{drain_ticks, load_options, maintain_ticks, seed_at_start, Shutdown};
 use crate::{
     cli::{GlobalArgs, ServeArgs},
     collector::Collector,
-    model::{Filter, UNIFIED_HIERARCHY},
-    resolve::memstat::read_memory,
+    model::Filter,
     view::prometheus::{render, MetricsInput},
 };
 
@@ -160,15 +159,14 @@ fn scrape(
     });
     *removed_since = still_removed;
 
-    let hierarchies = &collector.resolvers.cgroups.hierarchies;
+    let resolvers = collector.resolvers();
     let memory = report
         .cgroups
         .iter()
         // A removed cgroup's directory is gone (or is another cgroup's now).
         .filter(|c| !c.removed)
         .filter_map(|c| {
-            let dir = hierarchies.directory_of(c.hierarchy, c.path.as_deref()?)?;
-            let figures = read_memory(&dir, c.hierarchy == UNIFIED_HIERARCHY).ok()?;
+            let figures = resolvers.memory_of(c.hierarchy, c.path.as_deref()?)?;
             Some(((c.hierarchy, c.id), figures))
         })
         .collect();

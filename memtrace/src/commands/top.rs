@@ -15,15 +15,17 @@ use crate::{
     cli::{GlobalArgs, TopArgs},
     collector::{seed::SeedOptions, Collector},
     model::{
-        explain::{files_of_target, Explanation, Target, TargetKind},
-        human_bytes, Filter, SCHEMA_VERSION, UNIFIED_HIERARCHY,
+        explain::{Evidence, Explanation, Target, TargetKind},
+        human_bytes, Filter,
     },
-    resolve::memstat::{read_memory, read_node_memory},
+    resolve::memstat::read_node_memory,
     view::top::{Action, Key, Mode, TopState},
 };
 
 /// Files named per cgroup for the drill-in view.
 const FILES_SHOWN: usize = 50;
+/// Files listed under an explanation.
+const EXPLAINED_FILES: usize = 10;
 
 pub async fn top(global: &GlobalArgs, args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
@@ -111,7 +113,7 @@ async fn run(
 fn explain(collector: &mut Collector, hierarchy: u32, id: u64) -> io::Result<Vec<String>> {
     let report = collector
         .snapshot_filtered(&Filter {
-            files_per_cgroup: Some(10),
+            files_per_cgroup: Some(EXPLAINED_FILES),
             ..Filter::default()
         })
         .map_err(io::Error::other)?;
@@ -123,42 +125,28 @@ fn explain(collector: &mut Collector, hierarchy: u32, id: u64) -> io::Result<Vec
         return Ok(vec!["this cgroup is gone".to_owned()]);
     };
     let path = cgroup.path.clone().unwrap_or_default();
-    let memory = collector
-        .resolvers
-        .cgroups
-        .hierarchies
-        .directory_of(hierarchy, &path)
-        .and_then(|dir| read_memory(&dir, hierarchy == UNIFIED_HIERARCHY).ok());
-    let files = files_of_target(&report, None, hierarchy, &path);
-    let mut explanation = Explanation {
-        schema_version: SCHEMA_VERSION,
-        target: Target {
+    let explanation = Explanation::new(
+        Target {
             query: path.clone(),
             kind: TargetKind::Cgroup,
             cgroup_id: id,
             hierarchy,
-            cgroup_path: path,
+            cgroup_path: path.clone(),
             container: cgroup.container.clone(),
         },
-        memory,
-        attributed_bytes: files.iter().map(|f| f.cached_bytes).sum(),
-        attributed_exact_bytes: files
-            .iter()
-            .filter(|f| f.provenance.is_exact())
-            .map(|f| f.cached_bytes)
-            .sum(),
-        coverage: None,
-        unattributed_bytes: 0,
-        files,
-        seed: None,
-        observed_seconds: 0.0,
-        stats: report.stats.clone(),
-        verdict: Vec::new(),
-    };
-    explanation.conclude();
+        Evidence {
+            report: &report,
+            rates: None,
+            memory: collector.resolvers().memory_of(hierarchy, &path),
+            holders: None,
+            seed: None,
+            observed_seconds: 0.0,
+            top: EXPLAINED_FILES,
+        },
+    );
     let mut lines = explanation.verdict.clone();
     lines.push(String::new());
-    for file in explanation.files.iter().take(10) {
+    for file in &explanation.files {
         lines.push(format!(
             "{:>10}  {}",
             human_bytes(file.cached_bytes),

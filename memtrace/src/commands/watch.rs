@@ -24,11 +24,11 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     seed_at_start(&mut collector, args.seed);
     let filter = args.output.to_filter();
     if let Some(wanted) = &filter.container {
-        let known = collector.resolvers.known_containers();
+        let known = collector.resolvers().known_containers();
         if !known.iter().any(|c| c.matches(wanted)) {
             bail!(
                 "no container matches `{wanted}`; give a name, an id or an id prefix of one running here: {}",
-                collector.resolvers.container_list()
+                collector.resolvers().container_list()
             );
         }
     }

@@ -152,7 +152,60 @@ pub fn add_holders(files: &mut [ExplainedFile], holders: &HashMap<String, Vec<Wr
     }
 }
 
+/// What an explanation reads besides its target: a report, the kernel's figures, and what
+/// else is known of the files.
+pub struct Evidence<'a> {
+    pub report: &'a Report,
+    /// Growth of each file since an earlier report, when there is one.
+    pub rates: Option<&'a Rates>,
+    /// The target's memory.stat; `None` when it could not be read.
+    pub memory: Option<MemoryFigures>,
+    /// Processes holding files open for writing now, by path (see [`add_holders`]).
+    pub holders: Option<&'a HashMap<String, Vec<Writer>>>,
+    pub seed: Option<SeedSummary>,
+    pub observed_seconds: f64,
+    /// Files listed, largest first; the attributed sums count every file.
+    pub top: usize,
+}
+
 impl Explanation {
+    /// The explanation of `target` from `evidence`: its files, the sums, coverage against
+    /// memory.stat, and the verdict.
+    pub fn new(target: Target, evidence: Evidence<'_>) -> Self {
+        let mut files = files_of_target(
+            evidence.report,
+            evidence.rates,
+            target.hierarchy,
+            &target.cgroup_path,
+        );
+        let attributed_bytes = files.iter().map(|f| f.cached_bytes).sum();
+        let attributed_exact_bytes = files
+            .iter()
+            .filter(|f| f.provenance.is_exact())
+            .map(|f| f.cached_bytes)
+            .sum();
+        files.truncate(evidence.top);
+        if let Some(holders) = evidence.holders {
+            add_holders(&mut files, holders);
+        }
+        let mut explanation = Self {
+            schema_version: super::SCHEMA_VERSION,
+            target,
+            memory: evidence.memory,
+            attributed_bytes,
+            attributed_exact_bytes,
+            coverage: None,
+            unattributed_bytes: 0,
+            files,
+            seed: evidence.seed,
+            observed_seconds: evidence.observed_seconds,
+            stats: evidence.report.stats.clone(),
+            verdict: Vec::new(),
+        };
+        explanation.conclude();
+        explanation
+    }
+
     /// Fills coverage and the verdict from the figures.
     pub fn conclude(&mut self) {
         if let Some(memory) = &self.memory {

@@ -11,6 +11,8 @@ mod parser_props;
 pub mod paths;
 pub mod procs;
 
+use std::os::unix::fs::MetadataExt;
+
 use memtrace_common::CgroupEvent;
 
 use self::{
@@ -18,7 +20,7 @@ use self::{
     containers::{identify, RuntimeState},
     paths::PathTable,
 };
-use crate::model::{explain::TargetKind, Container};
+use crate::model::{explain::TargetKind, Container, MemoryFigures, UNIFIED_HIERARCHY};
 
 /// A memory cgroup the user named, found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +129,19 @@ impl Resolvers {
         self.runtime = RuntimeState::scan();
         self.remember_containers();
         self.cgroups.begin_lookups();
+    }
+
+    /// memory.stat and usage of the memory cgroup at `path` in `hierarchy`; `None` when its
+    /// directory is gone or cannot be read.
+    pub fn memory_of(&self, hierarchy: u32, path: &str) -> Option<MemoryFigures> {
+        let dir = self.cgroups.hierarchies.directory_of(hierarchy, path)?;
+        memstat::read_memory(&dir, hierarchy == UNIFIED_HIERARCHY).ok()
+    }
+
+    /// The cgroup id (its directory's inode) of `path` in `hierarchy`, if it exists.
+    pub fn cgroup_id_of(&self, hierarchy: u32, path: &str) -> Option<u64> {
+        let dir = self.cgroups.hierarchies.directory_of(hierarchy, path)?;
+        std::fs::metadata(dir).ok().map(|m| m.ino())
     }
 
     /// The containers running here, by name (or short id), for error messages.
