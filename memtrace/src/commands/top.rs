@@ -16,7 +16,7 @@ use crate::{
     collector::{seed::SeedOptions, Collector},
     model::{
         explain::{Evidence, Explanation, Target, TargetKind},
-        human_bytes, Filter,
+        human_bytes, Filter, Rates, Sample,
     },
     resolve::memstat::read_node_memory,
     view::top::{Action, Key, Mode, TopState},
@@ -61,15 +61,19 @@ async fn run(
         files_per_cgroup: Some(FILES_SHOWN),
         ..Filter::default()
     };
-    let mut last = Instant::now();
+    let mut last_sample: Option<Sample> = None;
     let mut next = Instant::now();
     loop {
         if !state.paused && Instant::now() >= next {
             let report = collector.snapshot_filtered(&filter)?;
             state.node = read_node_memory();
-            state.update(report, last.elapsed().as_secs_f64());
-            last = Instant::now();
-            next = last + Duration::from_millis(state.interval_ms);
+            let sample = Sample::of(&report.cgroups, Instant::now());
+            let rates = last_sample
+                .as_ref()
+                .and_then(|last| Rates::between(last, &sample));
+            last_sample = Some(sample);
+            state.update(report, rates);
+            next = Instant::now() + Duration::from_millis(state.interval_ms);
         }
         terminal.draw(|f| state.draw(f))?;
         tokio::select! {

@@ -31,6 +31,31 @@ impl Filter {
 }
 
 /// Whether `path` is `prefix` or lies below it, component-wise.
+/// Whether `needle` (lowercase) appears in the cgroup's path, its container's name, id,
+/// runtime or pod, its systemd unit, or the path of a file it lists: the free-text filter of
+/// the live view.
+pub fn mentions(cgroup: &CgroupUsage, needle: &str) -> bool {
+    let has = |text: &str| text.to_lowercase().contains(needle);
+    let container = cgroup.container.as_ref();
+    cgroup.path.as_deref().is_some_and(has)
+        || container.is_some_and(|c| {
+            c.name.as_deref().is_some_and(has)
+                || has(&c.id)
+                || has(&c.runtime.to_string())
+                || c.pod.as_ref().is_some_and(|p| {
+                    [&p.name, &p.namespace]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| has(t))
+                })
+        })
+        || cgroup.unit.as_deref().is_some_and(has)
+        || cgroup
+            .files
+            .iter()
+            .any(|f| f.path.as_deref().is_some_and(has))
+}
+
 pub fn under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     prefix.is_empty()
@@ -179,6 +204,20 @@ mod tests {
             }
         }
         cgroups
+    }
+
+    #[test]
+    fn free_text_finds_a_cgroup_by_path_container_or_file_and_nothing_else() {
+        let (cgroups, _) = aggregate(traced(vec![(key(10, 1), counters(1, 0))]), 4096);
+        let cgroup = &named(cgroups)[0];
+        for needle in ["/apps/cg10", "web-10", "abcdef", "runc", "f1.log"] {
+            assert!(mentions(cgroup, needle), "{needle}");
+        }
+        assert!(!mentions(cgroup, "nginx"));
+        assert!(
+            !mentions(cgroup, "upper"),
+            "host paths are not what the view lists"
+        );
     }
 
     #[test]

@@ -7,23 +7,43 @@ use super::schema::{CgroupUsage, Dev};
 
 /// A file under one cgroup: (hierarchy, cgroup id, device, inode).
 pub type FileKey = (u32, u64, Dev, u64);
+/// A cgroup: (hierarchy, cgroup id).
+pub type CgroupKey = (u32, u64);
 
-/// A file's figures at the moment of a sample.
+/// A file's or a cgroup's figures at the moment of a sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileFigures {
+pub struct Figures {
     pub cached_bytes: u64,
     pub written_bytes: u64,
 }
 
-/// What the files of a report held at one moment: enough to rate a later report against.
+impl Figures {
+    /// Per-second change from `before` to these figures over `seconds`.
+    fn since(&self, before: &Figures, seconds: f64) -> FileRates {
+        FileRates {
+            written: per_second(before.written_bytes, self.written_bytes, seconds).max(0.0),
+            cached: per_second(before.cached_bytes, self.cached_bytes, seconds),
+        }
+    }
+}
+
+/// Change from `before` to `now` per second: the one rate every view shows.
+pub fn per_second(before: u64, now: u64, seconds: f64) -> f64 {
+    (now as f64 - before as f64) / seconds
+}
+
+/// What the cgroups and files of a report held at one moment: enough to rate a later report
+/// against.
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at: Instant,
-    pub files: HashMap<FileKey, FileFigures>,
+    pub files: HashMap<FileKey, Figures>,
+    /// Each cgroup's cache, and the bytes written to its listed files.
+    pub cgroups: HashMap<CgroupKey, Figures>,
 }
 
 impl Sample {
-    /// The figures of every file listed in `cgroups`, taken `at`.
+    /// The figures of every cgroup in `cgroups` and every file listed, taken `at`.
     pub fn of(cgroups: &[CgroupUsage], at: Instant) -> Self {
         let files = cgroups
             .iter()
@@ -31,7 +51,7 @@ impl Sample {
                 c.files.iter().map(move |f| {
                     (
                         (c.hierarchy, c.id, f.dev, f.ino),
-                        FileFigures {
+                        Figures {
                             cached_bytes: f.cached_bytes,
                             written_bytes: f.written_bytes,
                         },
@@ -39,11 +59,21 @@ impl Sample {
                 })
             })
             .collect();
-        Self { at, files }
+        let cgroups = cgroups
+            .iter()
+            .map(|c| {
+                let figures = Figures {
+                    cached_bytes: c.cached_bytes,
+                    written_bytes: c.files.iter().map(|f| f.written_bytes).sum(),
+                };
+                ((c.hierarchy, c.id), figures)
+            })
+            .collect();
+        Self { at, files, cgroups }
     }
 }
 
-/// Per-second change of a file between two samples.
+/// Per-second change of a file or a cgroup between two samples.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FileRates {
     /// Bytes written per second (never negative: counters only grow).
@@ -52,12 +82,13 @@ pub struct FileRates {
     pub cached: f64,
 }
 
-/// Rates of every file of the later sample. A file absent from the earlier one counts from
-/// zero (it appeared in between).
+/// Rates of every file and cgroup of the later sample. One absent from the earlier sample
+/// counts from zero (it appeared in between).
 #[derive(Clone, Debug)]
 pub struct Rates {
     pub seconds: f64,
     files: HashMap<FileKey, FileRates>,
+    cgroups: HashMap<CgroupKey, FileRates>,
 }
 
 impl Rates {
@@ -67,30 +98,37 @@ impl Rates {
         if seconds <= 0.0 {
             return None;
         }
-        let files = now
-            .files
-            .iter()
-            .map(|(key, figures)| {
-                let before = last.files.get(key).copied().unwrap_or_default();
-                let rates = FileRates {
-                    written: figures.written_bytes.saturating_sub(before.written_bytes) as f64
-                        / seconds,
-                    cached: (figures.cached_bytes as f64 - before.cached_bytes as f64) / seconds,
-                };
-                (*key, rates)
-            })
-            .collect();
-        Some(Self { seconds, files })
+        fn rate_all<K: Copy + Eq + std::hash::Hash>(
+            last: &HashMap<K, Figures>,
+            now: &HashMap<K, Figures>,
+            seconds: f64,
+        ) -> HashMap<K, FileRates> {
+            now.iter()
+                .map(|(key, figures)| {
+                    let before = last.get(key).copied().unwrap_or_default();
+                    (*key, figures.since(&before, seconds))
+                })
+                .collect()
+        }
+        Some(Self {
+            seconds,
+            files: rate_all(&last.files, &now.files, seconds),
+            cgroups: rate_all(&last.cgroups, &now.cgroups, seconds),
+        })
     }
 
     pub fn of(&self, key: &FileKey) -> Option<FileRates> {
         self.files.get(key).copied()
     }
+
+    pub fn of_cgroup(&self, key: &CgroupKey) -> Option<FileRates> {
+        self.cgroups.get(key).copied()
+    }
 }
 
 /// Write rates report after report, in one pass per report: each written file's bytes are
-/// rated against the previous report's and remembered for the next (`Sample` and `Rates`
-/// would build two maps of every file for the same answer). A report is rated cgroup by
+/// rated ([`per_second`]) against the previous report's and remembered for the next (`Sample`
+/// and `Rates` would build two maps of every file of a streamed report for the same answer). A report is rated cgroup by
 /// cgroup ([`Self::start`], [`Self::rate`]), so it can be written as it is built.
 #[derive(Debug, Default)]
 pub struct WriteRates {
@@ -146,7 +184,7 @@ impl WriteRates {
             if let Some(seconds) = self.seconds {
                 let before = self.previous.get(&key).copied().unwrap_or(0);
                 file.write_rate_bytes_per_second =
-                    Some(file.written_bytes.saturating_sub(before) as f64 / seconds);
+                    Some(per_second(before, file.written_bytes, seconds).max(0.0));
             }
             now.insert(key, file.written_bytes);
         }
@@ -173,13 +211,20 @@ mod tests {
                 .map(|&(ino, cached_bytes, written_bytes)| {
                     (
                         (4, 7, Dev(1), ino),
-                        FileFigures {
+                        Figures {
                             cached_bytes,
                             written_bytes,
                         },
                     )
                 })
                 .collect(),
+            cgroups: HashMap::from([(
+                (4, 7),
+                Figures {
+                    cached_bytes: files.iter().map(|f| f.1).sum(),
+                    written_bytes: files.iter().map(|f| f.2).sum(),
+                },
+            )]),
         }
     }
 
@@ -209,6 +254,14 @@ mod tests {
                 cached: 20.0
             },
             "new files count from 0"
+        );
+        assert_eq!(
+            rates.of_cgroup(&(4, 7)),
+            Some(FileRates {
+                written: 2004.0,
+                cached: -80.0
+            }),
+            "a cgroup's rates are its own figures' change"
         );
         assert!(Rates::between(&now, &now).is_none(), "no time, no rate");
     }

@@ -12,7 +12,10 @@ use ratatui::{
     Frame,
 };
 
-use crate::model::{escape_control, human_bytes, CgroupUsage, KernelStats, NodeMemory, Report};
+use crate::model::{
+    escape_control, filter::mentions, human_bytes, CgroupUsage, KernelStats, NodeMemory, Rates,
+    Report,
+};
 
 /// How long a cgroup's cached bytes are remembered for its sparkline.
 const HISTORY: usize = 120;
@@ -109,8 +112,8 @@ pub struct TopState {
     /// Progress of the scan at start, shown until the first report.
     pub status: String,
     report: Option<Report>,
-    previous: HashMap<(u32, u64), (u64, u64)>,
-    seconds_since_previous: f64,
+    /// The rates since the report before (computed by the model, from two samples).
+    rates: Option<Rates>,
     history: HashMap<(u32, u64), VecDeque<u64>>,
 }
 
@@ -123,16 +126,9 @@ impl TopState {
         }
     }
 
-    /// Takes a new report, `seconds` after the previous one.
-    pub fn update(&mut self, report: Report, seconds: f64) {
-        if let Some(old) = &self.report {
-            self.previous = old
-                .cgroups
-                .iter()
-                .map(|c| ((c.hierarchy, c.id), (c.cached_bytes, written(c))))
-                .collect();
-            self.seconds_since_previous = seconds;
-        }
+    /// Takes a new report, with its rates since the report before (none for the first).
+    pub fn update(&mut self, report: Report, rates: Option<Rates>) {
+        self.rates = rates;
         for c in &report.cgroups {
             let history = self.history.entry((c.hierarchy, c.id)).or_default();
             history.push_back(c.cached_bytes);
@@ -150,52 +146,33 @@ impl TopState {
         let Some(report) = &self.report else {
             return Vec::new();
         };
-        let seconds = self.seconds_since_previous;
         let filter = self.filter.to_lowercase();
         let mut rows: Vec<CgroupRow> = report
             .cgroups
             .iter()
             .filter(|c| c.cached_bytes > 0 || written(c) > 0)
+            .filter(|c| filter.is_empty() || mentions(c, &filter))
             .map(|c| {
-                let (before, written_before) = self
-                    .previous
-                    .get(&(c.hierarchy, c.id))
-                    .copied()
-                    .unwrap_or((c.cached_bytes, written(c)));
-                let rate = |now: u64, then: u64| {
-                    if seconds > 0.0 {
-                        (now as f64 - then as f64) / seconds
-                    } else {
-                        0.0
-                    }
-                };
+                let rates = self
+                    .rates
+                    .as_ref()
+                    .and_then(|r| r.of_cgroup(&(c.hierarchy, c.id)))
+                    .unwrap_or_default();
                 CgroupRow {
                     hierarchy: c.hierarchy,
                     id: c.id,
                     who: who(c),
                     path: c.path.clone().unwrap_or_else(|| format!("(id {})", c.id)),
                     cached: c.cached_bytes,
-                    growth: rate(c.cached_bytes, before),
+                    growth: rates.cached,
                     dirty: c
                         .files
                         .iter()
                         .filter_map(|f| f.dirty_bytes)
                         .reduce(|a, b| a + b),
-                    written_rate: rate(written(c), written_before).max(0.0),
+                    written_rate: rates.written,
                     files: c.file_count,
                 }
-            })
-            .filter(|r| {
-                filter.is_empty()
-                    || r.path.to_lowercase().contains(&filter)
-                    || r.who.to_lowercase().contains(&filter)
-                    || self.files_of(r.hierarchy, r.id).is_some_and(|c| {
-                        c.files.iter().any(|f| {
-                            f.path
-                                .as_deref()
-                                .is_some_and(|p| p.to_lowercase().contains(&filter))
-                        })
-                    })
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -555,7 +532,7 @@ mod tests {
             shmem: 1 << 20,
             dirty: 8192,
         };
-        state.update(fixed_report(), 0.0);
+        state.update(fixed_report(), None);
         state
     }
 
@@ -609,7 +586,7 @@ mod tests {
         let mut report = fixed_report();
         report.cgroups[0].path = Some("/evil\n\u{1b}[31mcg".into());
         let mut state = TopState::new(2000);
-        state.update(report, 0.0);
+        state.update(report, None);
         let text = screen(&state, 140, 24);
         assert!(!text.contains('\u{1b}'), "{text}");
         assert!(text.contains("/evil\\n\\x1b[31mcg"), "{text}");
