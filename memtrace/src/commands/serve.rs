@@ -2,8 +2,12 @@
 //! kernel maps afresh, so figures are as of the scrape.
 
 use std::{
-    collections::HashMap, convert::Infallible, io, net::SocketAddr, process::ExitCode,
-    time::Instant,
+    collections::HashMap,
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -21,7 +25,7 @@ use crate::{
     cli::{GlobalArgs, ServeArgs},
     collector::Collector,
     model::Filter,
-    view::prometheus::{render, MetricsInput},
+    view::prometheus::{Metrics, MetricsInput},
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,6 +68,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     let (scrapes, mut scrape_requests) = mpsc::channel::<oneshot::Sender<String>>(8);
     tokio::spawn(accept(listener, scrapes));
     let mut removed_since: HashMap<(u32, u64), Instant> = HashMap::new();
+    let metrics = Metrics::new();
     let mut drain = drain_ticks();
     let mut maintain = maintain_ticks();
     loop {
@@ -71,7 +76,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
             _ = drain.tick() => collector.drain_events(),
             _ = maintain.tick() => collector.maintain()?,
             Some(reply) = scrape_requests.recv() => {
-                let text = scrape(&mut collector, &args, &mut removed_since)?;
+                let text = scrape(&mut collector, &metrics, &args, &mut removed_since)?;
                 // The scraper may have gone away meanwhile: nothing to do then.
                 let _ = reply.send(text);
             }
@@ -80,11 +85,26 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     }
 }
 
-/// Serves HTTP connections; `/metrics` asks the main loop for a scrape.
+/// First and longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Serves HTTP connections; `/metrics` asks the main loop for a scrape. A failed `accept`
+/// (out of file descriptors, say) is retried after a pause that doubles while it keeps
+/// failing, so the agent never spins on it.
 async fn accept(listener: TcpListener, scrapes: mpsc::Sender<oneshot::Sender<String>>) {
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
+            Err(err) => {
+                log::warn!("cannot accept a metrics connection: {err}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
         };
         let scrapes = scrapes.clone();
         tokio::spawn(async move {
@@ -138,6 +158,7 @@ async fn respond(
 /// cgroup, and memtrace's own figures.
 fn scrape(
     collector: &mut Collector,
+    metrics: &Metrics,
     args: &ServeArgs,
     removed_since: &mut HashMap<(u32, u64), Instant>,
 ) -> anyhow::Result<String> {
@@ -171,7 +192,7 @@ fn scrape(
         })
         .collect();
     let programs = collector.tracer().program_stats().unwrap_or_default();
-    Ok(render(&MetricsInput {
+    Ok(metrics.render(&MetricsInput {
         report: &report,
         memory: &memory,
         programs: &programs,

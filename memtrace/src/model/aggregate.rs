@@ -1,11 +1,35 @@
 //! From raw kernel counters to cgroups and their files: seeded cache plus traced changes,
 //! grouped, summed and sorted. Names are left empty for the resolvers.
 
-use std::ops::Range;
+use std::{collections::HashMap, ops::Range};
 
 use memtrace_common::{CacheCounters, CacheKey};
 
-use super::schema::{CgroupUsage, Dev, FileUsage, Provenance, Totals, WriterUsage};
+use super::schema::{CgroupUsage, Dev, FileUsage, Provenance, Report, Totals, WriterUsage};
+
+impl Report {
+    /// Cache attributed to each cgroup and everything below it, by (hierarchy, path): what
+    /// compares with memory.stat, which counts a cgroup's descendants too. Removed cgroups
+    /// are left out (their cache is no longer under the path they had).
+    pub fn subtree_cached_bytes(&self) -> HashMap<(u32, &str), u64> {
+        let mut subtree: HashMap<(u32, &str), u64> = HashMap::new();
+        for cgroup in self.cgroups.iter().filter(|c| !c.removed) {
+            let Some(path) = cgroup.path.as_deref() else {
+                continue;
+            };
+            let mut ancestor = path;
+            loop {
+                *subtree.entry((cgroup.hierarchy, ancestor)).or_default() += cgroup.cached_bytes;
+                match ancestor.rfind('/') {
+                    Some(0) if ancestor != "/" => ancestor = "/",
+                    Some(i) if i > 0 => ancestor = &ancestor[..i],
+                    _ => break,
+                }
+            }
+        }
+        subtree
+    }
+}
 
 /// Cache that was resident before tracing began, as found at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

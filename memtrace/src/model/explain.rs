@@ -210,7 +210,7 @@ impl Explanation {
     pub fn conclude(&mut self) {
         if let Some(memory) = &self.memory {
             let cache = memory.page_cache_bytes;
-            self.coverage = (cache > 0).then(|| self.attributed_bytes as f64 / cache as f64);
+            self.coverage = memory.coverage_of(self.attributed_bytes);
             self.unattributed_bytes = cache.saturating_sub(self.attributed_bytes);
         }
         self.verdict = verdict(self);

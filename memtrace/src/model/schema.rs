@@ -521,6 +521,13 @@ pub struct MemoryFigures {
     pub source: String,
 }
 
+impl MemoryFigures {
+    /// `attributed` bytes over memory.stat's page cache; `None` when there is none.
+    pub fn coverage_of(&self, attributed: u64) -> Option<f64> {
+        (self.page_cache_bytes > 0).then(|| attributed as f64 / self.page_cache_bytes as f64)
+    }
+}
+
 /// What the last tmpfs/shmem scan found (see `collector::shmem`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ShmemSummary {
