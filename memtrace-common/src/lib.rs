@@ -240,17 +240,15 @@ pub enum Stat {
     Uncharged = 4,
     /// Cgroup creation/removal notices lost because the ring buffer was full.
     CgroupEventsLost = 5,
-    /// Unused since files are named on demand; always 0 (kept so indices stay put).
-    FileEventsLost = 6,
     /// Writes not recorded because the writers map was full.
-    WritersMapFull = 7,
+    WritersMapFull = 6,
     /// Runs counted per memory cgroup in the overflow map (the page-cache map was full): the
     /// file's detail is lost, its pages are not.
-    Overflowed = 8,
+    Overflowed = 7,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::KeysInsertedA,
         Stat::KeysInsertedB,
@@ -258,7 +256,6 @@ impl Stat {
         Stat::ReadFailed,
         Stat::Uncharged,
         Stat::CgroupEventsLost,
-        Stat::FileEventsLost,
         Stat::WritersMapFull,
         Stat::Overflowed,
     ];

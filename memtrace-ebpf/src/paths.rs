@@ -1,11 +1,11 @@
 //! A file's path, found when userspace asks for it.
 //!
-//! `bpf_d_path` is not allowed in tracepoints, so this walks `inode → dentry → d_parent`. The
-//! walk used to run on the hot path, once per new (memcg, file), into a fixed-size ring record
-//! that a burst of new files could overflow. Now the page-cache programs only remember the
-//! inode's address in the map entry, and userspace runs `name_inode` (never attached: run with
-//! `BPF_PROG_RUN`) for the files it shows. The walk is long enough for any real path (128
-//! components, 8 KiB of text) and copies every name whole, whatever its bytes.
+//! `bpf_d_path` is not allowed in tracepoints, so this walks `inode → dentry → d_parent`. It
+//! stays off the hot path, where a burst of new files would outrun any fixed-size record of
+//! names: the page-cache programs only remember the inode's address in the map entry, and
+//! userspace runs `name_inode` (never attached: run with `BPF_PROG_RUN`) for the files it
+//! shows. The walk is long enough for any real path (128 components, 8 KiB of text) and copies
+//! every name whole, whatever its bytes.
 
 use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel_str, macros::raw_tracepoint,

@@ -129,7 +129,9 @@ impl Collector {
             read_failed: sums[Stat::ReadFailed as usize],
             uncharged: sums[Stat::Uncharged as usize],
             cgroup_events_lost: sums[Stat::CgroupEventsLost as usize],
-            file_events_lost: sums[Stat::FileEventsLost as usize],
+            // Files are named on demand: no notice of them can be lost. The field stays in
+            // the JSON contract, where fields are only ever added.
+            file_events_lost: 0,
             writers_map_full: sums[Stat::WritersMapFull as usize],
             overflow_runs: sums[Stat::Overflowed as usize],
             early_flips: self.early_flips,

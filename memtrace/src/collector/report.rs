@@ -306,9 +306,8 @@ impl Finisher<'_> {
 }
 
 /// Gives the heap's free pages back, after a report and after pruning: RSS follows what is
-/// kept, and the next report is fast. Measured at 100,000 files: a report built in a heap the
-/// reports before left fragmented took twice as long (240-290 ms, not 100-130); the trim itself
-/// takes under a millisecond.
+/// kept, and the next report is fast (one built in a heap that earlier reports left fragmented
+/// takes up to twice as long; see docs/performance.md). The trim itself is under a millisecond.
 pub(super) fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages.
