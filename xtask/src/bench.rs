@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
@@ -111,15 +112,36 @@ impl Tracer {
     }
 }
 
+/// `cargo xtask bench`: its options.
+#[derive(clap::Args)]
 pub(crate) struct BenchOptions {
+    /// Interleaved rounds per workload.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Interleaved rounds of the many-files workload (each is three runs of 100,000 files).
+    /// Interleaved rounds of the many-files workload.
+    #[arg(long, default_value_t = 3)]
     pub rounds_many: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// Files in the many-files workload.
+    #[arg(long, default_value_t = 100_000)]
     pub files: usize,
+    /// Cgroups the files are spread over.
+    #[arg(long, default_value_t = 1_000)]
     pub cgroups: usize,
-    /// Only the many-files workload: its figures are printed, docs/performance.md is left alone.
+    /// Only the many-files workload, printed as JSON (docs/performance.md is not rewritten).
+    #[arg(long)]
     pub only_many_files: bool,
+}
+
+/// Runs the benchmark as root, after installing what the build needs.
+pub(crate) fn run_as_root(options: &BenchOptions) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the benchmark loads eBPF programs and creates cgroups: run `sudo -E cargo xtask bench`");
+    }
+    crate::setup::ensure(crate::setup::Needs::Build)?;
+    bench(options)
 }
 
 /// A running tracer, stopped on drop.
@@ -316,7 +338,24 @@ impl Floor {
     }
 }
 
-/// One goal of the performance issue, and whether this run met it.
+/// The goals a run is judged against, each named once.
+mod goal {
+    /// 4 KiB churn with memtrace, against no tracer.
+    pub(super) const CHURN_4K_THROUGHPUT: f64 = 0.94;
+    /// 4 KiB churn: what memtrace's programs cost over empty programs on the same hooks.
+    pub(super) const CHURN_4K_OVER_FLOOR_NS: f64 = 30.0;
+    /// The other churn workloads (1 MiB writes, reads), against no tracer.
+    pub(super) const OTHER_CHURN_THROUGHPUT: f64 = 0.98;
+    /// memtrace's userspace while `watch` reports on a churning node.
+    pub(super) const WATCHING_CPU_PERCENT: f64 = 1.0;
+    /// 100,000 files over 1,000 cgroups, against no tracer.
+    pub(super) const MANY_FILES_THROUGHPUT: f64 = 0.90;
+    /// `watch --json` at 100,000 files.
+    pub(super) const JSON_PEAK_RSS_MIB: f64 = 64.0;
+    pub(super) const JSON_END_TO_END_MS: f64 = 100.0;
+}
+
+/// One goal, and whether this run met it.
 struct Goal {
     what: String,
     measured: String,
@@ -349,9 +388,166 @@ fn percent_or_plain(value: f64) -> String {
     }
 }
 
-pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
+/// One tracer's figures on one workload, medians of the interleaved rounds.
+#[derive(Serialize)]
+struct TracerResult {
+    pages_per_second: f64,
+    throughput_ratio: f64,
+    ns_added_per_program_run: f64,
+    ns_over_floor_per_program_run: f64,
+    cpu_fraction_of_one_core: Option<f64>,
+}
+
+/// One churn workload: no tracer's rate, and each tracer's figures against it.
+#[derive(Serialize)]
+struct WorkloadResult {
+    none_pages_per_second: f64,
+    program_runs_per_page: f64,
+    /// The empty tp_btf programs' throughput against no tracer: what no program could beat.
+    floor_ratio: f64,
+    tracers: Vec<(&'static str, TracerResult)>,
+}
+
+impl WorkloadResult {
+    fn tracer(&self, tracer: Tracer) -> Option<&TracerResult> {
+        self.tracers
+            .iter()
+            .find(|(name, _)| *name == tracer.name())
+            .map(|(_, result)| result)
+    }
+}
+
+/// One program's cost on one workload, from the kernel's BPF stats.
+#[derive(Serialize)]
+struct ProgramCost {
+    workload: &'static str,
+    program: String,
+    runs_per_page: f64,
+    ns_per_run: f64,
+    floor_ns_per_run: Option<f64>,
+}
+
+/// A many-files mode's figures in steady state, medians of its rounds.
+#[derive(Clone, Copy, Serialize)]
+struct ModeSummary {
+    snapshot_ms: f64,
+    end_to_end_ms: f64,
+    cpu_share: f64,
+    peak_rss_mib: f64,
+}
+
+#[derive(Serialize)]
+struct ManyFiles {
+    files: usize,
+    cgroups: usize,
+    rounds: usize,
+    none_files_per_second: f64,
+    memtrace_files_per_second: f64,
+    throughput_ratio: f64,
+    unnamed_files: u64,
+    /// `watch` with the ten largest files of each cgroup named.
+    table_mode: ModeSummary,
+    /// `watch --json`, every file named.
+    json_all_mode: ModeSummary,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    kernel: String,
+    cpus: usize,
+    hooks: String,
+    rounds: usize,
+    seconds_per_run: f64,
+}
+
+/// Everything a run measured: written to target/bench/report.json.
+#[derive(Serialize)]
+struct BenchResults {
+    workloads: Vec<(&'static str, WorkloadResult)>,
+    watching_cpu_fraction_of_one_core: f64,
+    programs: Vec<ProgramCost>,
+    many_files: ManyFiles,
+    machine: Machine,
+}
+
+/// What the benchmark runs with: the binaries, their hooks, a scratch directory.
+struct Setup {
+    memtrace: PathBuf,
+    churn: PathBuf,
+    floor: Floor,
+    work: PathBuf,
+}
+
+impl Setup {
+    fn dir(&self) -> String {
+        self.work.to_string_lossy().into_owned()
+    }
+}
+
+fn bench(options: &BenchOptions) -> Result<()> {
     // Proactive reclaim paging out the workloads' cache at random would be noise.
     let _reclaim_paused = crate::damon::pause();
+    let setup = prepare()?;
+    if options.only_many_files {
+        let many = many_files(options, &setup.memtrace, &setup.churn, &setup.work)?;
+        println!("{}", serde_json::to_string_pretty(&many)?);
+        return Ok(());
+    }
+    // Where the time goes first: its run counts are what the per-run costs divide by.
+    let programs = program_costs(&setup, &options.seconds.to_string())?;
+    let mut workloads = Vec::new();
+    for &(name, write_bytes) in WORKLOADS {
+        workloads.push((
+            name,
+            churn_workload(options, &setup, &programs, name, write_bytes)?,
+        ));
+    }
+    let watching = watching_cpu(&setup.memtrace, &setup.churn, &setup.dir())?;
+    let many_files = many_files(options, &setup.memtrace, &setup.churn, &setup.work)?;
+    let results = BenchResults {
+        workloads,
+        watching_cpu_fraction_of_one_core: watching,
+        programs,
+        many_files,
+        machine: Machine {
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            cpus: thread::available_parallelism().map_or(0, |n| n.get()),
+            hooks: setup.floor.describe(),
+            rounds: options.rounds,
+            seconds_per_run: options.seconds,
+        },
+    };
+    let goals = judge(&results);
+    let markdown = render_markdown(options, &results, &goals);
+
+    let out_dir = workspace().join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    fs::write(out_dir.join("report.md"), &markdown)?;
+    write_into_performance_doc(&markdown)?;
+    println!("{markdown}");
+    println!("written to {} and docs/performance.md", out_dir.display());
+    let _ = fs::remove_dir_all(&setup.work);
+    let missed: Vec<&str> = goals
+        .iter()
+        .filter(|g| !g.met)
+        .map(|g| g.what.as_str())
+        .collect();
+    if !missed.is_empty() {
+        bail!("goals missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+/// Installs bpftrace, builds memtrace and the workload in release, finds memtrace's hooks,
+/// and starts from dropped caches in an empty scratch directory.
+fn prepare() -> Result<Setup> {
     if !Path::new("/usr/bin/bpftrace").exists() && !Path::new("/usr/sbin/bpftrace").exists() {
         eprintln!("xtask: installing bpftrace: the benchmark compares memtrace with it");
         apt_install(&["bpftrace"])?;
@@ -390,264 +586,286 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
     // forty thousand files) would otherwise be in every report memtrace makes meanwhile. The
     // many-files runs measure memtrace with a hundred thousand files cached.
     sync_and_drop_caches();
-    let dir = work.to_string_lossy().into_owned();
-    let seconds = options.seconds.to_string();
-    if options.only_many_files {
-        let many = many_files(options, &memtrace, &churn, &work)?;
-        println!("{}", serde_json::to_string_pretty(&many)?);
-        return Ok(());
-    }
+    Ok(Setup {
+        memtrace,
+        churn,
+        floor,
+        work,
+    })
+}
 
-    let tracers = [
-        Tracer::None,
-        Tracer::Memtrace,
-        Tracer::Bpftrace,
-        Tracer::EmptyProbes,
-        Tracer::EmptyBtfProbes,
-    ];
-    let mut results = serde_json::Map::new();
-    let mut goals = Vec::new();
-    let mut markdown = String::from(
-        "| workload | tracer | pages/s (median) | throughput vs none | ns added per program run | over the tp_btf floor | memtrace CPU (1 core) |\n|---|---|---:|---:|---:|---:|---:|\n",
-    );
-    // Where the time goes first: its run counts are what the per-run costs divide by.
-    let programs = program_costs(&memtrace, &churn, &dir, &seconds, &floor)?;
-    for &(name, write_bytes) in WORKLOADS {
-        // Program runs per page as the kernel counted them (large folios make fewer than the
-        // hooks' one per page), else as the hooks imply.
-        let counted: f64 = programs
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|row| row["workload"] == name && row["program"] != "name_inode")
-            .filter_map(|row| row["runs_per_page"].as_f64())
-            .sum();
-        let events_per_page = if counted > 0.0 {
-            counted
-        } else {
-            floor.events_per_page(write_bytes)
-        };
-        let mut samples: Vec<Vec<Sample>> = Vec::new();
-        for round in 0..options.rounds {
-            let mut this_round = Vec::new();
-            for i in 0..tracers.len() {
-                let tracer = tracers[(i + round) % tracers.len()];
-                let running = start(tracer, &memtrace, "2s", &floor)?;
-                let began = Instant::now();
-                let result = workload(&churn, &[name, &dir, &seconds])?;
-                let wall = began.elapsed().as_secs_f64();
-                let tracer_cpu = running
-                    .as_ref()
-                    .filter(|_| tracer == Tracer::Memtrace)
-                    .map(|r| {
-                        (r.cpu_ticks() - r.cpu_ticks_at_start) as f64 / ticks_per_second() / wall
-                    });
-                drop(running);
-                let pages_per_second = result["pages_per_second"].as_f64().unwrap_or(f64::NAN);
-                eprintln!(
-                    "bench {name} round {round} {:>12}: {pages_per_second:.0} pages/s",
-                    tracer.name()
-                );
-                this_round.push(Sample {
-                    tracer,
-                    pages_per_second,
-                    tracer_cpu,
-                });
-            }
-            samples.push(this_round);
+/// Every tracer in the rotation, no tracer first.
+const TRACERS: [Tracer; 5] = [
+    Tracer::None,
+    Tracer::Memtrace,
+    Tracer::Bpftrace,
+    Tracer::EmptyProbes,
+    Tracer::EmptyBtfProbes,
+];
+
+/// One churn workload under every tracer, in interleaved rounds, and each tracer's figures
+/// against no tracer (paired ratios: each round's run against the same round's baseline).
+fn churn_workload(
+    options: &BenchOptions,
+    setup: &Setup,
+    programs: &[ProgramCost],
+    name: &'static str,
+    write_bytes: u64,
+) -> Result<WorkloadResult> {
+    // Program runs per page as the kernel counted them (large folios make fewer than the
+    // hooks' one per page), else as the hooks imply.
+    let counted: f64 = programs
+        .iter()
+        .filter(|row| row.workload == name && row.program != "name_inode")
+        .map(|row| row.runs_per_page)
+        .sum();
+    let events_per_page = if counted > 0.0 {
+        counted
+    } else {
+        setup.floor.events_per_page(write_bytes)
+    };
+    let (dir, seconds) = (setup.dir(), options.seconds.to_string());
+    let mut samples: Vec<Vec<Sample>> = Vec::new();
+    for round in 0..options.rounds {
+        let mut this_round = Vec::new();
+        for i in 0..TRACERS.len() {
+            let tracer = TRACERS[(i + round) % TRACERS.len()];
+            let running = start(tracer, &setup.memtrace, "2s", &setup.floor)?;
+            let began = Instant::now();
+            let result = workload(&setup.churn, &[name, &dir, &seconds])?;
+            let wall = began.elapsed().as_secs_f64();
+            let tracer_cpu = running
+                .as_ref()
+                .filter(|_| tracer == Tracer::Memtrace)
+                .map(|r| (r.cpu_ticks() - r.cpu_ticks_at_start) as f64 / ticks_per_second() / wall);
+            drop(running);
+            let pages_per_second = result["pages_per_second"].as_f64().unwrap_or(f64::NAN);
+            eprintln!(
+                "bench {name} round {round} {:>12}: {pages_per_second:.0} pages/s",
+                tracer.name()
+            );
+            this_round.push(Sample {
+                tracer,
+                pages_per_second,
+                tracer_cpu,
+            });
         }
-        let rate = |round: &[Sample], t: Tracer| {
-            round
+        samples.push(this_round);
+    }
+    let rate = |round: &[Sample], t: Tracer| {
+        round
+            .iter()
+            .find(|s| s.tracer == t)
+            .map_or(f64::NAN, |s| s.pages_per_second)
+    };
+    let none_pages_per_second = measured(
+        &format!("{name} without a tracer"),
+        samples.iter().map(|r| rate(r, Tracer::None)).collect(),
+    )?;
+    let mut tracers = Vec::new();
+    for &tracer in &TRACERS[1..] {
+        let what = format!("{name} with {}", tracer.name());
+        let throughput_ratio = measured(
+            &what,
+            samples
                 .iter()
-                .find(|s| s.tracer == t)
-                .map_or(f64::NAN, |s| s.pages_per_second)
-        };
-        let base = measured(
-            &format!("{name} without a tracer"),
-            samples.iter().map(|r| rate(r, Tracer::None)).collect(),
+                .map(|r| rate(r, tracer) / rate(r, Tracer::None))
+                .collect(),
         )?;
-        let mut entry = serde_json::Map::new();
-        entry.insert("none_pages_per_second".into(), json!(base));
-        entry.insert("program_runs_per_page".into(), json!(events_per_page));
-        for tracer in [
-            Tracer::Memtrace,
-            Tracer::Bpftrace,
-            Tracer::EmptyProbes,
-            Tracer::EmptyBtfProbes,
-        ] {
-            let what = format!("{name} with {}", tracer.name());
-            // Paired ratios: each round's run against the same round's baseline.
-            let ratio = measured(
+        let per_run_ns = |against: Tracer| {
+            measured(
                 &what,
                 samples
                     .iter()
-                    .map(|r| rate(r, tracer) / rate(r, Tracer::None))
+                    .map(|r| {
+                        (1.0 / rate(r, tracer) - 1.0 / rate(r, against)) / events_per_page * 1e9
+                    })
                     .collect(),
-            )?;
-            let per_run_ns = |against: Tracer| {
-                measured(
+            )
+        };
+        let cpu = median(
+            samples
+                .iter()
+                .flatten()
+                .filter(|s| s.tracer == tracer)
+                .filter_map(|s| s.tracer_cpu)
+                .collect(),
+        );
+        tracers.push((
+            tracer.name(),
+            TracerResult {
+                pages_per_second: measured(
                     &what,
-                    samples
-                        .iter()
-                        .map(|r| {
-                            (1.0 / rate(r, tracer) - 1.0 / rate(r, against)) / events_per_page * 1e9
-                        })
-                        .collect(),
-                )
-            };
-            let added_ns = per_run_ns(Tracer::None)?;
-            let over_floor_ns = per_run_ns(Tracer::EmptyBtfProbes)?;
-            let cpu = median(
-                samples
-                    .iter()
-                    .flatten()
-                    .filter(|s| s.tracer == tracer)
-                    .filter_map(|s| s.tracer_cpu)
-                    .collect(),
-            );
-            let pages = measured(&what, samples.iter().map(|r| rate(r, tracer)).collect())?;
-            entry.insert(
-                tracer.name().into(),
-                json!({ "pages_per_second": pages, "throughput_ratio": ratio,
-                        "ns_added_per_program_run": added_ns, "ns_over_floor_per_program_run": over_floor_ns,
-                        "cpu_fraction_of_one_core": if cpu.is_nan() { Value::Null } else { json!(cpu) } }),
-            );
-            // Below one program run per page (large folios, 1 MiB writes) throughput noise
-            // swamps a per-run figure: the BPF stats table gives those.
-            let resolvable = events_per_page >= 1.0;
-            let over_floor = if tracer == Tracer::EmptyBtfProbes || !resolvable {
-                "-".to_owned()
-            } else {
-                format!("{over_floor_ns:.1}")
-            };
-            let added = if resolvable {
-                format!("{added_ns:.1}")
-            } else {
-                "-".to_owned()
-            };
-            markdown += &format!(
-                "| {name} | {} | {pages:.0} | {:.1}% | {added} | {over_floor} | {} |\n",
-                tracer.name(),
-                ratio * 100.0,
-                if cpu.is_nan() {
-                    "-".to_owned()
-                } else {
-                    format!("{:.2}%", cpu * 100.0)
-                }
-            );
-            if tracer == Tracer::Memtrace {
-                let floor_ratio = median(
-                    samples
-                        .iter()
-                        .map(|r| rate(r, Tracer::EmptyBtfProbes) / rate(r, Tracer::None))
-                        .collect(),
-                );
-                let shown = format!("{:.1}% (floor {:.1}%)", ratio * 100.0, floor_ratio * 100.0);
-                match name {
-                    "churn" => {
-                        goals.push(Goal::at_least("4 KiB churn throughput", ratio, 0.94, shown));
-                        goals.push(Goal::at_most(
-                            "4 KiB churn: memtrace over the floor per program run",
-                            over_floor_ns,
-                            30.0,
-                            "ns",
-                        ));
-                    }
-                    _ => goals.push(Goal::at_least(
-                        &format!("{name} throughput"),
-                        ratio,
-                        0.98,
-                        shown,
-                    )),
-                }
-            }
-        }
-        markdown += &format!("| {name} | none | {base:.0} | 100% | - | - | - |\n");
-        results.insert(name.into(), Value::Object(entry));
+                    samples.iter().map(|r| rate(r, tracer)).collect(),
+                )?,
+                throughput_ratio,
+                ns_added_per_program_run: per_run_ns(Tracer::None)?,
+                ns_over_floor_per_program_run: per_run_ns(Tracer::EmptyBtfProbes)?,
+                cpu_fraction_of_one_core: (!cpu.is_nan()).then_some(cpu),
+            },
+        ));
     }
+    Ok(WorkloadResult {
+        none_pages_per_second,
+        program_runs_per_page: events_per_page,
+        floor_ratio: median(
+            samples
+                .iter()
+                .map(|r| rate(r, Tracer::EmptyBtfProbes) / rate(r, Tracer::None))
+                .collect(),
+        ),
+        tracers,
+    })
+}
 
-    let watching = watching_cpu(&memtrace, &churn, &dir)?;
-    markdown += &format!(
-        "\nmemtrace's own CPU while `watch` (2 s interval) reports on a node churning 4 KiB writes for {WATCHING_SECONDS} s: {:.2}% of one core.\n",
-        watching * 100.0
-    );
+/// The goals, each against what this run measured.
+fn judge(results: &BenchResults) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    for (name, workload) in &results.workloads {
+        let Some(memtrace) = workload.tracer(Tracer::Memtrace) else {
+            continue;
+        };
+        let ratio = memtrace.throughput_ratio;
+        let shown = format!(
+            "{:.1}% (floor {:.1}%)",
+            ratio * 100.0,
+            workload.floor_ratio * 100.0
+        );
+        if *name == "churn" {
+            goals.push(Goal::at_least(
+                "4 KiB churn throughput",
+                ratio,
+                goal::CHURN_4K_THROUGHPUT,
+                shown,
+            ));
+            goals.push(Goal::at_most(
+                "4 KiB churn: memtrace over the floor per program run",
+                memtrace.ns_over_floor_per_program_run,
+                goal::CHURN_4K_OVER_FLOOR_NS,
+                "ns",
+            ));
+        } else {
+            goals.push(Goal::at_least(
+                &format!("{name} throughput"),
+                ratio,
+                goal::OTHER_CHURN_THROUGHPUT,
+                shown,
+            ));
+        }
+    }
     goals.push(Goal::at_most(
         "userspace CPU while watching a churning node",
-        watching * 100.0,
-        1.0,
+        results.watching_cpu_fraction_of_one_core * 100.0,
+        goal::WATCHING_CPU_PERCENT,
         "% of a core",
     ));
-    results.insert("watching_cpu_fraction_of_one_core".into(), json!(watching));
-    markdown += "\nWhere the time goes, from the kernel's BPF stats (one run per workload with `kernel.bpf_stats_enabled=1`, which adds its own few ns per run to both columns):\n\n| workload | program | runs per page | ns per run | empty floor program's ns per run |\n|---|---|---:|---:|---:|\n";
-    for row in programs.as_array().into_iter().flatten() {
-        markdown += &format!(
-            "| {} | {} | {:.3} | {:.1} | {} |\n",
-            row["workload"].as_str().unwrap_or(""),
-            row["program"].as_str().unwrap_or(""),
-            row["runs_per_page"].as_f64().unwrap_or(f64::NAN),
-            row["ns_per_run"].as_f64().unwrap_or(f64::NAN),
-            row["floor_ns_per_run"]
-                .as_f64()
-                .map_or("-".to_owned(), |v| format!("{v:.1}")),
-        );
-    }
-    results.insert("programs".into(), programs);
-
-    let many = many_files(options, &memtrace, &churn, &work)?;
-    let mode = |name: &str, key: &str| many[name][key].as_f64().unwrap_or(f64::NAN);
-    let many_ratio = many["throughput_ratio"].as_f64().unwrap_or(f64::NAN);
-    markdown += &format!(
-        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot drafted, `watch` (maps read, cgroups summed and named; files are built as they are written; 10 largest named; steady state: median of the third to the seventh report holding every file) | {:.0} ms |\n| memtrace's CPU, `watch` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot drafted, `watch --json` (every file named; steady state) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer (median, as above) | {:.0} ms |\n| memtrace's CPU, `watch --json` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
-        options.files,
-        options.cgroups,
-        options.rounds_many,
-        many["none_files_per_second"].as_f64().unwrap_or(f64::NAN),
-        many["memtrace_files_per_second"].as_f64().unwrap_or(f64::NAN),
-        many_ratio * 100.0,
-        many["unnamed_files"].as_u64().unwrap_or(u64::MAX),
-        mode("table_mode", "snapshot_ms"),
-        mode("table_mode", "cpu_share") * 100.0,
-        mode("table_mode", "peak_rss_mib"),
-        mode("json_all_mode", "snapshot_ms"),
-        mode("json_all_mode", "end_to_end_ms"),
-        mode("json_all_mode", "cpu_share") * 100.0,
-        mode("json_all_mode", "peak_rss_mib"),
-    );
+    let many = &results.many_files;
     goals.push(Goal::at_least(
         "many files throughput",
-        many_ratio,
-        0.90,
-        format!("{:.1}%", many_ratio * 100.0),
+        many.throughput_ratio,
+        goal::MANY_FILES_THROUGHPUT,
+        format!("{:.1}%", many.throughput_ratio * 100.0),
     ));
-    let unnamed = many["unnamed_files"].as_u64().unwrap_or(u64::MAX);
     goals.push(Goal {
         what: "many files: every file with cache named".into(),
-        measured: format!("{unnamed} unnamed"),
-        met: unnamed == 0,
+        measured: format!("{} unnamed", many.unnamed_files),
+        met: many.unnamed_files == 0,
     });
     goals.push(Goal::at_most(
         "`watch --json` at 100,000 files: peak RSS",
-        mode("json_all_mode", "peak_rss_mib"),
-        64.0,
+        many.json_all_mode.peak_rss_mib,
+        goal::JSON_PEAK_RSS_MIB,
         "MiB",
     ));
     goals.push(Goal::at_most(
         "`watch --json` at 100,000 files: snapshot end to end, serialization included",
-        mode("json_all_mode", "end_to_end_ms"),
-        100.0,
+        many.json_all_mode.end_to_end_ms,
+        goal::JSON_END_TO_END_MS,
         "ms",
     ));
-    results.insert("many_files".into(), many);
+    goals
+}
 
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    results.insert(
-        "machine".into(),
-        json!({ "kernel": kernel.trim(), "cpus": cpus, "hooks": floor.describe(),
-                "rounds": options.rounds, "seconds_per_run": options.seconds }),
+/// The Performance table: the run's header, the churn table, the BPF stats, the many-files
+/// table and the goals.
+fn render_markdown(options: &BenchOptions, results: &BenchResults, goals: &[Goal]) -> String {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let machine = &results.machine;
+    let mut markdown = format!(
+        "Run of {date} on Linux {} ({} CPUs), {} rounds × {} s per workload. memtrace's hooks here: {}. The floor (*empty tp_btf*) is `memtrace calibrate`: empty programs on exactly those hooks.\n\n",
+        machine.kernel, machine.cpus, options.rounds, options.seconds, machine.hooks
+    );
+    markdown += "| workload | tracer | pages/s (median) | throughput vs none | ns added per program run | over the tp_btf floor | memtrace CPU (1 core) |\n|---|---|---:|---:|---:|---:|---:|\n";
+    for (name, workload) in &results.workloads {
+        // Below one program run per page (large folios, 1 MiB writes) throughput noise swamps
+        // a per-run figure: the BPF stats table gives those.
+        let resolvable = workload.program_runs_per_page >= 1.0;
+        for (tracer, r) in &workload.tracers {
+            let over_floor = if *tracer == Tracer::EmptyBtfProbes.name() || !resolvable {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", r.ns_over_floor_per_program_run)
+            };
+            let added = if resolvable {
+                format!("{:.1}", r.ns_added_per_program_run)
+            } else {
+                "-".to_owned()
+            };
+            let cpu = r
+                .cpu_fraction_of_one_core
+                .map_or("-".to_owned(), |cpu| format!("{:.2}%", cpu * 100.0));
+            markdown += &format!(
+                "| {name} | {tracer} | {:.0} | {:.1}% | {added} | {over_floor} | {cpu} |\n",
+                r.pages_per_second,
+                r.throughput_ratio * 100.0,
+            );
+        }
+        markdown += &format!(
+            "| {name} | none | {:.0} | 100% | - | - | - |\n",
+            workload.none_pages_per_second
+        );
+    }
+    markdown += &format!(
+        "\nmemtrace's own CPU while `watch` (2 s interval) reports on a node churning 4 KiB writes for {WATCHING_SECONDS} s: {:.2}% of one core.\n",
+        results.watching_cpu_fraction_of_one_core * 100.0
+    );
+    markdown += "\nWhere the time goes, from the kernel's BPF stats (one run per workload with `kernel.bpf_stats_enabled=1`, which adds its own few ns per run to both columns):\n\n| workload | program | runs per page | ns per run | empty floor program's ns per run |\n|---|---|---:|---:|---:|\n";
+    for row in &results.programs {
+        markdown += &format!(
+            "| {} | {} | {:.3} | {:.1} | {} |\n",
+            row.workload,
+            row.program,
+            row.runs_per_page,
+            row.ns_per_run,
+            row.floor_ns_per_run
+                .map_or("-".to_owned(), |v| format!("{v:.1}")),
+        );
+    }
+    let many = &results.many_files;
+    let (table, json) = (&many.table_mode, &many.json_all_mode);
+    markdown += &format!(
+        "\n| many files ({} files, {} cgroups, {} interleaved rounds) | value |\n|---|---:|\n| files/s without tracer | {:.0} |\n| files/s with memtrace | {:.0} ({:.1}%) |\n| files with cache left unnamed, `watch --json` | {} |\n| snapshot drafted, `watch` (maps read, cgroups summed and named; files are built as they are written; 10 largest named; steady state: median of the third to the seventh report holding every file) | {:.0} ms |\n| memtrace's CPU, `watch` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch` | {:.1} MiB |\n| snapshot drafted, `watch --json` (every file named; steady state) | {:.0} ms |\n| snapshot end to end, `watch --json`: from the snapshot's start to its last byte read by the consumer (median, as above) | {:.0} ms |\n| memtrace's CPU, `watch --json` at 1 s, steady state | {:.1}% of a core |\n| peak RSS, `watch --json` | {:.1} MiB |\n",
+        many.files,
+        many.cgroups,
+        many.rounds,
+        many.none_files_per_second,
+        many.memtrace_files_per_second,
+        many.throughput_ratio * 100.0,
+        many.unnamed_files,
+        table.snapshot_ms,
+        table.cpu_share * 100.0,
+        table.peak_rss_mib,
+        json.snapshot_ms,
+        json.end_to_end_ms,
+        json.cpu_share * 100.0,
+        json.peak_rss_mib,
     );
     markdown += "\n| goal | measured | met |\n|---|---|---|\n";
-    for goal in &goals {
+    for goal in goals {
         markdown += &format!(
             "| {} | {} | {} |\n",
             goal.what,
@@ -655,40 +873,7 @@ pub(crate) fn bench(options: &BenchOptions) -> Result<()> {
             if goal.met { "yes" } else { "**no**" }
         );
     }
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let header = format!(
-        "Run of {date} on Linux {} ({cpus} CPUs), {} rounds × {} s per workload. memtrace's hooks here: {}. The floor (*empty tp_btf*) is `memtrace calibrate`: empty programs on exactly those hooks.\n\n",
-        kernel.trim(),
-        options.rounds,
-        options.seconds,
-        floor.describe()
-    );
-    let markdown = header + &markdown;
-
-    let out_dir = workspace().join("target/bench");
-    fs::create_dir_all(&out_dir)?;
-    fs::write(
-        out_dir.join("report.json"),
-        serde_json::to_vec_pretty(&Value::Object(results))?,
-    )?;
-    fs::write(out_dir.join("report.md"), &markdown)?;
-    write_into_performance_doc(&markdown)?;
-    println!("{markdown}");
-    println!("written to {} and docs/performance.md", out_dir.display());
-    let _ = fs::remove_dir_all(&work);
-    let missed: Vec<&str> = goals
-        .iter()
-        .filter(|g| !g.met)
-        .map(|g| g.what.as_str())
-        .collect();
-    if !missed.is_empty() {
-        bail!("goals missed: {}", missed.join("; "));
-    }
-    Ok(())
+    markdown
 }
 
 /// Long enough for ten reports: a 3 s run holds one or two, and its CPU figure is noise.
@@ -726,17 +911,13 @@ fn write_into_performance_doc(markdown: &str) -> Result<()> {
 
 /// One run per workload with the kernel's BPF stats on, for memtrace and for the floor: each
 /// program's runs per page and nanoseconds per run, as bpftool reads them.
-fn program_costs(
-    memtrace: &Path,
-    churn: &Path,
-    dir: &str,
-    seconds: &str,
-    floor: &Floor,
-) -> Result<Value> {
+fn program_costs(setup: &Setup, seconds: &str) -> Result<Vec<ProgramCost>> {
+    let (memtrace, churn, floor) = (&setup.memtrace, &setup.churn, &setup.floor);
+    let dir = &setup.dir();
     let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let before = fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
     fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let measure = || -> Result<Vec<Value>> {
+    let measure = || -> Result<Vec<ProgramCost>> {
         let mut rows = Vec::new();
         for &(name, _) in WORKLOADS {
             let mut costs: Vec<HashMap<String, (f64, f64)>> = Vec::new();
@@ -768,17 +949,20 @@ fn program_costs(
                     .filter(|(p, _)| (p - per_page).abs() <= per_page * 0.05)
                     .map(|(_, ns)| *ns)
                     .next();
-                rows.push(
-                    json!({ "workload": name, "program": program, "runs_per_page": per_page,
-                                  "ns_per_run": ns, "floor_ns_per_run": floor_ns }),
-                );
+                rows.push(ProgramCost {
+                    workload: name,
+                    program: program.clone(),
+                    runs_per_page: *per_page,
+                    ns_per_run: *ns,
+                    floor_ns_per_run: floor_ns,
+                });
             }
         }
         Ok(rows)
     };
     let rows = measure();
     let _ = fs::write(stats, before.trim());
-    Ok(Value::Array(rows?))
+    rows
 }
 
 /// The BPF programs `pid` holds, by id: (name, run_time_ns, run_cnt), from `bpftool prog show`.
@@ -825,7 +1009,12 @@ fn programs_of(pid: u32) -> Result<HashMap<u64, (String, u64, u64)>> {
 /// the ten largest named, `watch --json` naming every file): throughput, then memtrace's
 /// snapshot latency and peak RSS with all of them tracked. memtrace's output is read as it
 /// comes, as a real consumer would, so a blocked writer cannot flatter it.
-fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path) -> Result<Value> {
+fn many_files(
+    options: &BenchOptions,
+    memtrace: &Path,
+    churn: &Path,
+    work: &Path,
+) -> Result<ManyFiles> {
     let memory_root = Path::new("/sys/fs/cgroup/memory");
     let cgroup_root = if memory_root.join("cgroup.procs").exists() {
         memory_root.join("memtrace-bench")
@@ -875,73 +1064,8 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
             );
             if let (Some(mode), Some((running, rx))) = (mode, reports) {
                 traced_rates.push(rate);
-                // Steady state: the reports from the third that holds every file (the first
-                // two still take in the burst of their creation) to the STEADY_REPORTS-th,
-                // their medians; the last is the one checked for names. memtrace's CPU is
-                // taken from the first full report to the last.
-                let (mut seen, mut full, mut found) = (0, 0, None);
-                let mut first_full: Option<(Instant, u64)> = None;
-                let (mut snapshots_ms, mut ends_to_end_ms) = (Vec::new(), Vec::new());
-                let mut cpu_per_second = f64::NAN;
-                while let Ok((line, arrived)) = rx.recv_timeout(Duration::from_secs(30)) {
-                    // Only the report's own figures while memtrace runs: a whole report of
-                    // 100,000 files parsed into a DOM here is a second of this 2-CPU machine's
-                    // time, taken from the memtrace it measures. The report kept is parsed
-                    // whole after the run.
-                    let mut report = report_figures(&line)?;
-                    // The snapshot began `snapshot_seconds` before its timestamp; the consumer
-                    // had all of it when its last byte arrived.
-                    let began = report["timestamp"].as_f64().unwrap_or(f64::NAN)
-                        - report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN);
-                    let arrived = arrived
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(f64::NAN, |d| d.as_secs_f64());
-                    report["end_to_end_ms"] = json!((arrived - began) * 1000.0);
-                    let files = report["totals"]["files"].as_u64().unwrap_or(0);
-                    seen += 1;
-                    if files >= options.files as u64 {
-                        full += 1;
-                        let (now, ticks) = (Instant::now(), running.cpu_ticks());
-                        let (then, before) = *first_full.get_or_insert((now, ticks));
-                        if full >= 3 {
-                            snapshots_ms.push(
-                                report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0,
-                            );
-                            ends_to_end_ms
-                                .push(report["end_to_end_ms"].as_f64().unwrap_or(f64::NAN));
-                        }
-                        if full >= STEADY_REPORTS {
-                            cpu_per_second = (ticks - before) as f64
-                                / ticks_per_second()
-                                / now.duration_since(then).as_secs_f64();
-                            found = Some(line);
-                            break;
-                        }
-                    }
-                    if seen > 60 {
-                        break;
-                    }
-                }
-                let peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
-                drop(running);
-                let line = found.with_context(|| {
-                    format!("memtrace never reported the {} files", options.files)
-                })?;
-                let snapshot_ms = median(snapshots_ms);
-                // Only `--json` without --top names every file; `top` names ten.
-                let unnamed = if mode == "all" {
-                    unnamed_files(&serde_json::from_str(&line)?)
-                } else {
-                    0
-                };
-                let end_to_end_ms = median(ends_to_end_ms);
-                by_mode.entry(mode).or_default().push(ModeRun {
-                    snapshot_ms,
-                    end_to_end_ms,
-                    cpu_share: cpu_per_second,
-                    peak_rss_mib,
-                    unnamed,
-                });
+                let run = steady_state(options, mode, running, &rx)?;
+                by_mode.entry(mode).or_default().push(run);
             } else {
                 none_rates.push(rate);
             }
@@ -953,25 +1077,105 @@ fn many_files(options: &BenchOptions, memtrace: &Path, churn: &Path, work: &Path
     sync_and_drop_caches();
     let none = measured("many files without a tracer", none_rates)?;
     let traced = measured("many files with memtrace", traced_rates)?;
-    let summary = |mode: &str| -> Result<Value> {
+    let summary = |mode: &str| -> Result<ModeSummary> {
         let runs = by_mode.get(mode).cloned().unwrap_or_default();
-        Ok(json!({
-            "snapshot_ms": measured(&format!("{mode} snapshot"), runs.iter().map(|r| r.snapshot_ms).collect())?,
-            "end_to_end_ms": measured(&format!("{mode} snapshot end to end"), runs.iter().map(|r| r.end_to_end_ms).collect())?,
-            "cpu_share": measured(&format!("{mode} CPU"), runs.iter().map(|r| r.cpu_share).collect())?,
-            "peak_rss_mib": measured(&format!("{mode} RSS"), runs.iter().map(|r| r.peak_rss_mib).collect())?,
-        }))
+        let of = |what: &str, figure: fn(&ModeRun) -> f64| {
+            measured(&format!("{mode} {what}"), runs.iter().map(figure).collect())
+        };
+        Ok(ModeSummary {
+            snapshot_ms: of("snapshot", |r| r.snapshot_ms)?,
+            end_to_end_ms: of("snapshot end to end", |r| r.end_to_end_ms)?,
+            cpu_share: of("CPU", |r| r.cpu_share)?,
+            peak_rss_mib: of("RSS", |r| r.peak_rss_mib)?,
+        })
     };
     let unnamed: u64 = by_mode
         .get("all")
         .map(|runs| runs.iter().map(|r| r.unnamed).max().unwrap_or(0))
         .unwrap_or(u64::MAX);
-    Ok(json!({
-        "files": options.files, "cgroups": options.cgroups, "rounds": options.rounds_many,
-        "none_files_per_second": none, "memtrace_files_per_second": traced,
-        "throughput_ratio": traced / none, "unnamed_files": unnamed,
-        "table_mode": summary("top")?, "json_all_mode": summary("all")?,
-    }))
+    Ok(ManyFiles {
+        files: options.files,
+        cgroups: options.cgroups,
+        rounds: options.rounds_many,
+        none_files_per_second: none,
+        memtrace_files_per_second: traced,
+        throughput_ratio: traced / none,
+        unnamed_files: unnamed,
+        table_mode: summary("top")?,
+        json_all_mode: summary("all")?,
+    })
+}
+
+/// Reads a traced many-files run's reports as they come and takes its steady-state figures.
+fn steady_state(
+    options: &BenchOptions,
+    mode: &str,
+    running: Running,
+    rx: &mpsc::Receiver<Arrival>,
+) -> Result<ModeRun> {
+    // Steady state: the reports from the third that holds every file (the first
+    // two still take in the burst of their creation) to the STEADY_REPORTS-th,
+    // their medians; the last is the one checked for names. memtrace's CPU is
+    // taken from the first full report to the last.
+    let (mut seen, mut full, mut found) = (0, 0, None);
+    let mut first_full: Option<(Instant, u64)> = None;
+    let (mut snapshots_ms, mut ends_to_end_ms) = (Vec::new(), Vec::new());
+    let mut cpu_per_second = f64::NAN;
+    while let Ok((line, arrived)) = rx.recv_timeout(Duration::from_secs(30)) {
+        // Only the report's own figures while memtrace runs: a whole report of
+        // 100,000 files parsed into a DOM here is a second of this 2-CPU machine's
+        // time, taken from the memtrace it measures. The report kept is parsed
+        // whole after the run.
+        let mut report = report_figures(&line)?;
+        // The snapshot began `snapshot_seconds` before its timestamp; the consumer
+        // had all of it when its last byte arrived.
+        let began = report["timestamp"].as_f64().unwrap_or(f64::NAN)
+            - report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN);
+        let arrived = arrived
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(f64::NAN, |d| d.as_secs_f64());
+        report["end_to_end_ms"] = json!((arrived - began) * 1000.0);
+        let files = report["totals"]["files"].as_u64().unwrap_or(0);
+        seen += 1;
+        if files >= options.files as u64 {
+            full += 1;
+            let (now, ticks) = (Instant::now(), running.cpu_ticks());
+            let (then, before) = *first_full.get_or_insert((now, ticks));
+            if full >= 3 {
+                snapshots_ms.push(report["snapshot_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0);
+                ends_to_end_ms.push(report["end_to_end_ms"].as_f64().unwrap_or(f64::NAN));
+            }
+            if full >= STEADY_REPORTS {
+                cpu_per_second = (ticks - before) as f64
+                    / ticks_per_second()
+                    / now.duration_since(then).as_secs_f64();
+                found = Some(line);
+                break;
+            }
+        }
+        if seen > 60 {
+            break;
+        }
+    }
+    let peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
+    drop(running);
+    let line =
+        found.with_context(|| format!("memtrace never reported the {} files", options.files))?;
+    let snapshot_ms = median(snapshots_ms);
+    // Only `--json` without --top names every file; `top` names ten.
+    let unnamed = if mode == "all" {
+        unnamed_files(&serde_json::from_str(&line)?)
+    } else {
+        0
+    };
+    let end_to_end_ms = median(ends_to_end_ms);
+    Ok(ModeRun {
+        snapshot_ms,
+        end_to_end_ms,
+        cpu_share: cpu_per_second,
+        peak_rss_mib,
+        unnamed,
+    })
 }
 
 /// One traced many-files run's figures.

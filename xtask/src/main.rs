@@ -40,37 +40,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Overhead of memtrace against no tracer and against bpftrace, as interleaved runs.
-    Bench {
-        /// Interleaved rounds per workload.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Interleaved rounds of the many-files workload.
-        #[arg(long, default_value_t = 3)]
-        rounds_many: usize,
-        /// Seconds per run.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        /// Files in the many-files workload.
-        #[arg(long, default_value_t = 100_000)]
-        files: usize,
-        /// Cgroups the files are spread over.
-        #[arg(long, default_value_t = 1_000)]
-        cgroups: usize,
-        /// Only the many-files workload, printed as JSON (docs/performance.md is not rewritten).
-        #[arg(long)]
-        only_many_files: bool,
-    },
+    Bench(bench::BenchOptions),
     /// memtrace serve under file and cgroup churn for an hour (not part of CI).
-    Soak {
-        #[arg(long, default_value_t = 60)]
-        minutes: u64,
-        /// Distinct files made and removed over the run.
-        #[arg(long, default_value_t = 1_000_000)]
-        files: u64,
-        /// Cgroups made and removed over the run.
-        #[arg(long, default_value_t = 3_000)]
-        cgroups: u64,
-    },
+    Soak(soak::SoakOptions),
     /// The integration suite on Debian's 6.1 and 6.12 kernels under qemu.
     VmTest {
         /// Only this kernel series (`6.1`, `6.12`).
@@ -151,42 +123,8 @@ fn try_main() -> Result<()> {
             Err(cmd.args(args).exec()).context("cannot exec memtrace")
         }
         Task::Test { args } => test(&args),
-        Task::Bench {
-            rounds,
-            rounds_many,
-            seconds,
-            files,
-            cgroups,
-            only_many_files,
-        } => {
-            if !is_root() {
-                bail!("the benchmark loads eBPF programs and creates cgroups: run `sudo -E cargo xtask bench`");
-            }
-            ensure(Needs::Build)?;
-            bench::bench(&bench::BenchOptions {
-                rounds,
-                rounds_many,
-                seconds,
-                files,
-                cgroups,
-                only_many_files,
-            })
-        }
-        Task::Soak {
-            minutes,
-            files,
-            cgroups,
-        } => {
-            if !is_root() {
-                bail!("the soak loads eBPF programs and creates cgroups: run it as root");
-            }
-            ensure(Needs::Build)?;
-            soak::soak(&soak::SoakOptions {
-                minutes,
-                files,
-                cgroups,
-            })
-        }
+        Task::Bench(options) => bench::run_as_root(&options),
+        Task::Soak(options) => soak::run_as_root(&options),
         Task::VmTest { only, selection } => {
             ensure(Needs::Build)?;
             let tally = vm::vm_test(only.as_deref(), &selection)?;

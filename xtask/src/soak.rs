@@ -21,10 +21,27 @@ use anyhow::{bail, Context, Result};
 
 use crate::{setup::run, workspace};
 
+/// `cargo xtask soak`: its options.
+#[derive(clap::Args)]
 pub(crate) struct SoakOptions {
+    /// Minutes to run.
+    #[arg(long, default_value_t = 60)]
     pub(crate) minutes: u64,
+    /// Distinct files made and removed over the run.
+    #[arg(long, default_value_t = 1_000_000)]
     pub(crate) files: u64,
+    /// Cgroups made and removed over the run.
+    #[arg(long, default_value_t = 3_000)]
     pub(crate) cgroups: u64,
+}
+
+/// Runs the soak as root, after installing what the build needs.
+pub(crate) fn run_as_root(options: &SoakOptions) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the soak loads eBPF programs and creates cgroups: run it as root");
+    }
+    crate::setup::ensure(crate::setup::Needs::Build)?;
+    soak(options)
 }
 
 fn scrape(addr: &str) -> Result<String> {
@@ -137,7 +154,7 @@ fn memory_root() -> PathBuf {
     }
 }
 
-pub(crate) fn soak(options: &SoakOptions) -> Result<()> {
+fn soak(options: &SoakOptions) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(&cargo).current_dir(workspace()).args([
         "build",
