@@ -52,100 +52,120 @@ impl Collector {
             .memory_hierarchy
             .unwrap_or(0);
         for (dev, ino) in files {
-            let tracer = &self.tracer;
-            let generation = inodes
-                .get(&(dev, ino))
-                .map_or(0, |i| u64::from(i.generation));
-            let resolved = self.resolvers.paths.resolve(dev, ino, generation, || {
-                ask_kernel(tracer, inodes, dev, ino)
-            });
-            let keys: Vec<(CacheKey, CacheCounters)> = observed
-                .iter()
-                .filter(|o| o.key.dev == dev && o.key.ino == ino)
-                .map(|o| (o.key, o.counters))
-                .collect();
-            for (key, counters) in &keys {
-                self.ledger
-                    .deficits_handled
-                    .insert(*key, counters.max_deficit);
-            }
-            let Some(file) = resolved
-                .host()
-                .filter(|_| !resolved.deleted)
-                .and_then(|path| open_regular(&path, Some(ino)).ok())
-                .filter(residency::PageOwnerReader::residency_is_honest)
-            else {
-                continue;
-            };
-            // The measurement is bracketed by the kernel's counters for the file: pages that
-            // came or went while it ran may or may not be in it, so it counts only if none did.
-            let mut file_keys: Vec<CacheKey> = keys.iter().map(|(key, _)| *key).collect();
-            let before = self.tracer.counting_for(&file_keys);
-            let Ok(owners) = reader.owners(&file) else {
-                continue;
-            };
-            // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
-            // are: a file charged to one cgroup gets its resident pages, by inference; a
-            // file shared by several keeps what memtrace had.
-            let (by_cgroup, provenance) = if reader.exact() {
-                (owners.by_cgroup.clone(), Provenance::Exact)
-            } else if let [(key, _)] = keys.as_slice() {
-                (
-                    std::iter::once((key.cgroup_id, owners.resident)).collect(),
-                    Provenance::InferredOwner,
-                )
-            } else {
-                continue;
-            };
-            // Cgroups the measurement found that no counter named held nothing traced when
-            // the report began.
-            for &cgroup_id in by_cgroup.keys() {
-                let key = CacheKey {
-                    cgroup_id,
-                    ino,
-                    dev,
-                    hierarchy: memory_hierarchy,
-                };
-                if !file_keys.contains(&key) {
-                    file_keys.push(key);
-                }
-            }
-            let after = self.tracer.counting_for(&file_keys);
-            let steady = match (&before, &after) {
-                (Some(before), Some(after)) => after.iter().enumerate().all(|(at, now)| {
-                    let then = before.get(at).copied().unwrap_or_default();
-                    then.pages() == now.pages()
-                }),
-                _ => false,
-            };
-            let Some(after) = after.filter(|_| steady) else {
-                log::debug!(
-                    "file {dev}:{ino} changed while measured; measuring it at the next report"
-                );
-                self.ledger.pending_measure.insert((dev, ino));
-                continue;
-            };
-            let active_share = |pages: u64| {
-                (owners.active * pages)
-                    .checked_div(owners.resident)
-                    .unwrap_or(0)
-            };
-            for (key, counting) in file_keys.iter().zip(&after) {
-                let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
-                seeded.push(*key);
-                self.ledger.seeds.insert(
-                    InReportOrder(*key),
-                    SeededCache {
-                        pages,
-                        active_pages: active_share(pages),
-                        provenance,
-                        // The counters as the measurement saw them: what they add from here
-                        // on comes on top of it.
-                        baseline: self.ledger.combined(key, Some(counting)),
-                    },
-                );
-            }
+            self.measure_file(
+                &reader,
+                (dev, ino),
+                observed,
+                inodes,
+                memory_hierarchy,
+                &mut seeded,
+            );
         }
         seeded
+    }
+
+    /// Measures one file and records what each of its memcgs holds as seeded cache; the keys
+    /// recorded go to `seeded`. A file that cannot be opened or measured keeps what memtrace
+    /// had; one that changed while measured is queued for the next report.
+    fn measure_file(
+        &mut self,
+        reader: &residency::PageOwnerReader,
+        (dev, ino): (u32, u64),
+        observed: &[Observation],
+        inodes: &InodeIdentities,
+        memory_hierarchy: u32,
+        seeded: &mut Vec<CacheKey>,
+    ) {
+        let tracer = &self.tracer;
+        let generation = inodes
+            .get(&(dev, ino))
+            .map_or(0, |i| u64::from(i.generation));
+        let resolved = self.resolvers.paths.resolve(dev, ino, generation, || {
+            ask_kernel(tracer, inodes, dev, ino)
+        });
+        let keys: Vec<(CacheKey, CacheCounters)> = observed
+            .iter()
+            .filter(|o| o.key.dev == dev && o.key.ino == ino)
+            .map(|o| (o.key, o.counters))
+            .collect();
+        for (key, counters) in &keys {
+            self.ledger
+                .deficits_handled
+                .insert(*key, counters.max_deficit);
+        }
+        let Some(file) = resolved
+            .host()
+            .filter(|_| !resolved.deleted)
+            .and_then(|path| open_regular(&path, Some(ino)).ok())
+            .filter(residency::PageOwnerReader::residency_is_honest)
+        else {
+            return;
+        };
+        // The measurement is bracketed by the kernel's counters for the file: pages that
+        // came or went while it ran may or may not be in it, so it counts only if none did.
+        let mut file_keys: Vec<CacheKey> = keys.iter().map(|(key, _)| *key).collect();
+        let before = self.tracer.counting_for(&file_keys);
+        let Ok(owners) = reader.owners(&file) else {
+            return;
+        };
+        // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
+        // are: a file charged to one cgroup gets its resident pages, by inference; a
+        // file shared by several keeps what memtrace had.
+        let (by_cgroup, provenance) = if reader.exact() {
+            (owners.by_cgroup.clone(), Provenance::Exact)
+        } else if let [(key, _)] = keys.as_slice() {
+            (
+                std::iter::once((key.cgroup_id, owners.resident)).collect(),
+                Provenance::InferredOwner,
+            )
+        } else {
+            return;
+        };
+        // Cgroups the measurement found that no counter named held nothing traced when
+        // the report began.
+        for &cgroup_id in by_cgroup.keys() {
+            let key = CacheKey {
+                cgroup_id,
+                ino,
+                dev,
+                hierarchy: memory_hierarchy,
+            };
+            if !file_keys.contains(&key) {
+                file_keys.push(key);
+            }
+        }
+        let after = self.tracer.counting_for(&file_keys);
+        let steady = match (&before, &after) {
+            (Some(before), Some(after)) => after.iter().enumerate().all(|(at, now)| {
+                let then = before.get(at).copied().unwrap_or_default();
+                then.pages() == now.pages()
+            }),
+            _ => false,
+        };
+        let Some(after) = after.filter(|_| steady) else {
+            log::debug!("file {dev}:{ino} changed while measured; measuring it at the next report");
+            self.ledger.pending_measure.insert((dev, ino));
+            return;
+        };
+        let active_share = |pages: u64| {
+            (owners.active * pages)
+                .checked_div(owners.resident)
+                .unwrap_or(0)
+        };
+        for (key, counting) in file_keys.iter().zip(&after) {
+            let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
+            seeded.push(*key);
+            self.ledger.seeds.insert(
+                InReportOrder(*key),
+                SeededCache {
+                    pages,
+                    active_pages: active_share(pages),
+                    provenance,
+                    // The counters as the measurement saw them: what they add from here
+                    // on comes on top of it.
+                    baseline: self.ledger.combined(key, Some(counting)),
+                },
+            );
+        }
     }
 }

@@ -4,12 +4,13 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use memtrace_common::CacheCounters;
+use memtrace_common::{CacheCounters, CacheKey, WriterKey, WriterStats};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     dirty::DirtyMeter,
     naming::{name_cgroups, name_files, InodeIdentities},
-    observations::InReportOrder,
+    observations::{InReportOrder, Observations},
     CollectError, Collector,
 };
 use crate::{
@@ -188,7 +189,7 @@ impl Collector {
         let counting = self.drain(&mut stats);
         let (mut observations, inodes) = self.ledger.observe(counting, &self.shmem.devs);
         let gathered = began.elapsed();
-        let mut live_writers = self.ledger.gather_writers(&mut self.tracer, &mut stats);
+        let live_writers = self.ledger.gather_writers(&mut self.tracer, &mut stats);
         let writers_read = began.elapsed();
         let mut to_measure: Vec<(u32, u64)> = self.ledger.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
@@ -200,41 +201,8 @@ impl Collector {
             writers_read - gathered,
             began.elapsed() - writers_read
         );
-        // The observations carry the seeds as they were; these were measured just now.
-        for key in remeasured {
-            if let Some(seeded) = self.ledger.seeds.get(&InReportOrder(key)) {
-                observations
-                    .get_or_insert_with(key, || Observation::seeded_only(key, seeded))
-                    .seeded = Some(Box::new(*seeded));
-            }
-        }
-        for (key, measured) in &self.shmem.files {
-            observations.insert(Observation {
-                key: *key,
-                counters: CacheCounters::default(),
-                seeded: Some(Box::new(SeededCache {
-                    pages: measured.pages,
-                    active_pages: measured.active_pages,
-                    provenance: measured.provenance,
-                    baseline: CacheCounters::default(),
-                })),
-                writers: Vec::new(),
-                shmem: true,
-            });
-        }
-        // Exited writers (with anything a run of theirs added since), then live ones: read in
-        // place, not copied into one list.
-        let mut cursor = 0;
-        for (InReportOrder(writer), written) in &self.ledger.writer_totals {
-            let mut written = *written;
-            if let Some(more) = live_writers.remove(writer) {
-                merge_writes(&mut written, &more);
-            }
-            observations.add_writer(writer, &written, Some(&mut cursor));
-        }
-        for (writer, written) in &live_writers {
-            observations.add_writer(writer, written, None);
-        }
+        self.join_measured(&mut observations, remeasured);
+        self.join_writers(&mut observations, live_writers);
 
         let read = began.elapsed();
         let (mut drafts, mut totals) = draft(observations.into_vec(), self.page_size);
@@ -260,6 +228,54 @@ impl Collector {
             cgroups: drafts,
             inodes,
         })
+    }
+
+    /// Adds to `observations` what was measured rather than traced: the files measured again
+    /// just now (`remeasured`; the observations carry their seeds as they were) and the
+    /// tmpfs/shmem files.
+    fn join_measured(&self, observations: &mut Observations, remeasured: Vec<CacheKey>) {
+        for key in remeasured {
+            if let Some(seeded) = self.ledger.seeds.get(&InReportOrder(key)) {
+                observations
+                    .get_or_insert_with(key, || Observation::seeded_only(key, seeded))
+                    .seeded = Some(Box::new(*seeded));
+            }
+        }
+        for (key, measured) in &self.shmem.files {
+            observations.insert(Observation {
+                key: *key,
+                counters: CacheCounters::default(),
+                seeded: Some(Box::new(SeededCache {
+                    pages: measured.pages,
+                    active_pages: measured.active_pages,
+                    provenance: measured.provenance,
+                    baseline: CacheCounters::default(),
+                })),
+                writers: Vec::new(),
+                shmem: true,
+            });
+        }
+    }
+
+    /// Joins each writer's figures to its (memcg, file).
+    fn join_writers(
+        &self,
+        observations: &mut Observations,
+        mut live_writers: HashMap<WriterKey, WriterStats>,
+    ) {
+        // Exited writers (with anything a run of theirs added since), then live ones: read in
+        // place, not copied into one list.
+        let mut cursor = 0;
+        for (InReportOrder(writer), written) in &self.ledger.writer_totals {
+            let mut written = *written;
+            if let Some(more) = live_writers.remove(writer) {
+                merge_writes(&mut written, &more);
+            }
+            observations.add_writer(writer, &written, Some(&mut cursor));
+        }
+        for (writer, written) in &live_writers {
+            observations.add_writer(writer, written, None);
+        }
     }
 }
 
