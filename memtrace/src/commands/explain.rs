@@ -31,6 +31,9 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
 
     let seed = collector.seed(&SeedOptions::default());
     let first = collector.snapshot()?;
+    let memory_before = collector
+        .resolvers()
+        .memory_of(target.hierarchy, &target.cgroup_path);
     let first = Sample::of(&first.cgroups, Instant::now());
     let window = Instant::now();
     let mut drain = drain_ticks();
@@ -66,6 +69,7 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
             report: &second,
             rates: rates.as_ref(),
             memory,
+            memory_before,
             holders: holders.as_ref(),
             seed: Some(seed),
             observed_seconds: observed,

@@ -142,6 +142,7 @@ fn explain(collector: &mut Collector, hierarchy: u32, id: u64) -> io::Result<Vec
             report: &report,
             rates: None,
             memory: collector.resolvers().memory_of(hierarchy, &path),
+            memory_before: None,
             holders: None,
             seed: None,
             observed_seconds: 0.0,

@@ -38,6 +38,24 @@ pub struct Target {
 pub struct Writer {
     pub pid: u32,
     pub comm: String,
+    /// Open with `O_APPEND`: it only ever adds to the end, as loggers do. False for a writer
+    /// the tracer saw, whose open flags are not known.
+    pub append: bool,
+}
+
+/// Whether a cgroup's page cache is a problem, from the kernel's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheState {
+    /// Reclaimable, and nothing is reclaiming it: cache that costs nothing until memory is
+    /// wanted.
+    Harmless,
+    /// The kernel is reclaiming the cgroup: file pages read again after eviction, the limit
+    /// reached, throttling at `memory.high`, or stalls on memory.
+    Crowding,
+    /// Near its limit with memory reclaim cannot free (anonymous, shmem, dirty, kernel): an
+    /// OOM kill ahead.
+    Risk,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +77,8 @@ pub struct ExplainedFile {
     pub layer: Option<Layer>,
     /// Change of `cached_bytes` over the observation window.
     pub growth_bytes_per_second: f64,
+    /// Bytes read into the cache again after eviction, per second over the window.
+    pub reread_bytes_per_second: f64,
     pub writers: Vec<Writer>,
     /// The cgroup it is charged to (the target or one below it).
     pub cgroup_path: Option<String>,
@@ -82,6 +102,11 @@ pub struct Explanation {
     pub files: Vec<ExplainedFile>,
     pub seed: Option<SeedSummary>,
     pub observed_seconds: f64,
+    /// File pages refaulted per second over the window (memory.stat's
+    /// `workingset_refault_file`); `null` without two readings.
+    pub refault_bytes_per_second: Option<f64>,
+    /// Whether the cache is a problem; `null` when memory.stat could not be read.
+    pub state: Option<CacheState>,
     pub stats: KernelStats,
     /// Plain-language lines: what holds the memory and what to do about it.
     pub verdict: Vec<String>,
@@ -118,12 +143,16 @@ pub fn files_of_target(
                     growth_bytes_per_second: rates
                         .and_then(|r| r.of(&(c.hierarchy, c.id, f.dev, f.ino)))
                         .map_or(0.0, |r| r.cached),
+                    reread_bytes_per_second: rates
+                        .and_then(|r| r.of(&(c.hierarchy, c.id, f.dev, f.ino)))
+                        .map_or(0.0, |r| r.reread),
                     writers: f
                         .writers
                         .iter()
                         .map(|w| Writer {
                             pid: w.pid,
                             comm: w.comm.to_string(),
+                            append: false,
                         })
                         .collect(),
                     cgroup_path: c.path.clone(),
@@ -145,8 +174,10 @@ pub fn add_holders(files: &mut [ExplainedFile], holders: &HashMap<String, Vec<Wr
             .filter_map(|p| holders.get(&**p))
             .flatten();
         for holder in found {
-            if !file.writers.iter().any(|w| w.pid == holder.pid) {
-                file.writers.push(holder.clone());
+            match file.writers.iter_mut().find(|w| w.pid == holder.pid) {
+                // The tracer saw it write; its open file says how.
+                Some(traced) => traced.append |= holder.append,
+                None => file.writers.push(holder.clone()),
             }
         }
     }
@@ -160,6 +191,8 @@ pub struct Evidence<'a> {
     pub rates: Option<&'a Rates>,
     /// The target's memory.stat; `None` when it could not be read.
     pub memory: Option<MemoryFigures>,
+    /// memory.stat at the window's start, for the refault rate.
+    pub memory_before: Option<MemoryFigures>,
     /// Processes holding files open for writing now, by path (see [`add_holders`]).
     pub holders: Option<&'a HashMap<String, Vec<Writer>>>,
     pub seed: Option<SeedSummary>,
@@ -188,6 +221,14 @@ impl Explanation {
         if let Some(holders) = evidence.holders {
             add_holders(&mut files, holders);
         }
+        let refault_bytes_per_second = match (&evidence.memory_before, &evidence.memory) {
+            (Some(before), Some(now)) if evidence.observed_seconds > 0.0 => Some(
+                now.refault_file_bytes
+                    .saturating_sub(before.refault_file_bytes) as f64
+                    / evidence.observed_seconds,
+            ),
+            _ => None,
+        };
         let mut explanation = Self {
             schema_version: super::SCHEMA_VERSION,
             target,
@@ -199,6 +240,8 @@ impl Explanation {
             files,
             seed: evidence.seed,
             observed_seconds: evidence.observed_seconds,
+            refault_bytes_per_second,
+            state: None,
             stats: evidence.report.stats.clone(),
             verdict: Vec::new(),
         };
@@ -212,6 +255,7 @@ impl Explanation {
             let cache = memory.page_cache_bytes;
             self.coverage = memory.coverage_of(self.attributed_bytes);
             self.unattributed_bytes = cache.saturating_sub(self.attributed_bytes);
+            self.state = Some(state_of(memory, self.refault_bytes_per_second));
         }
         self.verdict = verdict(self);
     }
@@ -222,6 +266,141 @@ fn percent(part: u64, whole: u64) -> f64 {
         0.0
     } else {
         part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// File pages refaulted per second above which a cgroup counts as short of memory for what
+/// it reads: 16 pages a second is noise, a thrashing reader does thousands.
+const CROWDING_REFAULTS_PER_SECOND: f64 = 64.0 * 1024.0;
+/// Share of the limit at which reclaim runs all the time.
+const AT_LIMIT: f64 = 0.95;
+/// Share of the limit that, held by memory reclaim cannot free, puts an OOM kill ahead.
+const UNRECLAIMABLE_RISK: f64 = 0.90;
+/// PSI `some avg10` (percent) above which tasks of the cgroup visibly stall on memory.
+const STALLING_PERCENT: f64 = 1.0;
+
+/// Whether the cgroup's cache is harmless, crowding it, or beside a risk, from the kernel's
+/// figures and the refault rate over the window.
+pub fn state_of(memory: &MemoryFigures, refaults_per_second: Option<f64>) -> CacheState {
+    let p = &memory.pressure;
+    let share_of =
+        |limit: Option<u64>, bytes: u64| limit.filter(|&l| l > 0).map(|l| bytes as f64 / l as f64);
+    if share_of(p.limit_bytes, memory.unreclaimable_bytes())
+        .is_some_and(|s| s >= UNRECLAIMABLE_RISK)
+    {
+        return CacheState::Risk;
+    }
+    let at_limit = share_of(p.limit_bytes, memory.usage_bytes).is_some_and(|s| s >= AT_LIMIT)
+        || share_of(p.high_bytes, memory.usage_bytes).is_some_and(|s| s >= 1.0);
+    let refaulting = refaults_per_second.is_some_and(|r| r >= CROWDING_REFAULTS_PER_SECOND);
+    let stalling = p.some_avg10.is_some_and(|s| s >= STALLING_PERCENT);
+    if at_limit || refaulting || stalling {
+        CacheState::Crowding
+    } else {
+        CacheState::Harmless
+    }
+}
+
+/// The limits, events and pressure worth a line: only what is known and set.
+fn pressure_line(e: &Explanation, memory: &MemoryFigures) -> Option<String> {
+    let p = &memory.pressure;
+    let mut parts = Vec::new();
+    if let Some(limit) = p.limit_bytes {
+        parts.push(format!(
+            "limit {} (usage at {:.0}%)",
+            human_bytes(limit),
+            percent(memory.usage_bytes, limit)
+        ));
+    }
+    if let Some(high) = p.high_bytes {
+        parts.push(format!("high/soft limit {}", human_bytes(high)));
+    }
+    if p.limit_hits > 0 {
+        parts.push(format!("reached the limit {} times", p.limit_hits));
+    }
+    if let Some(high_events) = p.high_events.filter(|&n| n > 0) {
+        parts.push(format!("throttled at memory.high {high_events} times"));
+    }
+    if p.oom_kills > 0 {
+        parts.push(format!("{} OOM kills", p.oom_kills));
+    }
+    if let Some(rate) = e.refault_bytes_per_second.filter(|&r| r > 0.0) {
+        parts.push(format!(
+            "{}/s of file pages read again after eviction (refaults)",
+            human_bytes(rate as u64)
+        ));
+    }
+    if let Some(some) = p.some_avg10.filter(|&s| s > 0.0) {
+        parts.push(format!(
+            "stalled on memory {some:.1}% of the last 10 s (full {:.1}%)",
+            p.full_avg10.unwrap_or(0.0)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("Limits and pressure: {}.", parts.join("; ")))
+}
+
+/// What the state means, in a line.
+fn state_line(e: &Explanation, memory: &MemoryFigures, state: CacheState) -> String {
+    match state {
+        CacheState::Harmless => "Verdict: harmless. The page cache is reclaimable and nothing is reclaiming it: the kernel gives it up when memory is wanted.".to_owned(),
+        CacheState::Crowding => {
+            let why = match e.refault_bytes_per_second {
+                Some(rate) if rate >= CROWDING_REFAULTS_PER_SECOND => format!(
+                    "{}/s of file pages are read again right after eviction",
+                    human_bytes(rate as u64)
+                ),
+                _ => "it is at its limit".to_owned(),
+            };
+            format!("Verdict: crowding. The kernel is reclaiming this cgroup ({why}): its cache competes with its own work for memory.")
+        }
+        CacheState::Risk => format!(
+            "Verdict: risk. {} of its limit {} cannot be reclaimed ({} anonymous, {} shmem, {} dirty or under writeback, {} kernel): an OOM kill is ahead if it grows.",
+            human_bytes(memory.unreclaimable_bytes()),
+            human_bytes(memory.pressure.limit_bytes.unwrap_or(0)),
+            human_bytes(memory.anon_bytes),
+            human_bytes(memory.shmem_bytes),
+            human_bytes(memory.dirty_bytes + memory.writeback_bytes),
+            human_bytes(memory.kernel_bytes),
+        ),
+    }
+}
+
+/// Re-reads per second from which a file counts as one whose working set does not fit.
+const REREAD_FILE_PER_SECOND: f64 = 4096.0;
+
+/// What to do about the largest file, chosen by what memtrace saw of it: how it is written
+/// and read, where it lives, not only its name.
+fn advice(top: &ExplainedFile, name: &str, state: Option<CacheState>) -> String {
+    let appended = top.writers.iter().any(|w| w.append);
+    let named_like_a_log = name.ends_with(".log") || name.contains("/log");
+    if top.fs == Some("tmpfs") {
+        "Fix: delete what the program no longer needs from the tmpfs, or cap it (a Kubernetes emptyDir's sizeLimit, tmpfs size=); its pages stay until the file is deleted or truncated, and count toward the limit.".to_owned()
+    } else if top.deleted {
+        let holder = top.writers.first().map_or("the process".to_owned(), |w| {
+            format!("{} (pid {})", w.comm, w.pid)
+        });
+        format!("Fix: restart or signal {holder} holding the deleted file; closing it frees the cache (logrotate copytruncate or a reopen on SIGHUP avoids this).")
+    } else if appended
+        || (named_like_a_log
+            && top.reread_bytes_per_second < REREAD_FILE_PER_SECOND
+            && !top.writers.is_empty())
+    {
+        "Fix: lower the log level, rotate and cap the log, or log to stdout or a volume with its own limits; `fadvise(DONTNEED)` or truncating a rotated log frees its cache.".to_owned()
+    } else if top.reread_bytes_per_second >= REREAD_FILE_PER_SECOND {
+        format!(
+            "Fix: {name} is read again after eviction at {}/s: its working set does not fit in the cgroup's memory. Raise the memory limit to hold it, or make the reads touch less of it (an index, a smaller data set).",
+            human_bytes(top.reread_bytes_per_second as u64)
+        )
+    } else if top.layer == Some(Layer::Lower) {
+        "No fix needed for the file itself: it is in an image layer, shared by every container of the image and charged to the first that read it.".to_owned()
+    } else if top.dirty_bytes.is_some_and(|d| d > top.cached_bytes / 2) {
+        "Fix: most of it waits on writeback; it becomes reclaimable once written. If it stays dirty, the device is slow for the write rate: write less, or flush earlier (`fsync`, a lower vm.dirty_bytes).".to_owned()
+    } else {
+        match state {
+            Some(CacheState::Crowding) => "Fix: the cgroup is short of memory for the data it reads: raise its limit, or reduce what it keeps hot.".to_owned(),
+            Some(CacheState::Risk) => "Fix: raise the limit, or reduce the memory reclaim cannot free; this file's cache is reclaimable and is not the risk.".to_owned(),
+            _ => format!("No fix needed: {name} is cache the kernel reclaims when memory is wanted; it costs nothing until then."),
+        }
     }
 }
 
@@ -247,6 +426,10 @@ fn verdict(e: &Explanation) -> Vec<String> {
         percent(cache, memory.usage_bytes),
         human_bytes(memory.kernel_bytes),
     ));
+    lines.extend(pressure_line(e, memory));
+    if let Some(state) = e.state {
+        lines.push(state_line(e, memory, state));
+    }
     let Some(top) = e.files.first().filter(|f| f.cached_bytes > 0) else {
         lines.push("No file holds page cache charged here.".to_owned());
         return lines;
@@ -280,6 +463,12 @@ fn verdict(e: &Explanation) -> Vec<String> {
             human_bytes(top.growth_bytes_per_second as u64)
         );
     }
+    if top.reread_bytes_per_second >= REREAD_FILE_PER_SECOND {
+        line += &format!(
+            ", read again after eviction at {}/s",
+            human_bytes(top.reread_bytes_per_second as u64)
+        );
+    }
     lines.push(line + ".");
     lines.push(format!(
         "Page cache is reclaimable, but active pages count toward kubelet's working set ({} of {}); {} of it is active, {} inactive.",
@@ -302,16 +491,7 @@ fn verdict(e: &Explanation) -> Vec<String> {
             human_bytes(memory.writeback_bytes)
         ));
     }
-    let looks_like_log = name.ends_with(".log") || name.contains("/log");
-    lines.push(if on_tmpfs {
-        "Fix: delete what the program no longer needs from the tmpfs, or cap it (a Kubernetes emptyDir's sizeLimit, tmpfs size=); its pages stay until the file is deleted or truncated.".to_owned()
-    } else if top.deleted {
-        "Fix: restart or signal the process holding the deleted file (logrotate copytruncate or a reopen on SIGHUP avoids this).".to_owned()
-    } else if looks_like_log {
-        "Fix: lower the log level, rotate and cap the log, or log to stdout or a volume with its own limits; `fadvise(DONTNEED)` or truncating a rotated log frees its cache.".to_owned()
-    } else {
-        "Fix: if this file need not stay cached, read it with O_DIRECT or drop it with fadvise(DONTNEED) after use; set a memory limit so the kernel reclaims it under pressure.".to_owned()
-    });
+    lines.push(advice(top, name, e.state));
     if let Some(coverage) = e.coverage {
         if coverage < 0.9 {
             lines.push(format!(
@@ -327,6 +507,7 @@ fn verdict(e: &Explanation) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MemoryPressure;
 
     fn explanation(files: Vec<ExplainedFile>, memory: MemoryFigures) -> Explanation {
         let attributed = files.iter().map(|f| f.cached_bytes).sum();
@@ -353,6 +534,8 @@ mod tests {
             files,
             seed: None,
             observed_seconds: 2.0,
+            refault_bytes_per_second: None,
+            state: None,
             stats: KernelStats::default(),
             verdict: Vec::new(),
         };
@@ -374,12 +557,104 @@ mod tests {
             deleted: false,
             layer: Some(Layer::Upper),
             growth_bytes_per_second: 2.0 * 1024.0 * 1024.0,
+            reread_bytes_per_second: 0.0,
             writers: vec![Writer {
                 pid: 42,
                 comm: "java".into(),
+                append: true,
             }],
             cgroup_path: Some("/pods/spring".into()),
         }
+    }
+
+    /// A database's relation file: written in place (no O_APPEND), not named like a log.
+    fn relation_file(bytes: u64) -> ExplainedFile {
+        ExplainedFile {
+            path: Some("/var/lib/postgresql/15/main/base/16384/16397".into()),
+            host_path: None,
+            layer: None,
+            growth_bytes_per_second: 0.0,
+            writers: vec![Writer {
+                pid: 7,
+                comm: "postgres".into(),
+                append: false,
+            }],
+            ..log_file(bytes)
+        }
+    }
+
+    fn limited(limit: u64, usage: u64, anon: u64, cache: u64) -> MemoryFigures {
+        MemoryFigures {
+            usage_bytes: usage,
+            anon_bytes: anon,
+            page_cache_bytes: cache,
+            inactive_file_bytes: cache,
+            pressure: MemoryPressure {
+                limit_bytes: Some(limit),
+                ..MemoryPressure::default()
+            },
+            ..MemoryFigures::default()
+        }
+    }
+
+    #[test]
+    fn a_log_is_known_by_its_appending_writer_whatever_its_name() {
+        let mut log = log_file(64 << 20);
+        log.path = Some("/data/events".into());
+        let text = explanation(vec![log], limited(1 << 30, 100 << 20, 0, 64 << 20))
+            .verdict
+            .join("\n");
+        assert!(text.contains("Fix: lower the log level"), "{text}");
+    }
+
+    #[test]
+    fn a_database_file_gets_no_log_advice_and_far_from_its_limit_is_harmless() {
+        let e = explanation(
+            vec![relation_file(256 << 20)],
+            limited(4 << 30, 300 << 20, 40 << 20, 256 << 20),
+        );
+        let text = e.verdict.join("\n");
+        assert_eq!(e.state, Some(CacheState::Harmless), "{text}");
+        assert!(!text.contains("log level"), "{text}");
+        assert!(text.contains("Verdict: harmless"), "{text}");
+        assert!(text.contains("No fix needed"), "{text}");
+        assert!(text.contains("limit 4.0 GiB (usage at 7%)"), "{text}");
+    }
+
+    #[test]
+    fn a_file_read_again_after_eviction_at_the_limit_is_crowding_and_told_why() {
+        let mut data = relation_file(200 << 20);
+        data.reread_bytes_per_second = 50.0 * 1024.0 * 1024.0;
+        let mut e = explanation(
+            vec![data],
+            limited(256 << 20, 250 << 20, 20 << 20, 220 << 20),
+        );
+        e.refault_bytes_per_second = Some(48.0 * 1024.0 * 1024.0);
+        e.conclude();
+        let text = e.verdict.join("\n");
+        assert_eq!(e.state, Some(CacheState::Crowding), "{text}");
+        assert!(
+            text.contains("48.0 MiB/s of file pages are read again"),
+            "{text}"
+        );
+        assert!(
+            text.contains("read again after eviction at 50.0 MiB/s"),
+            "{text}"
+        );
+        assert!(text.contains("working set does not fit"), "{text}");
+    }
+
+    #[test]
+    fn shmem_near_the_limit_is_a_risk_of_oom() {
+        let mut memory = limited(256 << 20, 250 << 20, 10 << 20, 236 << 20);
+        memory.shmem_bytes = 236 << 20;
+        let mut cache = log_file(236 << 20);
+        cache.fs = Some("tmpfs");
+        cache.writers.clear();
+        let e = explanation(vec![cache], memory);
+        let text = e.verdict.join("\n");
+        assert_eq!(e.state, Some(CacheState::Risk), "{text}");
+        assert!(text.contains("an OOM kill is ahead"), "{text}");
     }
 
     #[test]

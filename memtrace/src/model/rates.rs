@@ -15,14 +15,23 @@ pub type CgroupKey = (u32, u64);
 pub struct Figures {
     pub cached_bytes: u64,
     pub written_bytes: u64,
+    /// Pages the kernel added and removed since memtrace started, in bytes.
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
 }
 
 impl Figures {
     /// Per-second change from `before` to these figures over `seconds`.
     fn since(&self, before: &Figures, seconds: f64) -> FileRates {
+        let added = self.added_bytes.saturating_sub(before.added_bytes);
+        let removed = self.removed_bytes.saturating_sub(before.removed_bytes);
+        let written = self.written_bytes.saturating_sub(before.written_bytes);
         FileRates {
             written: per_second(before.written_bytes, self.written_bytes, seconds).max(0.0),
             cached: per_second(before.cached_bytes, self.cached_bytes, seconds),
+            // Pages that came in while others of the same file were evicted, beyond what was
+            // written: read again after eviction (a working set that does not fit).
+            reread: added.min(removed).saturating_sub(written) as f64 / seconds,
         }
     }
 }
@@ -54,6 +63,8 @@ impl Sample {
                         Figures {
                             cached_bytes: f.cached_bytes,
                             written_bytes: f.written_bytes,
+                            added_bytes: f.added_bytes,
+                            removed_bytes: f.removed_bytes,
                         },
                     )
                 })
@@ -65,6 +76,8 @@ impl Sample {
                 let figures = Figures {
                     cached_bytes: c.cached_bytes,
                     written_bytes: c.files.iter().map(|f| f.written_bytes).sum(),
+                    added_bytes: c.added_bytes,
+                    removed_bytes: c.removed_bytes,
                 };
                 ((c.hierarchy, c.id), figures)
             })
@@ -80,6 +93,8 @@ pub struct FileRates {
     pub written: f64,
     /// Change of resident bytes per second (negative when cache left).
     pub cached: f64,
+    /// Bytes read into the cache again per second after being evicted.
+    pub reread: f64,
 }
 
 /// Rates of every file and cgroup of the later sample. One absent from the earlier sample
@@ -214,6 +229,7 @@ mod tests {
                         Figures {
                             cached_bytes,
                             written_bytes,
+                            ..Figures::default()
                         },
                     )
                 })
@@ -223,6 +239,7 @@ mod tests {
                 Figures {
                     cached_bytes: files.iter().map(|f| f.1).sum(),
                     written_bytes: files.iter().map(|f| f.2).sum(),
+                    ..Figures::default()
                 },
             )]),
         }
@@ -243,7 +260,8 @@ mod tests {
             of(1),
             FileRates {
                 written: 2000.0,
-                cached: 100.0
+                cached: 100.0,
+                reread: 0.0
             }
         );
         assert_eq!(of(2).cached, -200.0, "cache that left is negative growth");
@@ -251,7 +269,8 @@ mod tests {
             of(3),
             FileRates {
                 written: 4.0,
-                cached: 20.0
+                cached: 20.0,
+                reread: 0.0
             },
             "new files count from 0"
         );
@@ -259,11 +278,44 @@ mod tests {
             rates.of_cgroup(&(4, 7)),
             Some(FileRates {
                 written: 2004.0,
-                cached: -80.0
+                cached: -80.0,
+                reread: 0.0
             }),
             "a cgroup's rates are its own figures' change"
         );
         assert!(Rates::between(&now, &now).is_none(), "no time, no rate");
+    }
+
+    #[test]
+    fn rereads_are_pages_added_back_while_others_were_evicted_beyond_what_was_written() {
+        let t0 = Instant::now();
+        let at = |at, added_bytes, removed_bytes, written_bytes| Sample {
+            at,
+            files: HashMap::from([(
+                (4, 7, Dev(1), 1),
+                Figures {
+                    added_bytes,
+                    removed_bytes,
+                    written_bytes,
+                    ..Figures::default()
+                },
+            )]),
+            cgroups: HashMap::new(),
+        };
+        let rate = |last: &Sample, now: &Sample| {
+            Rates::between(last, now)
+                .unwrap()
+                .of(&(4, 7, Dev(1), 1))
+                .unwrap()
+                .reread
+        };
+        let t1 = t0 + Duration::from_secs(2);
+        // A reader cycling through a file larger than its memory: as much comes in as leaves.
+        assert_eq!(rate(&at(t0, 100, 0, 0), &at(t1, 900, 700, 0)), 350.0);
+        // An appending writer: pages come in, none leave.
+        assert_eq!(rate(&at(t0, 100, 0, 100), &at(t1, 900, 0, 900)), 0.0);
+        // A file rewritten in place: what comes back was written, not read.
+        assert_eq!(rate(&at(t0, 0, 0, 0), &at(t1, 800, 800, 800)), 0.0);
     }
 
     #[test]

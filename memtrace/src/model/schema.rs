@@ -496,7 +496,7 @@ impl Container {
 }
 
 /// The kernel's figures for one memory cgroup (and its descendants), in bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MemoryFigures {
     /// `memory.current` (v2) or `memory.usage_in_bytes` (v1).
     pub usage_bytes: u64,
@@ -517,8 +517,47 @@ pub struct MemoryFigures {
     pub kernel_bytes: u64,
     /// kubelet's working set: usage − inactive_file.
     pub working_set_bytes: u64,
+    /// File pages read in again soon after the kernel evicted them (`workingset_refault_file`,
+    /// hierarchical on v1), since the cgroup was made: cache that does not fit.
+    pub refault_file_bytes: u64,
+    /// Limits, limit events and pressure.
+    pub pressure: MemoryPressure,
     /// Which files these came from.
     pub source: String,
+}
+
+/// How close a memory cgroup is to its limits, and how hard the kernel works to keep it
+/// there. Limits are `null` when unlimited; what a cgroup version does not have is `null`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MemoryPressure {
+    /// The hard limit: v2 `memory.max`, v1 `hierarchical_memory_limit` (the lowest limit on
+    /// the way to the root).
+    pub limit_bytes: Option<u64>,
+    /// Where reclaim and throttling begin: v2 `memory.high`, v1 `soft_limit_in_bytes`.
+    pub high_bytes: Option<u64>,
+    /// Times usage reached the hard limit: v2 `memory.events` max, v1 `failcnt`.
+    pub limit_hits: u64,
+    /// Times usage went over `memory.high` and was throttled (v2).
+    pub high_events: Option<u64>,
+    /// Processes the OOM killer killed in the cgroup: `memory.events` oom_kill, v1
+    /// `memory.oom_control` oom_kill.
+    pub oom_kills: u64,
+    /// Share of the last 10 s in which some (or all) tasks stalled on memory (v2
+    /// `memory.pressure` avg10, percent).
+    pub some_avg10: Option<f64>,
+    pub full_avg10: Option<f64>,
+}
+
+impl MemoryFigures {
+    /// Bytes the kernel cannot reclaim without swap or writeback first: anonymous memory,
+    /// shmem (in the page cache, counted apart), dirty and writeback pages, and kernel memory.
+    pub fn unreclaimable_bytes(&self) -> u64 {
+        self.anon_bytes
+            + self.shmem_bytes
+            + self.dirty_bytes
+            + self.writeback_bytes
+            + self.kernel_bytes
+    }
 }
 
 impl MemoryFigures {

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, fs, io, path::Path};
 
-use crate::model::{MemoryFigures, NodeMemory};
+use crate::model::{MemoryFigures, MemoryPressure, NodeMemory};
+
+/// v1 reports "no limit" as the largest page-aligned `i64`.
+const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_F000;
 
 /// The node's page cache, shmem and dirty bytes, from /proc/meminfo.
 pub fn read_node_memory() -> NodeMemory {
@@ -33,12 +36,72 @@ pub fn read_memory(dir: &Path, v2: bool) -> io::Result<MemoryFigures> {
         .trim()
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{usage_file}: {e}")))?;
-    Ok(figures(
-        &stat,
-        usage,
-        v2,
-        &format!("{}/memory.stat", dir.display()),
-    ))
+    let mut figures = figures(&stat, usage, v2, &format!("{}/memory.stat", dir.display()));
+    figures.pressure = read_pressure(dir, &stat, v2);
+    Ok(figures)
+}
+
+/// Limits, limit events and pressure of the memory cgroup directory `dir`; what cannot be
+/// read stays unknown (`None`) or 0.
+pub fn read_pressure(dir: &Path, stat: &BTreeMap<String, u64>, v2: bool) -> MemoryPressure {
+    let read = |name: &str| fs::read_to_string(dir.join(name)).ok();
+    if v2 {
+        let events = read("memory.events")
+            .map(|t| parse_stat(&t))
+            .unwrap_or_default();
+        let (some_avg10, full_avg10) = read("memory.pressure")
+            .map(|t| parse_psi(&t))
+            .unwrap_or((None, None));
+        MemoryPressure {
+            limit_bytes: read("memory.max").and_then(|t| parse_limit(&t)),
+            high_bytes: read("memory.high").and_then(|t| parse_limit(&t)),
+            limit_hits: events.get("max").copied().unwrap_or(0),
+            high_events: events.get("high").copied(),
+            oom_kills: events.get("oom_kill").copied().unwrap_or(0),
+            some_avg10,
+            full_avg10,
+        }
+    } else {
+        let oom = read("memory.oom_control")
+            .map(|t| parse_stat(&t))
+            .unwrap_or_default();
+        MemoryPressure {
+            limit_bytes: stat
+                .get("hierarchical_memory_limit")
+                .copied()
+                .or_else(|| read("memory.limit_in_bytes").and_then(|t| parse_limit(&t)))
+                .filter(|&limit| limit < V1_UNLIMITED),
+            high_bytes: read("memory.soft_limit_in_bytes").and_then(|t| parse_limit(&t)),
+            limit_hits: read("memory.failcnt")
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            high_events: None,
+            oom_kills: oom.get("oom_kill").copied().unwrap_or(0),
+            some_avg10: None,
+            full_avg10: None,
+        }
+    }
+}
+
+/// A limit file's value: `max` (v2) and v1's largest value mean none.
+fn parse_limit(text: &str) -> Option<u64> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&limit| limit < V1_UNLIMITED)
+}
+
+/// `some avg10=` and `full avg10=` of a PSI file (`memory.pressure`).
+fn parse_psi(text: &str) -> (Option<f64>, Option<f64>) {
+    let avg10 = |kind: &str| {
+        text.lines()
+            .find(|l| l.starts_with(kind))?
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("avg10="))?
+            .parse()
+            .ok()
+    };
+    (avg10("some"), avg10("full"))
 }
 
 pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
@@ -85,13 +148,32 @@ pub fn figures(stat: &BTreeMap<String, u64>, usage: u64, v2: bool, source: &str)
         inactive_file_bytes: inactive_file,
         kernel_bytes: kernel,
         working_set_bytes: usage.saturating_sub(inactive_file),
+        refault_file_bytes: get("workingset_refault_file", "workingset_refault_file") * page_size(),
+        pressure: MemoryPressure::default(),
         source: format!("{source} ({})", if v2 { "cgroup v2" } else { "cgroup v1" }),
     }
+}
+
+/// memory.stat counts refaults in pages.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_events_and_pressure_of_either_version() {
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None, "v1's no limit");
+        assert_eq!(parse_limit("268435456\n"), Some(256 << 20));
+        let psi = "some avg10=12.50 avg60=3.00 avg300=0.50 total=123\nfull avg10=1.25 avg60=0.00 avg300=0.00 total=4\n";
+        assert_eq!(parse_psi(psi), (Some(12.5), Some(1.25)));
+        assert_eq!(parse_psi(""), (None, None));
+    }
 
     #[test]
     fn v1_names_prefer_hierarchical_totals() {

@@ -74,16 +74,18 @@ pub fn writers_in(cgroup_dir: &Path) -> HashMap<String, Vec<Writer>> {
                 fd.file_name().to_string_lossy()
             ))
             .unwrap_or_default();
-            let writable = info
+            let flags = info
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-                .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            let writable =
+                flags.is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
             if writable && path.starts_with('/') {
                 let entry = writers.entry(path).or_default();
                 let writer = Writer {
                     pid,
                     comm: comm.clone(),
+                    append: flags.is_some_and(|flags| flags & libc::O_APPEND as u32 != 0),
                 };
                 if !entry.contains(&writer) {
                     entry.push(writer);

@@ -9,8 +9,8 @@ use crate::{
         aggregate,
         explain::{ExplainedFile, Explanation, Target, TargetKind, Writer},
         fixtures::{counters, key},
-        Comm, Container, Hook, KernelStats, Layer, MemoryFigures, Observation, Pod, Provenance,
-        Report, Runtime, SeededCache, WriterUsage, WritesSource, SCHEMA_VERSION,
+        Comm, Container, Hook, KernelStats, Layer, MemoryFigures, MemoryPressure, Observation, Pod,
+        Provenance, Report, Runtime, SeededCache, WriterUsage, WritesSource, SCHEMA_VERSION,
     },
     view::{json, report_json, table},
 };
@@ -167,6 +167,11 @@ pub(crate) fn fixed_explanation() -> Explanation {
             inactive_file_bytes: 700 << 20,
             kernel_bytes: 0,
             working_set_bytes: 700 << 20,
+            refault_file_bytes: 0,
+            pressure: MemoryPressure {
+                limit_bytes: Some(2048 << 20),
+                ..MemoryPressure::default()
+            },
             source: "memory.stat (v1)".into(),
         }),
         attributed_bytes: 780 << 20,
@@ -186,14 +191,18 @@ pub(crate) fn fixed_explanation() -> Explanation {
             deleted: false,
             layer: Some(Layer::Upper),
             growth_bytes_per_second: 2.0 * 1024.0 * 1024.0,
+            reread_bytes_per_second: 0.0,
             writers: vec![Writer {
                 pid: 42,
                 comm: "java".into(),
+                append: true,
             }],
             cgroup_path: Some("/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c".into()),
         }],
         seed: None,
         observed_seconds: 2.0,
+        refault_bytes_per_second: Some(0.0),
+        state: None,
         stats: KernelStats::default(),
         verdict: Vec::new(),
     };
