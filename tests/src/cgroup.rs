@@ -74,6 +74,17 @@ impl MemCgroup {
         }
     }
 
+    /// Sets the hard memory limit (v1 `memory.limit_in_bytes`, v2 `memory.max`).
+    pub fn set_limit(&self, bytes: u64) {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        fs::write(self.dir.join(file), bytes.to_string())
+            .unwrap_or_else(|e| panic!("write {file}: {e}"));
+    }
+
     /// Starts `cmd` inside this cgroup: the child joins it before exec, so every page it
     /// touches is charged here.
     pub fn spawn(&self, cmd: &mut Command) -> Child {
@@ -129,7 +140,8 @@ impl MemCgroup {
             .unwrap_or_else(|| panic!("memory.stat has no `{key}`"))
     }
 
-    fn memory_stat_once(&self) -> HashMap<String, u64> {
+    /// memory.stat as it reads now, counters perhaps part folded (see [`Self::memory_stat`]).
+    pub fn memory_stat_once(&self) -> HashMap<String, u64> {
         let text = fs::read_to_string(self.dir.join("memory.stat")).expect("read memory.stat");
         text.lines()
             .filter_map(|l| {

@@ -133,6 +133,14 @@ fn explain_names_the_spring_log_written_before_memtrace_started() {
         .unwrap()
         .iter()
         .any(|l| l.as_str().unwrap().contains("/tmp/spring.log")));
+    // The JVM holds its log open with O_APPEND: a log, told as one.
+    assert!(
+        e["verdict"]
+            .to_string()
+            .contains("Fix: lower the log level"),
+        "{:#}",
+        e["verdict"]
+    );
     for key in [
         "usage_bytes",
         "anon_bytes",

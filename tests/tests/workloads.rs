@@ -14,7 +14,9 @@ use std::{
 };
 
 use memtrace::collector::seed::SeedOptions;
-use memtrace_tests::{cgroup::MemCgroup, cgroup_in, files::fincore_bytes, start_tracer, MIB};
+use memtrace_tests::{
+    cgroup::MemCgroup, cgroup_in, explain_json, files::fincore_bytes, start_tracer, MIB,
+};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PORT: &str = "54329";
@@ -256,6 +258,18 @@ fn postgresql_under_pgbench_is_named_file_by_file_and_adds_up_to_memory_stat() {
         named as f64 >= 0.95 * kernel as f64,
         "only {named} B of memory.stat's {kernel} B on named files"
     );
+    // Relation files are written in place and read back: data, never told to lower a log
+    // level (only the server's own log, opened O_APPEND, would be).
+    let explained = explain_json(&cgroup.path);
+    let verdict = explained["verdict"].to_string();
+    let top = explained["files"][0]["path"].as_str().unwrap_or("");
+    eprintln!("explain: top file {top}; {verdict}");
+    assert!(
+        top.ends_with(".log") || !verdict.contains("log level"),
+        "{top} told to lower a log level: {verdict}"
+    );
+    // Nor the advice no database operator could follow.
+    assert!(!verdict.contains("O_DIRECT"), "{verdict}");
     drop(stopped);
     drop(cluster);
 }

@@ -373,7 +373,11 @@ const REREAD_FILE_PER_SECOND: f64 = 4096.0;
 fn advice(top: &ExplainedFile, name: &str, state: Option<CacheState>) -> String {
     let appended = top.writers.iter().any(|w| w.append);
     let named_like_a_log = name.ends_with(".log") || name.contains("/log");
-    if top.fs == Some("tmpfs") {
+    let shared_memory =
+        name.starts_with("[shared anonymous memory") || name.starts_with("[SysV shm");
+    if shared_memory {
+        "No fix for the file: it is the program's shared memory (a database's shared buffers, say), sized by the program's own setting; it counts toward the limit and cannot be reclaimed without swap.".to_owned()
+    } else if top.fs == Some("tmpfs") {
         "Fix: delete what the program no longer needs from the tmpfs, or cap it (a Kubernetes emptyDir's sizeLimit, tmpfs size=); its pages stay until the file is deleted or truncated, and count toward the limit.".to_owned()
     } else if top.deleted {
         let holder = top.writers.first().map_or("the process".to_owned(), |w| {
