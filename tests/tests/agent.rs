@@ -153,6 +153,8 @@ fn prometheus_scrapes_serve_and_agrees_with_memory_stat() {
         .expect("prometheus is required (cargo xtask setup installs Debian's package)");
     let serve = Serve::start(&["--no-seed"]);
     let cgroup = MemCgroup::create("agent-prom");
+    // A limit, so the dashboard's usage-against-limit panel has a series to show.
+    cgroup.set_limit(1 << 30);
     let scratch = Scratch::new("agent-prom");
     cgroup.run(dd_write(&scratch.path("scraped.log"), 32).arg("conv=fsync"));
 
@@ -203,8 +205,58 @@ fn prometheus_scrapes_serve_and_agrees_with_memory_stat() {
         }
         thread::sleep(Duration::from_millis(500));
     };
+    // Every panel of the shipped dashboard answers with series from this Prometheus.
+    let dashboard: Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+        )
+        .expect("deploy/grafana-dashboard.json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut empty = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let began = Instant::now();
+            let answered = loop {
+                let series = get(&prom_addr, &format!("/api/v1/query?query={}", encode(expr)))
+                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                    .and_then(|v| v["data"]["result"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                if series > 0 || began.elapsed() > Duration::from_secs(60) {
+                    break series > 0;
+                }
+                thread::sleep(Duration::from_millis(500));
+            };
+            if !answered {
+                empty.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
+    }
     let _ = prom.kill();
     let _ = prom.wait();
+    assert!(
+        empty.is_empty(),
+        "dashboard panels without series:\n{}",
+        empty.join("\n")
+    );
+    // A plain scrape (no OpenMetrics asked for) passes promtool's lint.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed with prometheus)");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), serve.metrics().as_bytes())
+        .unwrap();
+    let linted = check.wait_with_output().unwrap();
+    assert!(
+        linted.status.success() && linted.stdout.is_empty() && linted.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
     MemCgroup::settle_stats();
     let kernel = cgroup.page_cache_bytes();
     eprintln!("Prometheus: {value} B; memory.stat page cache: {kernel} B");

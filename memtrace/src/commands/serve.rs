@@ -25,10 +25,11 @@ use crate::{
     cli::{GlobalArgs, ServeArgs},
     collector::Collector,
     model::Filter,
-    view::prometheus::{Metrics, MetricsInput},
+    view::prometheus::{classic_text, Metrics, MetricsInput},
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Why `serve` could not listen, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,12 @@ async fn respond(
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_default()
     };
+    // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+    let openmetrics = request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     Ok(match request.uri().path() {
         "/metrics" => {
             let (tx, rx) = oneshot::channel();
@@ -137,7 +144,8 @@ async fn respond(
                 Err(_) => None,
             };
             match text {
-                Some(text) => reply(StatusCode::OK, OPENMETRICS, text),
+                Some(text) if openmetrics => reply(StatusCode::OK, OPENMETRICS, text),
+                Some(text) => reply(StatusCode::OK, CLASSIC_TEXT, classic_text(&text)),
                 None => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -31,6 +31,9 @@ pub struct MetricsInput<'a> {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CgroupLabels {
     cgroup: String,
+    /// The cgroup's id: it tells apart a removed cgroup from a new one made at its path,
+    /// while the series of each keep their labels when their cgroup goes.
+    cgroup_id: String,
     container: String,
     container_id: String,
     pod: String,
@@ -42,6 +45,7 @@ struct CgroupLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabels {
     cgroup: String,
+    cgroup_id: String,
     container: String,
     pod: String,
     namespace: String,
@@ -89,17 +93,15 @@ fn escape(value: &str) -> String {
 
 impl CgroupLabels {
     fn of(cgroup: &CgroupUsage) -> Self {
-        // A removed cgroup's path can be taken again by a new cgroup while the old one's cache
-        // lingers: the removed one is told apart, so no two series share labels.
-        let path = match (&cgroup.path, cgroup.removed) {
-            (Some(path), false) => path.clone(),
-            (Some(path), true) => format!("{path} (removed, id {})", cgroup.id),
-            (None, _) => format!("id:{}", cgroup.id),
+        let path = match &cgroup.path {
+            Some(path) => path.clone(),
+            None => format!("id:{}", cgroup.id),
         };
         let container = cgroup.container.as_ref();
         let pod = container.and_then(|c| c.pod.as_ref());
         Self {
             cgroup: escape(&path),
+            cgroup_id: cgroup.id.to_string(),
             container: escape(container.and_then(|c| c.name.as_deref()).unwrap_or("")),
             container_id: escape(container.map_or("", |c| &c.id)),
             pod: escape(pod.and_then(|p| p.name.as_deref()).unwrap_or("")),
@@ -110,6 +112,7 @@ impl CgroupLabels {
     fn file(&self, path: &str, layer: &str) -> FileLabels {
         FileLabels {
             cgroup: self.cgroup.clone(),
+            cgroup_id: self.cgroup_id.clone(),
             container: self.container.clone(),
             pod: self.pod.clone(),
             namespace: self.namespace.clone(),
@@ -129,11 +132,22 @@ pub struct Metrics {
     file_dirty: Family<FileLabels, Gauge>,
     file_writeback: Family<FileLabels, Gauge>,
     file_written: Family<FileLabels, Counter>,
+    file_added: Family<FileLabels, Counter>,
+    file_removed: Family<FileLabels, Counter>,
+    cgroup_removed: Family<CgroupLabels, Gauge>,
+    stat_usage: Family<CgroupLabels, Gauge>,
     stat_page_cache: Family<CgroupLabels, Gauge>,
     stat_active: Family<CgroupLabels, Gauge>,
     stat_inactive: Family<CgroupLabels, Gauge>,
     stat_shmem: Family<CgroupLabels, Gauge>,
     coverage: Family<CgroupLabels, GaugeF64>,
+    limit: Family<CgroupLabels, Gauge>,
+    high: Family<CgroupLabels, Gauge>,
+    limit_hits: Family<CgroupLabels, Counter>,
+    oom_kills: Family<CgroupLabels, Counter>,
+    refaults: Family<CgroupLabels, Counter>,
+    stall_some: Family<CgroupLabels, GaugeF64>,
+    stall_full: Family<CgroupLabels, GaugeF64>,
     events: Family<HookLabel, Counter>,
     lost: Family<ReasonLabel, Counter>,
     map_entries: Gauge,
@@ -185,11 +199,22 @@ impl Metrics {
             file_dirty: Family::default(),
             file_writeback: Family::default(),
             file_written: Family::default(),
+            file_added: Family::default(),
+            file_removed: Family::default(),
+            cgroup_removed: Family::default(),
+            stat_usage: Family::default(),
             stat_page_cache: Family::default(),
             stat_active: Family::default(),
             stat_inactive: Family::default(),
             stat_shmem: Family::default(),
             coverage: Family::default(),
+            limit: Family::default(),
+            high: Family::default(),
+            limit_hits: Family::default(),
+            oom_kills: Family::default(),
+            refaults: Family::default(),
+            stall_some: Family::default(),
+            stall_full: Family::default(),
             events: Family::default(),
             lost: Family::default(),
             map_entries: Gauge::default(),
@@ -237,6 +262,67 @@ impl Metrics {
             "Bytes the cgroup's processes wrote to the file since memtrace started",
             Unit::Bytes,
             self.file_written.clone(),
+        );
+        r.register_with_unit(
+            "file_added",
+            "Bytes the kernel added to the file's page cache for the cgroup since memtrace started (rate() is churn)",
+            Unit::Bytes,
+            self.file_added.clone(),
+        );
+        r.register_with_unit(
+            "file_removed",
+            "Bytes the kernel removed from the file's page cache for the cgroup since memtrace started",
+            Unit::Bytes,
+            self.file_removed.clone(),
+        );
+        r.register(
+            "cgroup_removed",
+            "1 for a memory cgroup that is gone while its cache is still charged to it",
+            self.cgroup_removed.clone(),
+        );
+        r.register_with_unit(
+            "cgroup_memory_limit",
+            "The cgroup's hard memory limit (v2 memory.max, v1 hierarchical limit); absent when unlimited",
+            Unit::Bytes,
+            self.limit.clone(),
+        );
+        r.register_with_unit(
+            "cgroup_memory_high",
+            "Where reclaim and throttling begin (v2 memory.high, v1 soft limit); absent when unlimited",
+            Unit::Bytes,
+            self.high.clone(),
+        );
+        r.register(
+            "cgroup_memory_limit_hits",
+            "Times the cgroup's usage reached its limit (v2 memory.events max, v1 failcnt)",
+            self.limit_hits.clone(),
+        );
+        r.register(
+            "cgroup_memory_oom_kills",
+            "Processes the OOM killer killed in the cgroup",
+            self.oom_kills.clone(),
+        );
+        r.register_with_unit(
+            "cgroup_memory_refault_file",
+            "File pages read in again soon after eviction (memory.stat workingset_refault_file)",
+            Unit::Bytes,
+            self.refaults.clone(),
+        );
+        r.register(
+            "cgroup_memory_stall_some_ratio",
+            "Share of the last 10 s some tasks of the cgroup stalled on memory (v2 memory.pressure)",
+            self.stall_some.clone(),
+        );
+        r.register(
+            "cgroup_memory_stall_full_ratio",
+            "Share of the last 10 s all tasks of the cgroup stalled on memory (v2 memory.pressure)",
+            self.stall_full.clone(),
+        );
+        r.register_with_unit(
+            "cgroup_memory_usage",
+            "The cgroup's memory usage with its children's (v2 memory.current, v1 usage_in_bytes)",
+            Unit::Bytes,
+            self.stat_usage.clone(),
         );
         r.register_with_unit(
             "cgroup_memory_page_cache",
@@ -337,6 +423,7 @@ impl Metrics {
     pub fn render(&self, input: &MetricsInput<'_>) -> String {
         for family in [
             &self.cgroup_cache,
+            &self.stat_usage,
             &self.stat_page_cache,
             &self.stat_active,
             &self.stat_inactive,
@@ -344,11 +431,21 @@ impl Metrics {
         ] {
             family.clear();
         }
-        self.coverage.clear();
+        for family in [&self.limit, &self.high, &self.cgroup_removed] {
+            family.clear();
+        }
+        for family in [&self.coverage, &self.stall_some, &self.stall_full] {
+            family.clear();
+        }
+        for family in [&self.limit_hits, &self.oom_kills, &self.refaults] {
+            family.clear();
+        }
         for family in [&self.file_cache, &self.file_dirty, &self.file_writeback] {
             family.clear();
         }
-        self.file_written.clear();
+        for family in [&self.file_written, &self.file_added, &self.file_removed] {
+            family.clear();
+        }
 
         let report = input.report;
         let mut budget = Budget {
@@ -364,8 +461,11 @@ impl Metrics {
             self.cgroup_cache
                 .get_or_create(&labels)
                 .set(cgroup.cached_bytes as i64);
+            if cgroup.removed && budget.take(1) {
+                self.cgroup_removed.get_or_create(&labels).set(1);
+            }
             if let Some(memory) = input.memory.get(&(cgroup.hierarchy, cgroup.id)) {
-                if budget.take(5) {
+                if budget.take(MEMORY_SERIES) {
                     self.memory_series(cgroup, &labels, memory, &subtree);
                 }
             }
@@ -388,6 +488,7 @@ impl Metrics {
         subtree: &HashMap<(u32, &str), u64>,
     ) {
         for (family, value) in [
+            (&self.stat_usage, memory.usage_bytes),
             (&self.stat_page_cache, memory.page_cache_bytes),
             (&self.stat_active, memory.active_file_bytes),
             (&self.stat_inactive, memory.inactive_file_bytes),
@@ -405,6 +506,24 @@ impl Metrics {
         if let Some(coverage) = memory.coverage_of(attributed) {
             self.coverage.get_or_create(labels).set(coverage);
         }
+        let p = &memory.pressure;
+        if let Some(limit) = p.limit_bytes {
+            self.limit.get_or_create(labels).set(limit as i64);
+        }
+        if let Some(high) = p.high_bytes {
+            self.high.get_or_create(labels).set(high as i64);
+        }
+        self.limit_hits.get_or_create(labels).inc_by(p.limit_hits);
+        self.oom_kills.get_or_create(labels).inc_by(p.oom_kills);
+        self.refaults
+            .get_or_create(labels)
+            .inc_by(memory.refault_file_bytes);
+        if let Some(some) = p.some_avg10 {
+            self.stall_some.get_or_create(labels).set(some / 100.0);
+        }
+        if let Some(full) = p.full_avg10 {
+            self.stall_full.get_or_create(labels).set(full / 100.0);
+        }
     }
 
     /// The cgroup's largest files, each a series; the rest summed under an empty path.
@@ -416,7 +535,7 @@ impl Metrics {
         budget: &mut Budget,
     ) {
         // Two files can show the same path (a deleted log and its successor): their series add.
-        let mut cached: HashMap<FileLabels, (u64, Option<u64>, Option<u64>, u64)> = HashMap::new();
+        let mut cached: HashMap<FileLabels, FileFigures> = HashMap::new();
         let mut shown_bytes = 0u64;
         for file in cgroup
             .files
@@ -434,17 +553,31 @@ impl Metrics {
                 None => String::new(),
             };
             let entry = cached.entry(cgroup_labels.file(&path, &layer)).or_default();
-            entry.0 += file.cached_bytes;
-            entry.1 = add_known(entry.1, file.dirty_bytes);
-            entry.2 = add_known(entry.2, file.writeback_bytes);
-            entry.3 += file.written_bytes;
+            entry.cached += file.cached_bytes;
+            entry.dirty = add_known(entry.dirty, file.dirty_bytes);
+            entry.writeback = add_known(entry.writeback, file.writeback_bytes);
+            entry.written += file.written_bytes;
+            entry.added += file.added_bytes;
+            entry.removed += file.removed_bytes;
             shown_bytes += file.cached_bytes;
         }
-        for (labels, (bytes, dirty, writeback, written)) in cached {
+        for (labels, figures) in cached {
+            let FileFigures {
+                cached: bytes,
+                dirty,
+                writeback,
+                written,
+                added,
+                removed,
+            } = figures;
             if !budget.take(1) {
                 continue;
             }
             self.file_cache.get_or_create(&labels).set(bytes as i64);
+            if budget.take(2) {
+                self.file_added.get_or_create(&labels).inc_by(added);
+                self.file_removed.get_or_create(&labels).inc_by(removed);
+            }
             if let Some(dirty) = dirty {
                 if budget.take(1) {
                     self.file_dirty.get_or_create(&labels).set(dirty as i64);
@@ -513,6 +646,47 @@ impl Metrics {
     }
 }
 
+/// The same exposition in Prometheus' classic text format (0.0.4), for clients that do not ask
+/// for OpenMetrics (`curl`, `promtool check metrics`): a counter's HELP and TYPE name its
+/// `_total` samples, and there is no `# UNIT` or `# EOF`.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Series a cgroup's memory.stat adds: usage, page cache, active, inactive, shmem, coverage,
+/// limit, high, limit hits, OOM kills, refaults, two stall ratios.
+const MEMORY_SERIES: usize = 13;
+
+/// What the files shown under one label set add up to.
+#[derive(Default)]
+struct FileFigures {
+    cached: u64,
+    dirty: Option<u64>,
+    writeback: Option<u64>,
+    written: u64,
+    added: u64,
+    removed: u64,
+}
+
 fn add_known(sum: Option<u64>, value: Option<u64>) -> Option<u64> {
     match (sum, value) {
         (Some(a), Some(b)) => Some(a + b),
@@ -557,7 +731,7 @@ mod tests {
             assert!(series.starts_with("memtrace_"), "not a sample: {line}");
             assert!(value.parse::<f64>().is_ok(), "not a value: {line}");
         }
-        assert!(text.contains(r#"memtrace_file_page_cache_bytes{cgroup="/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c",container="spring",pod="spring-0",namespace="shop",path="",layer=""}"#), "the rest summed: {text}");
+        assert!(text.contains(r#"memtrace_file_page_cache_bytes{cgroup="/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c",cgroup_id="100",container="spring",pod="spring-0",namespace="shop",path="",layer=""}"#), "the rest summed: {text}");
         assert!(text.ends_with("# EOF\n"));
         let limited = Metrics::new().render(&MetricsInput {
             report: &report,
@@ -568,6 +742,17 @@ mod tests {
         });
         assert!(limited.contains("memtrace_series_dropped "), "{limited}");
         assert!(!limited.contains("memtrace_series_dropped 0"), "{limited}");
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples_and_drops_openmetrics_lines() {
+        let text = classic_text(
+            "# HELP memtrace_events Page-cache events.\n# TYPE memtrace_events counter\nmemtrace_events_total{hook=\"a\"} 3\n# HELP memtrace_map_entries Entries.\n# TYPE memtrace_map_entries gauge\n# UNIT memtrace_x_bytes bytes\nmemtrace_map_entries 5\n# EOF\n",
+        );
+        assert_eq!(
+            text,
+            "# HELP memtrace_events_total Page-cache events.\n# TYPE memtrace_events_total counter\nmemtrace_events_total{hook=\"a\"} 3\n# HELP memtrace_map_entries Entries.\n# TYPE memtrace_map_entries gauge\nmemtrace_map_entries 5\n"
+        );
     }
 
     #[test]
@@ -587,6 +772,17 @@ mod tests {
         };
         let first = scrape(&report);
         assert!(first.contains("nginx.service"), "{first}");
+        // The fixture's nginx cgroup is removed: same labels as when it lived, and flagged.
+        assert!(
+            first.contains(r#"memtrace_cgroup_page_cache_bytes{cgroup="/system.slice/nginx.service",cgroup_id="200","#),
+            "{first}"
+        );
+        assert!(
+            first.contains(
+                r#"memtrace_cgroup_removed{cgroup="/system.slice/nginx.service",cgroup_id="200","#
+            ),
+            "{first}"
+        );
         report
             .cgroups
             .retain(|c| c.unit.as_deref() != Some("nginx.service"));
