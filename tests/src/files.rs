@@ -210,9 +210,25 @@ pub fn resident_bytes(file: &File) -> io::Result<u64> {
     }
 }
 
-/// Bytes of `path` in the page cache, as cachestat(2) counts them (the kernel's own figure),
-/// called here directly: the oracle shares no code with memtrace's own wrapper.
+/// A file's cached bytes by cachestat(2), the kernel's own count (Linux 6.5+).
 pub fn cachestat_bytes(path: &Path) -> u64 {
+    let (cache, _) = cachestat(path)
+        .unwrap_or_else(|err| panic!("cachestat(2) on {} (Linux 6.5+): {err}", path.display()));
+    cache
+}
+
+/// A file's dirty bytes by cachestat(2); `None` before Linux 6.5, which has no cachestat.
+pub fn cachestat_dirty_bytes(path: &Path) -> Option<u64> {
+    match cachestat(path) {
+        Ok((_, dirty)) => Some(dirty),
+        Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => None,
+        Err(err) => panic!("cachestat(2) on {}: {err}", path.display()),
+    }
+}
+
+/// cachestat(2) over the whole file: (cached, dirty) bytes, by a raw system call (the oracle
+/// must not be memtrace's own wrapper).
+fn cachestat(path: &Path) -> io::Result<(u64, u64)> {
     /// `struct cachestat_range` and `struct cachestat` of the kernel's uapi.
     #[repr(C)]
     struct Range {
@@ -229,7 +245,7 @@ pub fn cachestat_bytes(path: &Path) -> u64 {
         recently_evicted: u64,
     }
     const SYS_CACHESTAT: libc::c_long = 451;
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let file = File::open(path)?;
     // Length 0: to the end of the file.
     let range = Range { off: 0, len: 0 };
     let mut stat = Stat::default();
@@ -243,16 +259,12 @@ pub fn cachestat_bytes(path: &Path) -> u64 {
             0,
         )
     };
-    assert_eq!(
-        ret,
-        0,
-        "cachestat(2) on {} (Linux 6.5+): {}",
-        path.display(),
-        io::Error::last_os_error()
-    );
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: sysconf has no memory effects.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    stat.cache * page
+    Ok((stat.cache * page, stat.dirty * page))
 }
 
 /// How a file's resident pages sit in folios, from the kernel's own page flags
@@ -274,6 +286,15 @@ impl FolioCensus {
     pub fn largest_folio_bytes(&self) -> u64 {
         self.largest_folio_pages.max(1) * 4096
     }
+}
+
+/// "Within one folio" for the file at `path`: its largest resident folio now (kpageflags), at
+/// least a page. A file in small folios is compared to the page.
+pub fn one_folio_of(path: &Path) -> u64 {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    folio_census(&file)
+        .unwrap_or_else(|e| panic!("folio census of {}: {e}", path.display()))
+        .largest_folio_bytes()
 }
 
 /// Counts the large folios holding `file`'s resident pages. It maps the file and reads one byte

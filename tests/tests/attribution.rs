@@ -13,13 +13,13 @@ use memtrace_tests::{
     cgroup_in, describe_file,
     files::{
         dd_read, dd_write, drop_cache, filesystem_of, folio_census, make_uncached_file,
-        resident_bytes, FileId, Scratch,
+        one_folio_of, resident_bytes, FileId, Scratch,
     },
     start_tracer, MIB,
 };
 
-/// Largest folio the page cache uses on x86-64 (PMD size): "± one folio".
-const ONE_FOLIO: u64 = 2 * MIB;
+// "Within one folio" is each file's largest resident folio (kpageflags): a file cached in
+// small folios is compared to the page.
 
 #[test]
 fn writer_in_child_cgroup_is_charged_its_file_then_truncate_drops_it() {
@@ -32,10 +32,11 @@ fn writer_in_child_cgroup_is_charged_its_file_then_truncate_drops_it() {
     let file = FileId::of(&log);
     let report = tracer.snapshot().expect("snapshot");
     let charged = cached(&report, cgroup.id, &file);
-    assert_near("64 MiB written in the cgroup", charged, 64 * MIB, ONE_FOLIO);
+    let folio = one_folio_of(&log);
+    assert_near("64 MiB written in the cgroup", charged, 64 * MIB, folio);
     let resident = resident_bytes(&File::open(&log).unwrap()).unwrap();
     eprintln!("64 MiB writer: memtrace {charged} B, mincore {resident} B");
-    assert_near("memtrace vs mincore", charged, resident, ONE_FOLIO);
+    assert_near("memtrace vs mincore", charged, resident, folio);
     let cg = cgroup_in(&report, cgroup.id).unwrap();
     assert_eq!(
         cg.path.as_deref(),
@@ -55,7 +56,7 @@ fn writer_in_child_cgroup_is_charged_its_file_then_truncate_drops_it() {
         "after truncate",
         cached(&report, cgroup.id, &file),
         0,
-        ONE_FOLIO,
+        one_folio_of(&log),
     );
 }
 
@@ -72,7 +73,7 @@ fn fadvise_dontneed_drops_resident_to_about_zero() {
         "before fadvise",
         cached(&tracer.snapshot().unwrap(), cgroup.id, &file),
         64 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&data),
     );
 
     // DONTNEED skips dirty pages: write them back first.
@@ -89,7 +90,7 @@ fn fadvise_dontneed_drops_resident_to_about_zero() {
         "after fadvise(DONTNEED)",
         cached(&report, cgroup.id, &file),
         0,
-        ONE_FOLIO,
+        one_folio_of(&data),
     );
 }
 
@@ -118,7 +119,7 @@ fn reader_in_second_cgroup_is_charged_for_what_it_reads() {
         "reader charged for the file it read",
         cached(&report, reader.id, &third_id),
         32 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&third),
     );
     assert_eq!(
         cached(&report, writer.id, &third_id),
@@ -134,7 +135,7 @@ fn reader_in_second_cgroup_is_charged_for_what_it_reads() {
         "writer keeps its own file",
         cached(&report, writer.id, &FileId::of(&written)),
         16 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&written),
     );
 }
 
@@ -192,13 +193,13 @@ fn two_writers_in_two_cgroups_at_once_stay_apart() {
         "left file in left cgroup",
         cached(&report, left.id, &l),
         48 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&left_file),
     );
     assert_near(
         "right file in right cgroup",
         cached(&report, right.id, &r),
         24 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&right_file),
     );
     assert_eq!(
         cached(&report, left.id, &r),
@@ -231,9 +232,9 @@ fn removed_cgroup_keeps_its_name_and_its_cache() {
     assert!(cg.removed, "cgroup should be marked removed");
     assert_near(
         "zombie memcg keeps its cache",
-        cg.cached_bytes,
+        cached(&report, id, &FileId::of(&log)),
         8 * MIB,
-        ONE_FOLIO,
+        one_folio_of(&log),
     );
 }
 
@@ -267,7 +268,12 @@ fn large_folios_are_counted_page_for_page_against_mincore_and_memory_stat() {
     // pages for every large folio: page-exact agreement is the check.
     assert_near("memtrace vs mincore", traced, resident, 4096 * 16);
     assert_near("memtrace vs memory.stat", traced, kernel, kernel / 50);
-    assert_near("the whole file was read", resident, 64 * MIB, ONE_FOLIO);
+    assert_near(
+        "the whole file was read",
+        resident,
+        64 * MIB,
+        one_folio_of(&path),
+    );
 }
 
 #[test]
@@ -306,7 +312,12 @@ fn large_folios_cached_before_start_are_seeded_to_their_memcg_page_for_page() {
     );
     assert_near("seeded vs mincore", traced, resident, 4096 * 16);
     assert_near("seeded vs memory.stat", traced, kernel, kernel / 50);
-    assert_near("the whole file was read", resident, 32 * MIB, ONE_FOLIO);
+    assert_near(
+        "the whole file was read",
+        resident,
+        32 * MIB,
+        one_folio_of(&path),
+    );
 }
 
 /// Writes `mib` MiB to `path`, evicts it, and has `cgroup` read it back (readahead: large
