@@ -116,24 +116,50 @@ pub fn assert_near(what: &str, actual: u64, expected: u64, tolerance: u64) {
 
 /// `memtrace explain TARGET --json`, asserted to succeed, as JSON.
 pub fn explain_json(target: &str) -> serde_json::Value {
-    let out = memtrace(&[
-        "explain",
-        target,
-        "--json",
-        "--duration",
-        "200ms",
-        "--top",
-        "50",
-    ])
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .expect("run memtrace explain");
+    let out = output_within(
+        memtrace(&[
+            "explain",
+            target,
+            "--json",
+            "--duration",
+            "200ms",
+            "--top",
+            "50",
+        ])
+        .stderr(std::process::Stdio::inherit()),
+        std::time::Duration::from_secs(180),
+    );
     assert!(
         out.status.success(),
         "memtrace explain {target} exited with {}",
         out.status
     );
     serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
+}
+
+/// Runs `cmd` to its end and returns its output; a command still running after `limit` (blocked
+/// on a FIFO, say) is killed and the test fails, instead of hanging the run.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done.send(());
+        out
+    });
+    if finished.recv_timeout(limit).is_err() {
+        // SAFETY: kill has no memory effects; the pid is our child's, not yet reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("{cmd:?} still running after {limit:?}: killed");
+    }
+    waiter
+        .join()
+        .expect("the waiting thread")
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 /// `memtrace watch --json --count 1 --container NAME`, as a user runs it, asserted to succeed

@@ -8,6 +8,7 @@ use std::{
     fs::{self},
     io::{BufRead, BufReader},
     process::{Command, Stdio},
+    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -71,11 +72,10 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("memtrace watch");
-    let mut reports = BufReader::new(watch.stdout.take().unwrap()).lines();
-    reports
-        .next()
-        .expect("a first report: memtrace is attached")
-        .unwrap();
+    // Reports read on a thread of their own: a memtrace blocked on the FIFO fails the test
+    // within a bound instead of hanging it.
+    let reports = lines_of(watch.stdout.take().unwrap());
+    next_report(&reports, "a first report: memtrace is attached");
     // Written while memtrace traces, and held open so their cache outlives the swap.
     let evil = OverlayContainer::start(
         "evil",
@@ -101,14 +101,18 @@ fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
     assert_eq!(explained["target"]["container"]["id"], evil.id.as_str());
     // Reports keep coming (a blocked open would stop them), then SIGTERM ends the watch.
     for _ in 0..3 {
-        reports
-            .next()
-            .expect("memtrace keeps reporting after the swap")
-            .unwrap();
+        next_report(&reports, "memtrace keeps reporting after the swap");
     }
     // SAFETY: kill has no memory effects; the pid is our child's.
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
-    let rest: Vec<String> = reports.map_while(Result::ok).collect();
+    let mut rest = Vec::new();
+    loop {
+        match reports.recv_timeout(REPORT_TIMEOUT) {
+            Ok(line) => rest.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("memtrace did not end after SIGTERM"),
+        }
+    }
     let status = watch.wait().unwrap();
     assert!(status.success(), "watch exited with {status}");
     let last: Value = serde_json::from_str(rest.last().expect("a final report")).unwrap();
@@ -392,4 +396,27 @@ fn container_identity_from_a_cgroup_name_alone_is_marked_unverified() {
         cgroup["container"]["verified"], false,
         "but not as verified"
     );
+}
+
+/// How long a report may take before memtrace counts as blocked.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The lines of `stdout`, read on a thread of their own.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next report, or a failure naming what was awaited.
+fn next_report(reports: &mpsc::Receiver<String>, what: &str) -> String {
+    reports
+        .recv_timeout(REPORT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{what}: none within {REPORT_TIMEOUT:?} ({err})"))
 }

@@ -549,4 +549,30 @@ mod tests {
         drop(mapping);
         std::fs::remove_file(path).unwrap();
     }
+
+    #[test]
+    fn a_page_truncated_away_under_the_touch_is_a_failed_touch_not_a_signal() {
+        let path = std::env::temp_dir().join(format!("memtrace-touch-{}", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&vec![7u8; 16 * 4096]).unwrap();
+        let reader = File::open(&path).unwrap();
+        let mapping = Mapping::new(&reader, 0, 16 * 4096).unwrap();
+        let mut pipe = TouchPipe::new().unwrap();
+        let last_page = mapping.addr as usize + 15 * 4096;
+        assert!(pipe.touch(last_page), "a page of the file is touched");
+        // A container rotating its log: the file shrinks while the scan holds its mapping.
+        // A plain load from that page now would raise SIGBUS and end the process; the touch
+        // must report the page gone instead.
+        file.set_len(4096).unwrap();
+        assert!(
+            !pipe.touch(last_page),
+            "a page truncated away is not touched"
+        );
+        assert!(
+            pipe.touch(mapping.addr as usize),
+            "the page still in the file is"
+        );
+        drop(mapping);
+        std::fs::remove_file(path).unwrap();
+    }
 }
