@@ -14,6 +14,7 @@ pub mod names {
     pub const NAME_BUF: &str = "NAME_BUF";
     pub const PROG_NAME_INODE: &str = "name_inode";
     pub const WRITERS_MAP: &str = "WRITERS";
+    pub const WRITERS_MAP_B: &str = "WRITERS_B";
     pub const PENDING_CACHE: &str = "PENDING_CACHE";
     pub const CACHE_OVERFLOW: &str = "CACHE_OVERFLOW";
     pub const PENDING_WRITE: &str = "PENDING_WRITE";

@@ -49,9 +49,14 @@ pub(crate) static PENDING_CACHE: PerCpuArray<PendingCache> = PerCpuArray::with_m
 #[map(name = "PENDING_WRITE")]
 pub(crate) static PENDING_WRITE: PerCpuArray<PendingWrite> = PerCpuArray::with_max_entries(1, 0);
 
-/// Bytes written per (writer's memcg, file, process).
+/// Bytes written per (writer's memcg, file, process), in two halves that flip with the
+/// page-cache map's (`ACTIVE_MAP`): userspace empties the half the programs left, so the map
+/// bounds the writers of one interval, not every writer a long-lived process ever had.
 #[map(name = "WRITERS")]
 pub(crate) static WRITERS: HashMap<WriterKey, WriterStats> =
+    HashMap::with_max_entries(WRITER_ENTRIES, 0);
+#[map(name = "WRITERS_B")]
+pub(crate) static WRITERS_B: HashMap<WriterKey, WriterStats> =
     HashMap::with_max_entries(WRITER_ENTRIES, 0);
 
 /// One remembered memcg → cgroup identity, per cache slot.

@@ -18,7 +18,7 @@ use crate::{
         css_identity, current_epoch, current_memory_css, current_task, memory_css, MemcgIdentity,
     },
     kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
-    maps::{count, offset, PENDING_WRITE, WRITERS},
+    maps::{count, counting_into_b, offset, PENDING_WRITE, WRITERS, WRITERS_B},
     page_cache::folio_pages,
 };
 
@@ -158,7 +158,12 @@ fn add(key: &WriterKey, bytes: u64, calls: u64, comm: [u8; 16]) {
 
 #[inline(always)]
 fn add_with(key: &WriterKey, bytes: u64, calls: u64, comm: impl FnOnce() -> [u8; 16]) {
-    if let Some(stats) = WRITERS.get_ptr_mut(key) {
+    let writers = if counting_into_b() {
+        &WRITERS_B
+    } else {
+        &WRITERS
+    };
+    if let Some(stats) = writers.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent writers of one file add atomically.
         unsafe {
             atomic_add(&raw mut (*stats).bytes, bytes);
@@ -171,8 +176,8 @@ fn add_with(key: &WriterKey, bytes: u64, calls: u64, comm: impl FnOnce() -> [u8;
         calls,
         comm: comm(),
     };
-    if WRITERS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-        match WRITERS.get_ptr_mut(key) {
+    if writers.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
+        match writers.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(stats) => unsafe {
                 atomic_add(&raw mut (*stats).bytes, bytes);

@@ -154,3 +154,57 @@ fn writer_shows_with_pid_comm_bytes_rate_and_dirty_then_fsync_cleans() {
         2 * MIB,
     );
 }
+
+/// A live process writing more distinct files than the writers map holds: the map's halves
+/// are emptied at every drain, as the commands drain it (here every 200 ms), so nothing is
+/// lost to a full map and every byte is found under the process.
+#[test]
+fn a_live_process_writing_more_files_than_the_writers_map_holds_loses_no_write() {
+    let mut tracer = start_tracer();
+    let source = tracer.tracer().writes_source.expect("a write hook");
+    let scratch = Scratch::new("many-writes");
+    let cgroup = MemCgroup::create("many-writes");
+    let files = memtrace_common::WRITER_ENTRIES as usize + 8_000;
+    // One shell writes them all and stays alive: its entries are those of a live process.
+    let script = format!(
+        "cd {} && i=0; while [ $i -lt {files} ]; do echo data > w$i; i=$((i+1)); done; touch done; sleep 120",
+        scratch.dir.display()
+    );
+    let mut writer = cgroup.spawn(Command::new("sh").args(["-c", &script]));
+    let pid = writer.id();
+    let began = Instant::now();
+    while !scratch.path("done").exists() {
+        assert!(
+            began.elapsed() < Duration::from_secs(300),
+            "the writer did not finish"
+        );
+        tracer.drain_events();
+        tracer.maintain().unwrap();
+        thread::sleep(Duration::from_millis(200));
+    }
+    let report = tracer.snapshot().unwrap();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(
+        report.stats.writers_map_full, 0,
+        "no write lost to a full map"
+    );
+    let cg = cgroup_in(&report, cgroup.id).expect("the writer's cgroup");
+    let written: u64 = cg
+        .files
+        .iter()
+        .flat_map(|f| &f.writers)
+        .filter(|w| w.pid == pid)
+        .map(|w| w.bytes)
+        .sum();
+    let expected = match source {
+        // "data\n" through write(2), per file.
+        WritesSource::VfsWrite => files as u64 * 5,
+        // One page turned dirty per file.
+        WritesSource::DirtiedPages => files as u64 * 4096,
+    };
+    assert_eq!(
+        written, expected,
+        "every file's write under the writer ({files} files)"
+    );
+}

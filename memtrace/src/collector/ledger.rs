@@ -1,6 +1,6 @@
 //! The ledger: what the kernel counted, moved into userspace at each drain (flip) of the
 //! (memcg, file) map, with the cache found by measuring, the per-memcg overflow and the
-//! writers that exited; and the pruning that keeps it as small as what is still cached.
+//! writers' figures; and the pruning that keeps it as small as what is still cached.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -14,7 +14,7 @@ use super::{
     observations::{order, InReportOrder, Observations},
 };
 use crate::{
-    loader::{read_all, runs::merge_writes, Tracer},
+    loader::{runs::merge_writes, Drained, Tracer},
     model::{aggregate::OVERFLOW_INO, KernelStats, Observation, SeededCache},
 };
 
@@ -40,8 +40,8 @@ pub(super) struct Ledger {
     pub(super) pending_measure: std::collections::HashSet<(u32, u64)>,
     /// Map entries userspace failed to read, since start.
     map_read_errors: u64,
-    /// Writers that have exited, moved out of the kernel map; in report order, so they join a
-    /// report's sorted observations in one pass.
+    /// What writers wrote up to the last drain, moved out of the kernel map; in report order,
+    /// so they join a report's sorted observations in one pass.
     pub(super) writer_totals: BTreeMap<InReportOrder<WriterKey>, WriterStats>,
     /// Per key, the `max_deficit` of the entry being counted into that a measurement already
     /// answered.
@@ -104,7 +104,16 @@ impl Ledger {
         stats: &mut KernelStats,
     ) -> Vec<(CacheKey, CacheCounters)> {
         let mut errors = 0;
-        let drained = tracer.flip_and_drain(&mut errors);
+        let Drained {
+            cache: drained,
+            writers,
+        } = tracer.flip_and_drain(&mut errors);
+        for (key, written) in writers {
+            self.writer_totals
+                .entry(InReportOrder(key))
+                .and_modify(|into| merge_writes(into, &written))
+                .or_insert(written);
+        }
         let drained_count = drained.len();
         self.flips += 1;
         for &(key, entry) in &drained {
@@ -253,41 +262,23 @@ impl Ledger {
         }
     }
 
-    /// Live writers' figures since start (the exited ones' are in `writer_totals`). Entries of
-    /// processes that have exited cannot grow any more: they move from the kernel map into
-    /// userspace, so the map holds only live writers, however many come and go.
+    /// What writers wrote since the last drain: the writers map's undrained halves, and the
+    /// fallback's runs not yet added to them (what was drained is in `writer_totals`).
     pub(super) fn gather_writers(
         &mut self,
-        tracer: &mut Tracer,
+        tracer: &Tracer,
         stats: &mut KernelStats,
     ) -> HashMap<WriterKey, WriterStats> {
         // The map before the runs: a run added to the map in between is missed once, rather
         // than counted twice.
-        let mapped = read_all(&tracer.writers, &mut stats.map_read_errors);
+        let mapped = tracer.read_writers(&mut stats.map_read_errors);
         let runs = tracer.writer_runs();
         let mut entries: HashMap<WriterKey, WriterStats> = HashMap::default();
-        let add = |entries: &mut HashMap<WriterKey, WriterStats>, key, value: WriterStats| {
+        for (key, value) in mapped.into_iter().chain(runs) {
             entries
                 .entry(key)
                 .and_modify(|into| merge_writes(into, &value))
                 .or_insert(value);
-        };
-        for (key, value) in mapped {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let exited = unsafe { libc::kill(key.tgid as i32, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if exited && tracer.writers.remove(&key).is_ok() {
-                // A run of its still on some CPU reaches the map later and moves then.
-                self.writer_totals
-                    .entry(InReportOrder(key))
-                    .and_modify(|into| merge_writes(into, &value))
-                    .or_insert(value);
-            } else {
-                add(&mut entries, key, value);
-            }
-        }
-        for (key, value) in runs {
-            add(&mut entries, key, value);
         }
         entries
     }
@@ -386,7 +377,7 @@ impl Ledger {
             cgroups.insert((key.hierarchy, key.cgroup_id));
         }
         Arc::make_mut(&mut self.identities).retain(|file, _| files.contains(file));
-        // Exited writers of files that are gone from every cgroup go too.
+        // Writers of files that are gone from every cgroup go too.
         self.writer_totals
             .retain(|key, _| files.contains(&(key.0.dev, key.0.ino)));
         Kept { files, cgroups }

@@ -189,7 +189,7 @@ impl Collector {
         let counting = self.drain(&mut stats);
         let (mut observations, inodes) = self.ledger.observe(counting, &self.shmem.devs);
         let gathered = began.elapsed();
-        let live_writers = self.ledger.gather_writers(&mut self.tracer, &mut stats);
+        let live_writers = self.ledger.gather_writers(&self.tracer, &mut stats);
         let writers_read = began.elapsed();
         let mut to_measure: Vec<(u32, u64)> = self.ledger.pending_measure.drain().collect();
         to_measure.retain(|(dev, _)| !self.shmem.devs.contains(dev));
@@ -263,8 +263,8 @@ impl Collector {
         observations: &mut Observations,
         mut live_writers: HashMap<WriterKey, WriterStats>,
     ) {
-        // Exited writers (with anything a run of theirs added since), then live ones: read in
-        // place, not copied into one list.
+        // Drained writers (with what they wrote since, still in the kernel), then writers seen
+        // only since the last drain: read in place, not copied into one list.
         let mut cursor = 0;
         for (InReportOrder(writer), written) in &self.ledger.writer_totals {
             let mut written = *written;

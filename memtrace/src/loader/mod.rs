@@ -208,7 +208,8 @@ pub struct Tracer {
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
     namer: Option<Namer>,
-    pub(crate) writers: HashMap<MapData, WriterKey, WriterStats>,
+    /// The two halves of the writers map; they flip with `page_cache`.
+    writers: [HashMap<MapData, WriterKey, WriterStats>; 2],
     memcg_epoch: Array<MapData, u64>,
     pub writes_source: Option<WritesSource>,
     pub hooks: Vec<Hook>,
@@ -249,7 +250,10 @@ impl Tracer {
                 None
             }
         };
-        let writers = take_typed_map(&mut ebpf, names::WRITERS_MAP)?;
+        let writers = [
+            take_typed_map(&mut ebpf, names::WRITERS_MAP)?,
+            take_typed_map(&mut ebpf, names::WRITERS_MAP_B)?,
+        ];
         let memcg_epoch = take_typed_map(&mut ebpf, names::MEMCG_EPOCH)?;
         let overflow = take_typed_map(&mut ebpf, names::CACHE_OVERFLOW)?;
 
@@ -391,6 +395,29 @@ impl Namer {
     }
 }
 
+/// What one flip emptied out of the kernel: each (memcg, file)'s counters, and each writer's.
+pub(crate) struct Drained {
+    pub(crate) cache: Vec<(CacheKey, CacheCounters)>,
+    pub(crate) writers: Vec<(WriterKey, WriterStats)>,
+}
+
+/// Reads and empties a writers half that no program counts into any more.
+fn drain_writers(
+    map: &mut HashMap<MapData, WriterKey, WriterStats>,
+    errors: &mut u64,
+) -> Vec<(WriterKey, WriterStats)> {
+    let keys: Vec<WriterKey> = map.keys().filter_map(Result::ok).collect();
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        match map.get(&key, 0) {
+            Ok(value) => entries.push((key, value)),
+            Err(_) => *errors += 1,
+        }
+        let _ = map.remove(&key);
+    }
+    entries
+}
+
 /// How long programs that read the old half before a flip may still be counting into it: they
 /// run for microseconds, this leaves them three orders of magnitude more.
 const FLIP_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -399,15 +426,17 @@ impl Tracer {
     /// Empties the half of the (memcg, file) map the programs stopped counting into at the
     /// previous call (waiting out what is left of the grace for programs still on it, which at
     /// one call per report is nothing), then makes the programs count into it: what it held,
-    /// entry by entry. The half they counted into until now is read with `read_counting` and
-    /// emptied at the next call. Entries that cannot be read are counted in `errors`.
-    pub(crate) fn flip_and_drain(&mut self, errors: &mut u64) -> Vec<(CacheKey, CacheCounters)> {
+    /// entry by entry, and what the writers map's half held. The half they counted into until
+    /// now is read with `read_counting` (and `read_writers`) and emptied at the next call.
+    /// Entries that cannot be read are counted in `errors`.
+    pub(crate) fn flip_and_drain(&mut self, errors: &mut u64) -> Drained {
         if let Some(flipped) = self.flipped_at {
             if let Some(rest) = FLIP_GRACE.checked_sub(flipped.elapsed()) {
                 std::thread::sleep(rest);
             }
         }
         let old = 1 - self.counting_into;
+        let writers = drain_writers(&mut self.writers[old], errors);
         let (mut entries, failed) = batch::drain(&self.page_cache[old]);
         if let Some(err) = failed {
             // What the batch call removed is in `entries`; read the rest key by key.
@@ -460,7 +489,18 @@ impl Tracer {
             }
             Err(err) => log::warn!("cannot switch the (memcg, file) map halves: {err}"),
         }
-        runs::merge_entries(entries)
+        Drained {
+            cache: runs::merge_entries(entries),
+            writers,
+        }
+    }
+
+    /// What the writers map's halves not yet drained hold now (the programs keep counting).
+    pub(crate) fn read_writers(&self, errors: &mut u64) -> Vec<(WriterKey, WriterStats)> {
+        let [earlier, now] = self.undrained_halves();
+        let mut entries = read_all(&self.writers[earlier], errors);
+        entries.extend(read_all(&self.writers[now], errors));
+        entries
     }
 
     /// The halves not yet drained, the one counted into first: the one counted into until the
