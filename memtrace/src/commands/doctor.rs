@@ -21,7 +21,28 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>, required:
 
 pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let mut checks = Vec::new();
+    check_kernel_and_privileges(&mut checks);
+    check_btf(&mut checks);
+    checks.push(check_cgroups());
+    if checks.iter().all(|c| c.ok || !c.required) {
+        checks.push(check_load(global));
+    }
+    let report = DoctorReport::new(checks);
+    let healthy = report.healthy;
+    if args.json {
+        write_out(|out| json::write_line(out, &report))?;
+    } else {
+        write_out(|out| view::doctor::write(out, &report))?;
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
+/// The kernel's version, the privileges to load programs, and each capability.
+fn check_kernel_and_privileges(checks: &mut Vec<Check>) {
     let release = preflight::kernel_release();
     checks.push(match preflight::check_kernel_version() {
         Ok(()) => check("kernel", true, format!("Linux {release}"), true),
@@ -40,7 +61,10 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
             capability.required && preflight::missing_capabilities().contains(&capability.name),
         ));
     }
+}
 
+/// BTF, the struct offsets read from it, and each tracepoint the hooks use.
+fn check_btf(checks: &mut Vec<Check>) {
     let btf = if Path::new(VMLINUX_BTF).exists() {
         match KernelBtf::from_sys_fs() {
             Ok(btf) => {
@@ -82,7 +106,10 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
             ));
         }
     }
+}
 
+/// The cgroup layout: where the memory controller is mounted.
+fn check_cgroups() -> Check {
     let hierarchies = Hierarchies::discover();
     let layout = match (
         &hierarchies.memory_hierarchy,
@@ -104,7 +131,7 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
         )),
         _ => None,
     };
-    checks.push(match layout {
+    match layout {
         Some(layout) => check("cgroups", true, layout, true),
         None => check(
             "cgroups",
@@ -112,43 +139,31 @@ pub fn doctor(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Result<ExitCode
             "no mounted memory controller found in /proc/cgroups and mountinfo; page cache is attributed by cgroup id only",
             false,
         ),
-    });
-
-    if checks.iter().all(|c| c.ok || !c.required) {
-        checks.push(match Tracer::load(&load_options(global)) {
-            Ok(tracer) => {
-                let hooks: Vec<String> = tracer
-                    .hooks
-                    .iter()
-                    .map(|h| {
-                        format!(
-                            "{} ({}, {})",
-                            h.name,
-                            h.kind,
-                            if h.attached {
-                                "attached"
-                            } else {
-                                "NOT attached"
-                            }
-                        )
-                    })
-                    .collect();
-                check("load and attach", true, hooks.join("; "), true)
-            }
-            Err(err) => check("load and attach", false, error_chain(&err), true),
-        });
     }
+}
 
-    let report = DoctorReport::new(checks);
-    let healthy = report.healthy;
-    if args.json {
-        write_out(|out| json::write_line(out, &report))?;
-    } else {
-        write_out(|out| view::doctor::write(out, &report))?;
+/// Loads and attaches the programs for real: which hooks attach here.
+fn check_load(global: &GlobalArgs) -> Check {
+    match Tracer::load(&load_options(global)) {
+        Ok(tracer) => {
+            let hooks: Vec<String> = tracer
+                .hooks
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} ({}, {})",
+                        h.name,
+                        h.kind,
+                        if h.attached {
+                            "attached"
+                        } else {
+                            "NOT attached"
+                        }
+                    )
+                })
+                .collect();
+            check("load and attach", true, hooks.join("; "), true)
+        }
+        Err(err) => check("load and attach", false, error_chain(&err), true),
     }
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
