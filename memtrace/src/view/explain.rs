@@ -2,7 +2,11 @@
 
 use std::io::{self, Write};
 
-use crate::model::{escape_control, explain::Explanation, human_bytes};
+use crate::model::{
+    escape_control,
+    explain::{ExplainedFile, Explanation},
+    human_bytes, MemoryFigures,
+};
 
 pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
     let t = &e.target;
@@ -24,25 +28,7 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         t.cgroup_id
     )?;
     if let Some(m) = &e.memory {
-        writeln!(out)?;
-        writeln!(
-            out,
-            "  usage          {:>10}   working set (usage - inactive_file) {}",
-            human_bytes(m.usage_bytes),
-            human_bytes(m.working_set_bytes)
-        )?;
-        writeln!(out, "    anonymous    {:>10}", human_bytes(m.anon_bytes))?;
-        writeln!(
-            out,
-            "    page cache   {:>10}   active {} / inactive {}; dirty {}, writeback {}, shmem {}",
-            human_bytes(m.page_cache_bytes),
-            human_bytes(m.active_file_bytes),
-            human_bytes(m.inactive_file_bytes),
-            human_bytes(m.dirty_bytes),
-            human_bytes(m.writeback_bytes),
-            human_bytes(m.shmem_bytes)
-        )?;
-        writeln!(out, "    kernel       {:>10}", human_bytes(m.kernel_bytes))?;
+        write_memory(out, m)?;
     }
     writeln!(out)?;
     writeln!(
@@ -60,53 +46,7 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         "CACHED", "DIRTY", "GROWTH/s", "SOURCE"
     )?;
     for f in &e.files {
-        let name = f
-            .path
-            .as_deref()
-            .or(f.host_path.as_deref())
-            .unwrap_or("(unnamed)");
-        let mut notes = Vec::new();
-        if let Some(fs) = f.fs {
-            notes.push(fs.to_owned());
-        }
-        if f.deleted {
-            notes.push("deleted".to_owned());
-        }
-        if let Some(w) = f.writers.first() {
-            notes.push(format!("writer {} pid {}", w.comm, w.pid));
-        }
-        if let (Some(host), Some(_)) = (&f.host_path, f.layer) {
-            notes.push(format!("host {host}"));
-        }
-        let growth = if f.growth_bytes_per_second.abs() >= 1.0 {
-            format!(
-                "{}{}",
-                if f.growth_bytes_per_second < 0.0 {
-                    "-"
-                } else {
-                    "+"
-                },
-                human_bytes(f.growth_bytes_per_second.abs() as u64)
-            )
-        } else {
-            "0".to_owned()
-        };
-        writeln!(
-            out,
-            "  {:>10} {:>9} {:>11}  {:<10} {}{}",
-            human_bytes(f.cached_bytes),
-            f.dirty_bytes
-                .map(human_bytes)
-                .unwrap_or_else(|| "?".to_owned()),
-            growth,
-            format!("{:?}", f.provenance).to_lowercase(),
-            escape_control(name),
-            if notes.is_empty() {
-                String::new()
-            } else {
-                escape_control(&format!("  ({})", notes.join("; "))).into_owned()
-            }
-        )?;
+        write_file_row(out, f)?;
     }
     writeln!(out)?;
     for line in &e.verdict {
@@ -133,4 +73,80 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         )?;
     }
     out.flush()
+}
+
+/// The kernel's figures: usage, working set, and what makes them up.
+fn write_memory(out: &mut impl Write, m: &MemoryFigures) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  usage          {:>10}   working set (usage - inactive_file) {}",
+        human_bytes(m.usage_bytes),
+        human_bytes(m.working_set_bytes)
+    )?;
+    writeln!(out, "    anonymous    {:>10}", human_bytes(m.anon_bytes))?;
+    writeln!(
+        out,
+        "    page cache   {:>10}   active {} / inactive {}; dirty {}, writeback {}, shmem {}",
+        human_bytes(m.page_cache_bytes),
+        human_bytes(m.active_file_bytes),
+        human_bytes(m.inactive_file_bytes),
+        human_bytes(m.dirty_bytes),
+        human_bytes(m.writeback_bytes),
+        human_bytes(m.shmem_bytes)
+    )?;
+    writeln!(out, "    kernel       {:>10}", human_bytes(m.kernel_bytes))?;
+    Ok(())
+}
+
+/// One file: bytes, dirty, growth, provenance, name and what else is known of it.
+fn write_file_row(out: &mut impl Write, f: &ExplainedFile) -> io::Result<()> {
+    let name = f
+        .path
+        .as_deref()
+        .or(f.host_path.as_deref())
+        .unwrap_or("(unnamed)");
+    let mut notes = Vec::new();
+    if let Some(fs) = f.fs {
+        notes.push(fs.to_owned());
+    }
+    if f.deleted {
+        notes.push("deleted".to_owned());
+    }
+    if let Some(w) = f.writers.first() {
+        notes.push(format!("writer {} pid {}", w.comm, w.pid));
+    }
+    if let (Some(host), Some(_)) = (&f.host_path, f.layer) {
+        notes.push(format!("host {host}"));
+    }
+    let growth = if f.growth_bytes_per_second.abs() >= 1.0 {
+        format!(
+            "{}{}",
+            if f.growth_bytes_per_second < 0.0 {
+                "-"
+            } else {
+                "+"
+            },
+            human_bytes(f.growth_bytes_per_second.abs() as u64)
+        )
+    } else {
+        "0".to_owned()
+    };
+    writeln!(
+        out,
+        "  {:>10} {:>9} {:>11}  {:<10} {}{}",
+        human_bytes(f.cached_bytes),
+        f.dirty_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "?".to_owned()),
+        growth,
+        format!("{:?}", f.provenance).to_lowercase(),
+        escape_control(name),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            escape_control(&format!("  ({})", notes.join("; "))).into_owned()
+        }
+    )?;
+    Ok(())
 }
