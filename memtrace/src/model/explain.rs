@@ -408,6 +408,42 @@ fn advice(top: &ExplainedFile, name: &str, state: Option<CacheState>) -> String 
     }
 }
 
+/// What the largest file is, where it lives, who writes it and how it changes, in a line.
+/// `cache` is the page cache it is a share of.
+fn top_file_line(top: &ExplainedFile, name: &str, cache: u64) -> String {
+    let mut line = format!(
+        "{name} holds {} ({:.0}% of the page cache)",
+        human_bytes(top.cached_bytes),
+        percent(top.cached_bytes, cache)
+    );
+    let on_tmpfs = top.fs == Some("tmpfs");
+    if on_tmpfs {
+        line += ", on tmpfs (shmem)";
+    } else if top.layer == Some(Layer::Upper) {
+        line += ", in the container's writable layer";
+    }
+    if top.deleted {
+        line +=
+            "; it is DELETED but still held open, so its cache stays until the holder closes it";
+    }
+    if let Some(writer) = top.writers.first() {
+        line += &format!("; written by {} (pid {})", writer.comm, writer.pid);
+    }
+    if top.growth_bytes_per_second > 1024.0 {
+        line += &format!(
+            ", growing {}/s",
+            human_bytes(top.growth_bytes_per_second as u64)
+        );
+    }
+    if top.reread_bytes_per_second >= REREAD_FILE_PER_SECOND {
+        line += &format!(
+            ", read again after eviction at {}/s",
+            human_bytes(top.reread_bytes_per_second as u64)
+        );
+    }
+    line + "."
+}
+
 fn verdict(e: &Explanation) -> Vec<String> {
     let mut lines = Vec::new();
     let who = match &e.target.container {
@@ -443,37 +479,8 @@ fn verdict(e: &Explanation) -> Vec<String> {
         .as_deref()
         .or(top.host_path.as_deref())
         .unwrap_or("an unnamed file");
-    let mut line = format!(
-        "{name} holds {} ({:.0}% of the page cache)",
-        human_bytes(top.cached_bytes),
-        percent(top.cached_bytes, cache.max(e.attributed_bytes))
-    );
+    lines.push(top_file_line(top, name, cache.max(e.attributed_bytes)));
     let on_tmpfs = top.fs == Some("tmpfs");
-    if on_tmpfs {
-        line += ", on tmpfs (shmem)";
-    } else if top.layer == Some(Layer::Upper) {
-        line += ", in the container's writable layer";
-    }
-    if top.deleted {
-        line +=
-            "; it is DELETED but still held open, so its cache stays until the holder closes it";
-    }
-    if let Some(writer) = top.writers.first() {
-        line += &format!("; written by {} (pid {})", writer.comm, writer.pid);
-    }
-    if top.growth_bytes_per_second > 1024.0 {
-        line += &format!(
-            ", growing {}/s",
-            human_bytes(top.growth_bytes_per_second as u64)
-        );
-    }
-    if top.reread_bytes_per_second >= REREAD_FILE_PER_SECOND {
-        line += &format!(
-            ", read again after eviction at {}/s",
-            human_bytes(top.reread_bytes_per_second as u64)
-        );
-    }
-    lines.push(line + ".");
     lines.push(format!(
         "Page cache is reclaimable, but active pages count toward kubelet's working set ({} of {}); {} of it is active, {} inactive.",
         human_bytes(memory.working_set_bytes),
