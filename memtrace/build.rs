@@ -12,7 +12,7 @@ fn main() {
     for watched in [
         "memtrace-ebpf/src",
         "memtrace-ebpf/Cargo.toml",
-        "memtrace-ebpf/Cargo.lock",
+        "Cargo.lock",
         "memtrace-common/src",
         "xtask/ebpf-build/src",
     ] {

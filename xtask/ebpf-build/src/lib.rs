@@ -103,6 +103,20 @@ fn kernel_cargo(subcommand: &str, workspace: &Path, target_dir: &Path) -> Comman
     let mut cmd = Command::new(cargo);
     cmd.args([subcommand, "--release", "--locked", "--target", BPF_TARGET])
         .args(["-Z", "build-std=core"])
+        // The kernel object's profile: the workspace's release profile is the host's, so the
+        // BPF build's own settings come on its command line (one codegen unit and LTO, so the
+        // object is one program set; abort on panic, as no_std must; full debug info, which
+        // bpf-linker turns into BTF).
+        .args([
+            "--config",
+            "profile.release.lto=true",
+            "--config",
+            "profile.release.panic=\"abort\"",
+            "--config",
+            "profile.release.codegen-units=1",
+            "--config",
+            "profile.release.debug=2",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
