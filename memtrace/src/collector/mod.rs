@@ -40,7 +40,7 @@ pub struct Collector {
     page_size: u64,
     /// What the kernel counted, moved into userspace, with the cache found by measuring.
     ledger: Ledger,
-    pub seed_summary: Option<SeedSummary>,
+    seed_summary: Option<SeedSummary>,
     /// The previous snapshot's written bytes, for rates.
     write_rates: WriteRates,
     /// Drains made because the half being counted into was filling, not for a report.
