@@ -88,17 +88,21 @@ impl Collector {
             .filter(|o| o.key.dev == dev && o.key.ino == ino)
             .map(|o| (o.key, o.counters))
             .collect();
-        for (key, counters) in &keys {
-            self.ledger
-                .deficits_handled
-                .insert(*key, counters.max_deficit);
-        }
+        // The deficits this measurement answers are marked answered only once it has answered
+        // them (or is queued again): a file that could not be opened or read this time is
+        // left for the next drain to find again, not forgotten.
+        let answered = |ledger: &mut super::ledger::Ledger| {
+            for (key, counters) in &keys {
+                ledger.deficits_handled.insert(*key, counters.max_deficit);
+            }
+        };
         let Some(file) = resolved
             .host()
             .filter(|_| !resolved.deleted)
             .and_then(|path| open_regular(&path, Some(ino)).ok())
             .filter(residency::PageOwnerReader::residency_is_honest)
         else {
+            log::debug!("file {dev}:{ino} cannot be opened to be measured again now");
             return;
         };
         // The measurement is bracketed by the kernel's counters for the file: pages that
@@ -106,6 +110,7 @@ impl Collector {
         let mut file_keys: Vec<CacheKey> = keys.iter().map(|(key, _)| *key).collect();
         let before = self.tracer.counting_for(&file_keys);
         let Ok(owners) = reader.owners(&file) else {
+            log::debug!("file {dev}:{ino} could not be measured now");
             return;
         };
         // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
@@ -119,6 +124,8 @@ impl Collector {
                 Provenance::InferredOwner,
             )
         } else {
+            // Never measurable here: what memtrace had stays, and the deficit is answered.
+            answered(&mut self.ledger);
             return;
         };
         // Cgroups the measurement found that no counter named held nothing traced when
@@ -152,6 +159,7 @@ impl Collector {
                 .checked_div(owners.resident)
                 .unwrap_or(0)
         };
+        answered(&mut self.ledger);
         for (key, counting) in file_keys.iter().zip(&after) {
             let pages = by_cgroup.get(&key.cgroup_id).copied().unwrap_or(0);
             seeded.push(*key);
