@@ -45,17 +45,32 @@ pub(crate) fn record_identities<'a>(
     identities: &mut HashMap<(u32, u64), InodeIdentity>,
     entries: impl IntoIterator<Item = &'a (CacheKey, CacheCounters)>,
 ) {
+    // One batch can hold two inodes under one number: a file deleted (its pages' removals)
+    // and the file that took its number (charged to another memcg, say). The one still
+    // holding pages, else the one that added any, is the inode that number names now;
+    // whichever came last in the batch is not.
+    let mut ranked: HashMap<(u32, u64), (bool, bool)> = HashMap::default();
     for (key, entry) in entries {
-        if entry.inode != 0 {
-            identities.insert(
-                (key.dev, key.ino),
-                InodeIdentity {
-                    inode: entry.inode,
-                    // `i_generation` is 32 bits: the kernel's value survives the cut whole.
-                    generation: entry.generation as u32,
-                },
-            );
+        if entry.inode == 0 {
+            continue;
         }
+        let file = (key.dev, key.ino);
+        let rank = (
+            entry.pages_added > entry.pages_removed,
+            entry.pages_added > 0,
+        );
+        if ranked.get(&file).is_some_and(|&seen| seen > rank) {
+            continue;
+        }
+        ranked.insert(file, rank);
+        identities.insert(
+            file,
+            InodeIdentity {
+                inode: entry.inode,
+                // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+                generation: entry.generation as u32,
+            },
+        );
     }
 }
 
@@ -127,5 +142,32 @@ pub(crate) fn name_files(
         file.path_complete = resolved.complete;
         file.deleted = resolved.deleted;
         file.layer = resolved.layer;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::key;
+
+    #[test]
+    fn a_reused_inode_number_names_the_file_that_holds_pages_whatever_the_batch_order() {
+        let entry = |added, removed, generation| CacheCounters {
+            pages_added: added,
+            pages_removed: removed,
+            inode: 0xffff_8880_0000_1000,
+            generation,
+            ..CacheCounters::default()
+        };
+        // The new file (memcg 2) holds 2,048 pages; the old one (memcg 1) only lost its own.
+        let (new, old) = (
+            (key(2, 9), entry(2048, 0, 7)),
+            (key(1, 9), entry(0, 512, 3)),
+        );
+        for batch in [vec![new, old], vec![old, new]] {
+            let mut identities = HashMap::default();
+            record_identities(&mut identities, &batch);
+            assert_eq!(identities[&(key(2, 9).dev, 9)].generation, 7, "{batch:?}");
+        }
     }
 }
