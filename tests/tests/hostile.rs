@@ -21,8 +21,19 @@ use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// The tests of this file take turns. Each runs memtrace, and a memtrace measures the dirty
+/// bytes of every file it sees written, by opening it: beside the symlink test, another test's
+/// memtrace opens the host file the test writes, and the test's observer, which cannot tell who
+/// opened it, counts that against the memtrace under test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_log_truncated_in_a_loop_during_explain_does_not_kill_memtrace() {
+    let _turn = turn();
     require_root();
     // copytruncate done as fast as a shell can: write 8 MiB, truncate, again.
     let rotator = OverlayContainer::start(
@@ -53,6 +64,7 @@ fn a_log_truncated_in_a_loop_during_explain_does_not_kill_memtrace() {
 /// watches: memtrace must neither block on the FIFO nor report the host file.
 #[test]
 fn fifos_and_symlinks_in_a_container_layer_are_not_followed() {
+    let _turn = turn();
     require_root();
     // Outside every directory a scan at start walks (/var/log, /tmp, /var/tmp): nothing but a
     // followed symlink leads memtrace there.
@@ -243,6 +255,7 @@ impl Opens {
 /// finishes and reports exactly what cachestat says is cached.
 #[test]
 fn a_huge_sparse_file_is_measured_exactly() {
+    let _turn = turn();
     require_root();
     let sparse = OverlayContainer::start(
         "sparse",
@@ -274,6 +287,7 @@ fn a_huge_sparse_file_is_measured_exactly() {
 /// there must cost nothing: memtrace still runs and still names the real containers.
 #[test]
 fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
+    let _turn = turn();
     require_root();
     let base = std::path::Path::new("/run/runc");
     // A cgroup with cache that only the oversized state file claims.
@@ -351,6 +365,7 @@ fn malformed_huge_and_blocking_runtime_state_files_are_skipped() {
 /// memtrace shows the claim, marked unverified, and never as a verified container.
 #[test]
 fn container_identity_from_a_cgroup_name_alone_is_marked_unverified() {
+    let _turn = turn();
     require_root();
     let id = "4d6f6e6b6579206d656d7472616365206d656d7472616365206d656d74726163";
     let claimed = MemCgroup::create_exact(&format!("docker-{id}.scope"));
