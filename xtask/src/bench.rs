@@ -24,10 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::{
-    setup::{apt_install, run},
-    workspace,
-};
+use crate::{setup::apt_install, workspace};
 
 /// The bpftrace a user would otherwise reach for: the same two tracepoints, aggregated in the
 /// kernel per (cgroup, dev, ino).
@@ -577,22 +574,7 @@ fn prepare() -> Result<Setup> {
             .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
             .status();
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(&cargo).current_dir(workspace()).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "memtrace",
-        "-p",
-        "memtrace-tests",
-        "--bin",
-        "memtrace",
-        "--bin",
-        "page-churn",
-    ]))?;
-    let memtrace = workspace().join("target/release/memtrace");
-    let churn = workspace().join("target/release/page-churn");
+    let (memtrace, churn) = crate::soak::build_release()?;
     let floor = Floor::discover(&memtrace)?;
     eprintln!("xtask: memtrace's hooks here: {}", floor.describe());
     let work = PathBuf::from(WORK_DIR);

@@ -248,8 +248,8 @@ impl Drop for Serving {
     }
 }
 
-/// memtrace and the workload, built in release.
-fn build_release() -> Result<(PathBuf, PathBuf)> {
+/// memtrace and the workload, built in release (the bench builds them the same way).
+pub(crate) fn build_release() -> Result<(PathBuf, PathBuf)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(&cargo).current_dir(workspace()).args([
         "build",
