@@ -13,6 +13,12 @@ pub mod names {
     pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
     pub const NAME_BUF: &str = "NAME_BUF";
     pub const PROG_NAME_INODE: &str = "name_inode";
+    pub const PROG_CENSUS_SUPERBLOCKS: &str = "census_superblocks";
+    pub const PROG_CENSUS_INODES: &str = "census_inodes";
+    pub const PROG_CENSUS_PAGES: &str = "census_pages";
+    pub const CENSUS_CURSOR: &str = "CENSUS_CURSOR";
+    pub const CENSUS_SBS: &str = "CENSUS_SBS";
+    pub const CENSUS_INODE_LIST: &str = "CENSUS_INODE_LIST";
     pub const WRITERS_MAP: &str = "WRITERS";
     pub const WRITERS_MAP_B: &str = "WRITERS_B";
     pub const PENDING_CACHE: &str = "PENDING_CACHE";
@@ -323,6 +329,113 @@ pub struct KernelOffsets {
     pub inode_generation: u32,
     /// `task_struct.tgid`: the process, read where the helper call would cost more.
     pub task_tgid: u32,
+    // The census (see `census` in the kernel crate); 0 where the kernel lacks one of them.
+    /// `task_struct.fs`.
+    pub task_fs: u32,
+    /// `fs_struct.root.dentry`.
+    pub fs_root_dentry: u32,
+    /// `dentry.d_sb`.
+    pub dentry_sb: u32,
+    /// `super_block.s_list`: every superblock, on one list.
+    pub sb_list: u32,
+    /// `super_block.s_root`.
+    pub sb_root: u32,
+    /// `super_block.s_magic`.
+    pub sb_magic: u32,
+    /// `super_block.s_inodes`: every inode of the superblock, on one list.
+    pub sb_inodes: u32,
+    /// `inode.i_sb_list`.
+    pub inode_sb_list: u32,
+    /// `inode.i_data.i_pages.xa_head`: the root of the inode's own page cache.
+    pub inode_pages: u32,
+    /// `inode.i_data.nrpages`.
+    pub inode_nrpages: u32,
+    /// `xa_node.shift`.
+    pub xa_node_shift: u32,
+    /// `xa_node.offset`: the node's slot in its parent.
+    pub xa_node_offset: u32,
+    /// `xa_node.parent`.
+    pub xa_node_parent: u32,
+    /// `xa_node.slots`.
+    pub xa_node_slots: u32,
+    /// Bit numbers of `PG_dirty`, `PG_writeback` and `PG_active` in the page flags.
+    pub pg_dirty_bit: u32,
+    pub pg_writeback_bit: u32,
+    pub pg_active_bit: u32,
+}
+
+/// Superblocks one `census_superblocks` run reports at most.
+pub const CENSUS_SUPERBLOCKS: u32 = 64;
+/// Inodes with page cache one `census_inodes` run reports at most.
+pub const CENSUS_INODES: u32 = 256;
+/// Steps along a superblock's inode list one `census_inodes` run takes at most.
+pub const CENSUS_LIST_STEPS: u32 = 2048;
+/// Page-cache slots one `census_pages` run examines at most.
+pub const CENSUS_SLOT_STEPS: u32 = 2048;
+
+/// `CensusCursor::status` values: how a census run ended.
+pub mod census_status {
+    /// More to come: run again from `CensusCursor::next`.
+    pub const MORE: u32 = 0;
+    /// The walk reached its end.
+    pub const DONE: u32 = 1;
+    /// The cursor's object left its list between runs: walk the list again from its head.
+    pub const RESTART: u32 = 2;
+    /// The inode at that address is no longer (dev, ino).
+    pub const STALE: u32 = 3;
+    /// A kernel read failed (a torn pointer chain); what was counted stays counted.
+    pub const READ_FAILED: u32 = 4;
+}
+
+/// Where a census run stopped, and what it found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusCursor {
+    /// Where the next run starts: a superblock's or an inode's address, or a page index.
+    pub next: u64,
+    /// Entries written to the answer array.
+    pub found: u32,
+    /// Pages `census_pages` counted but could not tell the memcg of (a torn memcg chain).
+    pub lost_pages: u32,
+    /// `census_pages`: the memcg of the folios counted in `pages` (one run counts the folios
+    /// of one memcg in a row, and stops where another's begin).
+    pub cgroup_id: u64,
+    pub hierarchy: u32,
+    /// A `census_status` value: how the run ended (a raw tracepoint's return value does not
+    /// reach `BPF_PROG_RUN`'s caller through aya's wrapper).
+    pub status: u32,
+    pub pages: CensusPages,
+}
+
+/// A superblock, as the census found it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusSuperblock {
+    pub sb: u64,
+    pub magic: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// An inode whose own mapping holds pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusInode {
+    pub inode: u64,
+    pub ino: u64,
+    pub nrpages: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Pages of one (memcg, file) as the census counted them, folio by folio.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusPages {
+    pub pages: u64,
+    pub dirty: u64,
+    pub writeback: u64,
+    pub active: u64,
 }
 
 /// What happened to a cgroup, as seen by the `cgroup:cgroup_mkdir`/`cgroup_rmdir` tracepoints.
@@ -399,6 +512,14 @@ mod pod {
     // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::CensusCursor {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::CensusSuperblock {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::CensusInode {}
+    // SAFETY: plain integer data without padding, as said above.
+    unsafe impl aya::Pod for super::CensusPages {}
+    // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::WriterKey {}
     // SAFETY: plain integer data without padding, as said above.
     unsafe impl aya::Pod for super::WriterStats {}
@@ -424,4 +545,9 @@ mod pod {
     const _: () = assert!(size_of::<super::CacheCounters>() == 40);
     const _: () = assert!(size_of::<super::PendingCache>() == 24 + 12 * 8);
     const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 5 * 8 + 16 + 16);
+    const _: () = assert!(size_of::<super::CensusCursor>() == 8 + 4 + 4 + 8 + 4 + 4 + 4 * 8);
+    const _: () = assert!(size_of::<super::CensusSuperblock>() == 8 + 8 + 4 + 4);
+    const _: () = assert!(size_of::<super::CensusInode>() == 3 * 8 + 4 + 4);
+    const _: () = assert!(size_of::<super::CensusPages>() == 4 * 8);
+    const _: () = assert!(size_of::<super::KernelOffsets>() == 44 * 4);
 }

@@ -8,6 +8,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod census;
 mod cgroups;
 mod floor;
 mod kernel;

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memtrace_common::{
-    CacheCounters, CacheKey, InodeName, KernelOffsets, OverflowCounters, OverflowKey, PendingCache,
-    PendingWrite, Stat, WriterKey, WriterStats, DEFAULT_CACHE_ENTRIES, OVERFLOW_ENTRIES,
-    WRITER_ENTRIES,
+    CacheCounters, CacheKey, CensusCursor, CensusInode, CensusSuperblock, InodeName, KernelOffsets,
+    OverflowCounters, OverflowKey, PendingCache, PendingWrite, Stat, WriterKey, WriterStats,
+    CENSUS_INODES, CENSUS_SUPERBLOCKS, DEFAULT_CACHE_ENTRIES, OVERFLOW_ENTRIES, WRITER_ENTRIES,
 };
 
 /// Pages in and out per (memcg, file), in two halves: the programs count into the active one
@@ -97,6 +97,19 @@ pub(crate) static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0
 #[map(name = "NAME_BUF")]
 pub(crate) static NAME_BUF: Array<InodeName> = Array::with_max_entries(1, 0);
 
+/// Where the last census run stopped (see `census`).
+#[map(name = "CENSUS_CURSOR")]
+pub(crate) static CENSUS_CURSOR: Array<CensusCursor> = Array::with_max_entries(1, 0);
+
+/// `census_superblocks`'s answer.
+#[map(name = "CENSUS_SBS")]
+pub(crate) static CENSUS_SBS: Array<CensusSuperblock> =
+    Array::with_max_entries(CENSUS_SUPERBLOCKS, 0);
+
+/// `census_inodes`'s answer.
+#[map(name = "CENSUS_INODE_LIST")]
+pub(crate) static CENSUS_INODE_LIST: Array<CensusInode> = Array::with_max_entries(CENSUS_INODES, 0);
+
 /// Struct offsets of the running kernel, written by the loader before load. Read-only once
 /// loaded, so the verifier sees constants.
 #[unsafe(no_mangle)]
@@ -128,6 +141,23 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     css_cgroup: 0,
     inode_generation: 0,
     task_tgid: 0,
+    task_fs: 0,
+    fs_root_dentry: 0,
+    dentry_sb: 0,
+    sb_list: 0,
+    sb_root: 0,
+    sb_magic: 0,
+    sb_inodes: 0,
+    inode_sb_list: 0,
+    inode_pages: 0,
+    inode_nrpages: 0,
+    xa_node_shift: 0,
+    xa_node_offset: 0,
+    xa_node_parent: 0,
+    xa_node_slots: 0,
+    pg_dirty_bit: 0,
+    pg_writeback_bit: 0,
+    pg_active_bit: 0,
 };
 
 /// One offset as the loader set it. The volatile read stops the compiler from folding the zero

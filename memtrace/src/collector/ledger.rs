@@ -156,6 +156,13 @@ impl Ledger {
         counting
     }
 
+    /// Where a file's inode is, as the census found it, for a file the drains have not shown.
+    pub(super) fn remember_inode(&mut self, file: (u32, u64), identity: InodeIdentity) {
+        Arc::make_mut(&mut self.identities)
+            .entry(file)
+            .or_insert(identity);
+    }
+
     /// What the half being counted into holds now, counting failed reads.
     pub(super) fn read_counting(&mut self, tracer: &Tracer) -> Vec<(CacheKey, CacheCounters)> {
         tracer.read_counting(&mut self.map_read_errors)

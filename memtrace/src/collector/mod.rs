@@ -1,5 +1,6 @@
 //! Reads the kernel maps into a `Report`, on whatever schedule the caller keeps.
 
+mod census;
 mod dirty;
 mod ledger;
 mod naming;
@@ -148,6 +149,10 @@ impl Collector {
     pub fn seed(&mut self, options: &SeedOptions) -> SeedSummary {
         self.drain_events();
         self.resolvers.refresh();
+        if let Some(summary) = self.census() {
+            self.seed_summary = Some(summary.clone());
+            return summary;
+        }
         let hierarchies = self.resolvers.cgroups.hierarchies.clone();
         let memory_hierarchy = hierarchies.memory_hierarchy.unwrap_or(0);
         let memcg_id = |path: &str| {

@@ -244,6 +244,23 @@ impl KernelBtf {
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
             inode_generation: self.member_offset("inode", "i_generation")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
+            task_fs: self.member_offset("task_struct", "fs")?,
+            fs_root_dentry: self.member_offset("fs_struct", "root.dentry")?,
+            dentry_sb: self.member_offset("dentry", "d_sb")?,
+            sb_list: self.member_offset("super_block", "s_list")?,
+            sb_root: self.member_offset("super_block", "s_root")?,
+            sb_magic: self.member_offset("super_block", "s_magic")?,
+            sb_inodes: self.member_offset("super_block", "s_inodes")?,
+            inode_sb_list: self.member_offset("inode", "i_sb_list")?,
+            inode_pages: self.member_offset("inode", "i_data.i_pages.xa_head")?,
+            inode_nrpages: self.member_offset("inode", "i_data.nrpages")?,
+            xa_node_shift: self.member_offset("xa_node", "shift")?,
+            xa_node_offset: self.member_offset("xa_node", "offset")?,
+            xa_node_parent: self.member_offset("xa_node", "parent")?,
+            xa_node_slots: self.member_offset("xa_node", "slots")?,
+            pg_dirty_bit: self.enum_value("pageflags", "PG_dirty")? as u32,
+            pg_writeback_bit: self.enum_value("pageflags", "PG_writeback")? as u32,
+            pg_active_bit: self.enum_value("pageflags", "PG_active")? as u32,
         })
     }
 }

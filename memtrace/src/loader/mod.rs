@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod btf;
+pub mod census;
 pub mod preflight;
 mod prog_info;
 mod prog_run;
@@ -208,6 +209,9 @@ pub struct Tracer {
     pub(crate) cgroup_events: RingBuf<MapData>,
     /// `name_inode`, run on demand; `None` where the kernel refused it (files go unnamed).
     namer: Option<Namer>,
+    /// The census programs, run on demand; `None` where the kernel refused them (cache from
+    /// before start is then found by walking directories).
+    census: Option<census::Census>,
     /// The two halves of the writers map; they flip with `page_cache`.
     writers: [HashMap<MapData, WriterKey, WriterStats>; 2],
     memcg_epoch: Array<MapData, u64>,
@@ -250,6 +254,16 @@ impl Tracer {
                 None
             }
         };
+        let census = match census::Census::load(&mut ebpf) {
+            Ok(census) => Some(census),
+            Err(err) => {
+                log::warn!(
+                    "no census on this kernel; cache from before start is found by walking directories: {}",
+                    error_chain(&err)
+                );
+                None
+            }
+        };
         let writers = [
             take_typed_map(&mut ebpf, names::WRITERS_MAP)?,
             take_typed_map(&mut ebpf, names::WRITERS_MAP_B)?,
@@ -271,6 +285,7 @@ impl Tracer {
             stats,
             cgroup_events,
             namer,
+            census,
             writers,
             memcg_epoch,
             writes_source,
@@ -372,27 +387,31 @@ struct Namer {
 
 impl Namer {
     fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let name = names::PROG_NAME_INODE;
-        let fail = |source: ProgramError| LoadError::Program {
-            program: name,
-            hook: "BPF_PROG_RUN",
-            hint: program_error_hint(&source),
-            source: Box::new(source),
-        };
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?
-            .try_into()
-            .map_err(fail)?;
-        program.load().map_err(fail)?;
-        let program = program
-            .fd()
-            .map_err(fail)?
-            .try_clone()
-            .map_err(|e| fail(ProgramError::IOError(e)))?;
+        let program = load_on_demand(ebpf, names::PROG_NAME_INODE)?;
         let answer = take_typed_map(ebpf, names::NAME_BUF)?;
         Ok(Self { program, answer })
     }
+}
+
+/// Loads raw-tracepoint program `name` to be run with `BPF_PROG_RUN`, never attached.
+fn load_on_demand(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, LoadError> {
+    let fail = |source: ProgramError| LoadError::Program {
+        program: name,
+        hook: "BPF_PROG_RUN",
+        hint: program_error_hint(&source),
+        source: Box::new(source),
+    };
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(fail)?;
+    program.load().map_err(fail)?;
+    program
+        .fd()
+        .map_err(fail)?
+        .try_clone()
+        .map_err(|e| fail(ProgramError::IOError(e)))
 }
 
 /// What one flip emptied out of the kernel: each (memcg, file)'s counters, and each writer's.
@@ -625,6 +644,11 @@ impl Tracer {
                 None
             }
         }
+    }
+
+    /// The census programs, where the kernel took them.
+    pub fn census(&self) -> Option<&census::Census> {
+        self.census.as_ref()
     }
 
     /// Runs of memtrace's programs the kernel skipped because the same program was already

@@ -1,0 +1,263 @@
+//! The cache that predates memtrace, counted by the kernel itself (see `census` in the kernel
+//! crate): every page of every inode of every superblock, per memcg, with nothing opened or
+//! mapped. Counts are bracketed by the traced counters, as every measurement is: a (memcg,
+//! file) whose counters moved during the census is counted again alone, in a window of
+//! microseconds.
+
+use std::{collections::HashSet, time::Instant};
+
+use memtrace_common::{CacheCounters, CacheKey, CensusInode, CensusPages};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{naming::InodeIdentity, observations::InReportOrder, Collector};
+use crate::{
+    loader::census::{Census, PagesWalk},
+    model::{Provenance, SeedSummary, SeededCache},
+};
+
+/// `s_magic` of tmpfs and shmem: their files are measured by the shmem scanner, every report.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// Times a file whose counters move while it is counted is counted again; after that its
+/// count is taken within the movement seen (see `settle`).
+const RECOUNTS: usize = 3;
+
+/// A file the census found holding pages.
+#[derive(Clone, Copy)]
+struct Found {
+    dev: u32,
+    inode: CensusInode,
+}
+
+/// What one census found: pages per (memcg, file), and the files walked whole.
+#[derive(Default)]
+struct Counted {
+    pages: HashMap<CacheKey, CensusPages>,
+    /// Files whose every page was visited: their memcgs without an entry hold none.
+    complete: HashMap<(u32, u64), Found>,
+    lost_pages: u64,
+    partial_files: usize,
+}
+
+impl Counted {
+    fn count(&mut self, census: &Census, found: Found) {
+        let pages = &mut self.pages;
+        let mut add = |key: CacheKey, counts: CensusPages| {
+            let entry = pages.entry(key).or_default();
+            entry.pages += counts.pages;
+            entry.dirty += counts.dirty;
+            entry.writeback += counts.writeback;
+            entry.active += counts.active;
+        };
+        match census.pages(&found.inode, found.dev, &mut add) {
+            Ok(PagesWalk::Complete { lost_pages }) => {
+                self.lost_pages += lost_pages;
+                self.complete.insert((found.dev, found.inode.ino), found);
+            }
+            Ok(PagesWalk::Stale) => {}
+            Ok(PagesWalk::Partial) => self.partial_files += 1,
+            Err(err) => {
+                log::debug!("census of {}:{} failed: {err}", found.dev, found.inode.ino);
+                self.partial_files += 1;
+            }
+        }
+    }
+}
+
+impl Collector {
+    /// Counts every page-cache page now (but tmpfs's, which the shmem scanner measures) per
+    /// (memcg, file) and records it as the cache found at start. `None` where the kernel has
+    /// no census programs.
+    pub(super) fn census(&mut self) -> Option<SeedSummary> {
+        let started = Instant::now();
+        let census = self.tracer.census()?;
+        let superblocks = match census.superblocks() {
+            Ok(superblocks) => superblocks,
+            Err(err) => {
+                log::warn!("census: {err}; walking directories instead");
+                return None;
+            }
+        };
+        let before: HashMap<CacheKey, CacheCounters> = self
+            .ledger
+            .read_counting(&self.tracer)
+            .into_iter()
+            .collect();
+        let census = self.tracer.census()?;
+        let mut files: Vec<Found> = Vec::new();
+        let mut incomplete_superblocks = 0;
+        for sb in superblocks.iter().filter(|sb| sb.magic != TMPFS_MAGIC) {
+            let mut seen = HashSet::new();
+            let walk = census.inodes(sb.sb, |batch| {
+                files.extend(
+                    batch
+                        .iter()
+                        .filter(|inode| seen.insert(inode.inode))
+                        .map(|&inode| Found { dev: sb.dev, inode }),
+                );
+            });
+            if !walk.is_ok_and(|walk| walk.complete) {
+                incomplete_superblocks += 1;
+            }
+        }
+        let mut counted = Counted::default();
+        for &found in &files {
+            counted.count(census, found);
+        }
+        let after: HashMap<CacheKey, CacheCounters> = self
+            .ledger
+            .read_counting(&self.tracer)
+            .into_iter()
+            .collect();
+        let summary = SeedSummary {
+            files_examined: files.len(),
+            files_cached: counted.complete.len(),
+            cached_bytes: counted.pages.values().map(|c| c.pages).sum::<u64>() * self.page_size,
+            exact: true,
+            unattributed_bytes: counted.lost_pages * self.page_size,
+            truncated: incomplete_superblocks > 0,
+            not_measurable: counted.partial_files,
+            seconds: 0.0,
+        };
+        self.record_census(counted, &before, &after);
+        log::info!(
+            "census: {} superblocks, {} files with cache, {} MiB, {} superblocks not walked whole, in {:.2} s",
+            superblocks.len(),
+            summary.files_cached,
+            summary.cached_bytes >> 20,
+            incomplete_superblocks,
+            started.elapsed().as_secs_f64()
+        );
+        Some(SeedSummary {
+            seconds: started.elapsed().as_secs_f64(),
+            ..summary
+        })
+    }
+
+    /// Seeds every (memcg, file) of the files counted whole. One whose traced counters moved
+    /// during the census is counted again alone (see `settle`).
+    fn record_census(
+        &mut self,
+        counted: Counted,
+        before: &HashMap<CacheKey, CacheCounters>,
+        after: &HashMap<CacheKey, CacheCounters>,
+    ) {
+        let Counted {
+            pages, complete, ..
+        } = counted;
+        // Every key of a counted file: the memcgs the census found, and those the traced
+        // counters name (a file's pages in a memcg may all have gone: it holds none now).
+        let mut keys_of: HashMap<(u32, u64), Vec<CacheKey>> = HashMap::default();
+        for key in pages.keys().chain(after.keys()) {
+            if complete.contains_key(&(key.dev, key.ino)) {
+                keys_of.entry((key.dev, key.ino)).or_default().push(*key);
+            }
+        }
+        let pages_of = |map: &HashMap<CacheKey, CacheCounters>, key: &CacheKey| {
+            map.get(key).copied().unwrap_or_default().pages()
+        };
+        for (file, mut keys) in keys_of {
+            keys.sort_unstable();
+            keys.dedup();
+            let found = complete[&file];
+            self.ledger.remember_inode(
+                file,
+                InodeIdentity {
+                    inode: found.inode.inode,
+                    generation: found.inode.generation,
+                },
+            );
+            let steady = keys
+                .iter()
+                .all(|key| pages_of(before, key) == pages_of(after, key));
+            if steady {
+                for key in keys {
+                    let counts = pages.get(&key).copied().unwrap_or_default();
+                    self.seed_counted(key, counts, after.get(&key).copied());
+                }
+            } else {
+                for (key, counts, counting) in settle(&self.tracer, found, keys) {
+                    self.seed_counted(key, counts, Some(counting));
+                }
+            }
+        }
+    }
+
+    /// Records `counts` as what `key` held when its counters were `counting` (the half still
+    /// counting's, drained totals aside).
+    fn seed_counted(
+        &mut self,
+        key: CacheKey,
+        counts: CensusPages,
+        counting: Option<CacheCounters>,
+    ) {
+        let baseline = self.ledger.combined(&key, counting.as_ref());
+        self.ledger.seeds.insert(
+            InReportOrder(key),
+            SeededCache {
+                pages: counts.pages,
+                active_pages: counts.active,
+                provenance: Provenance::Exact,
+                baseline,
+            },
+        );
+    }
+}
+
+/// Counts a file whose traced counters moved during the census again, bracketed by its own
+/// counters, until they hold still around a count. A file that never holds still (a reader
+/// thrashing it) is taken within what moved: the count is set against the middle of the
+/// counters before and after it, so it is off by at most half the pages that came or went
+/// during one walk of the file. Returns each key's count and the counters it stands against.
+fn settle(
+    tracer: &crate::loader::Tracer,
+    found: Found,
+    mut keys: Vec<CacheKey>,
+) -> Vec<(CacheKey, CensusPages, CacheCounters)> {
+    let Some(census) = tracer.census() else {
+        return Vec::new();
+    };
+    for attempt in 1..=RECOUNTS {
+        let Some(before) = tracer.counting_for(&keys) else {
+            continue;
+        };
+        let mut counted = Counted::default();
+        counted.count(census, found);
+        if counted.complete.is_empty() {
+            return Vec::new();
+        }
+        for key in counted.pages.keys() {
+            if !keys.contains(key) {
+                keys.push(*key);
+            }
+        }
+        let Some(after) = tracer.counting_for(&keys) else {
+            continue;
+        };
+        let then = |at: usize| before.get(at).copied().unwrap_or_default();
+        let moved = (0..keys.len()).any(|at| then(at).pages() != after[at].pages());
+        if moved && attempt < RECOUNTS {
+            continue;
+        }
+        if moved {
+            log::debug!(
+                "census: {}:{} kept changing while counted; taken within what moved",
+                found.dev,
+                found.inode.ino
+            );
+        }
+        return keys
+            .iter()
+            .enumerate()
+            .map(|(at, key)| {
+                let middle = CacheCounters {
+                    pages_added: then(at).pages_added.midpoint(after[at].pages_added),
+                    pages_removed: then(at).pages_removed.midpoint(after[at].pages_removed),
+                    ..after[at]
+                };
+                let counts = counted.pages.get(key).copied().unwrap_or_default();
+                (*key, counts, middle)
+            })
+            .collect();
+    }
+    Vec::new()
+}
