@@ -9,6 +9,7 @@ pub mod container;
 pub mod engines;
 pub mod files;
 pub mod http;
+pub mod tmux;
 
 use std::{path::PathBuf, process::Command};
 

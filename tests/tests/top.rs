@@ -2,80 +2,24 @@
 //! size, `/` narrows the list to it, Enter shows the file, `q` exits 0 and gives the terminal
 //! back.
 
-use std::{
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
-
 use memtrace_tests::{
     cgroup::MemCgroup,
     files::{dd_write, folio_census, Scratch},
-    memtrace_bin, require_root, MIB,
+    memtrace_bin, require_root,
+    tmux::Tmux,
+    MIB,
 };
-
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux is required (cargo xtask setup installs it)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    /// Waits until the screen satisfies `ready`; returns it.
-    fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
-        let started = Instant::now();
-        loop {
-            let screen = self.screen();
-            if ready(&screen) {
-                return screen;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{what} never showed:\n{screen}"
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
 
 #[test]
 fn top_shows_a_fresh_cgroup_filters_to_it_drills_into_its_file_and_quits_cleanly() {
     require_root();
-    let tmux = Tmux {
-        socket: format!("memtrace-top-{}", std::process::id()),
-    };
-    let command = format!(
-        "{} top --no-seed --interval 500ms; echo EXIT=$?; sleep 60",
-        memtrace_bin().display()
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
+    let tmux = Tmux::start(
         "top",
-        "-x",
-        "120",
-        "-y",
-        "32",
-        &command,
-    ]);
+        &format!(
+            "{} top --no-seed --interval 500ms; echo EXIT=$?; sleep 60",
+            memtrace_bin().display()
+        ),
+    );
     tmux.wait_for("the view", |s| {
         s.contains("memtrace top") && s.contains("CGROUP")
     });

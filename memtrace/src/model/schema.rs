@@ -344,6 +344,8 @@ impl PartialEq<&str> for Dev {
 /// Node-wide page-cache figures from /proc/meminfo, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeMemory {
+    /// /proc/meminfo's `Cached` plus `Buffers`: every page of every file's mapping, block
+    /// devices' included, as memtrace counts them (swap cache aside).
     pub cached: u64,
     pub shmem: u64,
     pub dirty: u64,

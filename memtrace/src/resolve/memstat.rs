@@ -18,7 +18,7 @@ pub fn read_node_memory() -> NodeMemory {
             * 1024
     };
     NodeMemory {
-        cached: kib("Cached:"),
+        cached: kib("Cached:") + kib("Buffers:"),
         shmem: kib("Shmem:"),
         dirty: kib("Dirty:"),
     }

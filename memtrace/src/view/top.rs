@@ -325,7 +325,7 @@ impl TopState {
                     Style::default().add_modifier(Modifier::BOLD),
                 ),
                 Span::raw(format!(
-                    "  node: Cached {}  Shmem {}  Dirty {}  attributed {} ({coverage} of Cached)",
+                    "  node: page cache {}  Shmem {}  Dirty {}  attributed {} ({coverage})",
                     human_bytes(self.node.cached),
                     human_bytes(self.node.shmem),
                     human_bytes(self.node.dirty),
@@ -546,7 +546,7 @@ mod tests {
         let nginx = text.find("nginx.service").expect(&text);
         assert!(spring < nginx, "largest first:\n{text}");
         assert!(text.contains("92.0 MiB"), "{text}");
-        assert!(text.contains("Cached 200.0 MiB"), "{text}");
+        assert!(text.contains("page cache 200.0 MiB"), "{text}");
     }
 
     #[test]
