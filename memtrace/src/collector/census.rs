@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{naming::InodeIdentity, observations::InReportOrder, Collector};
 use crate::{
     loader::census::{Census, PagesWalk},
-    model::{Provenance, SeedSummary, SeededCache},
+    model::{Provenance, SeedMethod, SeedSummary, SeededCache},
 };
 
 /// `s_magic` of tmpfs and shmem: their files are measured by the shmem scanner, every report.
@@ -109,6 +109,7 @@ impl Collector {
             .into_iter()
             .collect();
         let summary = SeedSummary {
+            method: SeedMethod::Census,
             files_examined: files.len(),
             files_cached: counted.complete.len(),
             cached_bytes: counted.pages.values().map(|c| c.pages).sum::<u64>() * self.page_size,

@@ -195,6 +195,7 @@ pub fn scan(
     let started = Instant::now();
     let mut result = ScanResult::default();
     let (seeds, summary, names) = (&mut result.seeds, &mut result.summary, &mut result.names);
+    summary.method = crate::model::SeedMethod::Walk;
     let Ok(reader) = PageOwnerReader::open() else {
         return result;
     };

@@ -9,7 +9,9 @@ use super::{
     filter::under,
     format::human_bytes,
     rates::Rates,
-    schema::{Container, KernelStats, Layer, MemoryFigures, Provenance, Report, SeedSummary},
+    schema::{
+        Container, KernelStats, Layer, MemoryFigures, Provenance, Report, SeedMethod, SeedSummary,
+    },
 };
 
 /// What kind of thing the user named.
@@ -505,8 +507,13 @@ fn verdict(e: &Explanation) -> Vec<String> {
     lines.push(advice(top, name, e.state));
     if let Some(coverage) = e.coverage {
         if coverage < 0.9 {
+            let why = match e.seed.as_ref().map(|s| s.method) {
+                Some(SeedMethod::Census) => "pages no file's mapping holds, such as tmpfs files the shmem scan did not reach and swap cache, or pages that came and went while the census counted",
+                Some(SeedMethod::Walk) => "files not open and outside container layers and log directories (this kernel refused the census that finds every file), or tmpfs files past the scan's limits",
+                None => "cache that predates memtrace: --no-seed skipped the census that finds it",
+            };
             lines.push(format!(
-                "memtrace accounts for {:.0}% of the page cache; the rest ({}) is in files it did not find (files not open and outside container layers and log directories, or tmpfs files past the scan's limits).",
+                "memtrace accounts for {:.0}% of the page cache; the rest ({}) is in {why}.",
                 coverage * 100.0,
                 human_bytes(e.unattributed_bytes)
             ));

@@ -587,9 +587,24 @@ pub struct ShmemSummary {
     pub seconds: f64,
 }
 
+/// How the cache that predates memtrace was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedMethod {
+    /// The kernel's own lists: every inode of every superblock, every page counted with its
+    /// memcg (the census). Complete.
+    #[default]
+    Census,
+    /// Where the kernel refused the census: open and mapped files, container layers and log
+    /// directories, walked and measured. Misses files read and closed elsewhere.
+    Walk,
+}
+
 /// What the scan did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SeedSummary {
+    pub method: SeedMethod,
+    /// Files looked at: inodes holding pages (census) or files found by the walk.
     pub files_examined: usize,
     pub files_cached: usize,
     pub cached_bytes: u64,

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use crate::model::{
     escape_control,
     explain::{ExplainedFile, Explanation},
-    human_bytes, MemoryFigures,
+    human_bytes, MemoryFigures, SeedMethod,
 };
 
 pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
@@ -53,18 +53,23 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
         writeln!(out, "  {}", escape_control(line))?;
     }
     if let Some(seed) = &e.seed {
+        let (how, memcg) = match seed.method {
+            SeedMethod::Census => ("the kernel's census of every file", "memcg read per page"),
+            SeedMethod::Walk if seed.exact => {
+                ("open files, layers and logs walked", "memcg read per page")
+            }
+            SeedMethod::Walk => (
+                "open files, layers and logs walked",
+                "memcg inferred: no /proc/kpagecgroup",
+            ),
+        };
         writeln!(
             out,
-            "\n  scan at start: {} files examined, {} cached, {} found in {:.1}s ({}){}",
+            "\n  cache at start ({how}): {} files examined, {} cached, {} found in {:.1}s ({memcg}){}",
             seed.files_examined,
             seed.files_cached,
             human_bytes(seed.cached_bytes),
             seed.seconds,
-            if seed.exact {
-                "memcg read per page"
-            } else {
-                "memcg inferred: no /proc/kpagecgroup"
-            },
             if seed.truncated {
                 "; stopped at its limit"
             } else {
