@@ -102,3 +102,8 @@ fn burst_through_a_small_map(files: usize) {
 fn forty_thousand_new_files_in_one_burst_through_a_4096_entry_map_lose_no_page() {
     burst_through_a_small_map(40_000);
 }
+
+#[test]
+fn four_hundred_thousand_new_files_in_one_burst_through_a_4096_entry_map_lose_no_page() {
+    burst_through_a_small_map(400_000);
+}
