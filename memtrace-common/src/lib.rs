@@ -370,8 +370,9 @@ pub const CENSUS_SUPERBLOCKS: u32 = 64;
 pub const CENSUS_INODES: u32 = 256;
 /// Steps along a superblock's inode list one `census_inodes` run takes at most.
 pub const CENSUS_LIST_STEPS: u32 = 2048;
-/// Page-cache slots one `census_pages` run examines at most.
-pub const CENSUS_SLOT_STEPS: u32 = 2048;
+/// Page-cache slots one `census_pages` run examines at most (one xarray node's worth): a
+/// bounded loop, which the verifier follows slot by slot.
+pub const CENSUS_SLOT_STEPS: u32 = 64;
 
 /// `CensusCursor::status` values: how a census run ended.
 pub mod census_status {

@@ -19,9 +19,9 @@ const MAX_SUPERBLOCKS: usize = 1 << 20;
 /// Walks of one superblock's inode list begun again (its cursor inode left the list between
 /// runs) before the census gives up on it.
 const MAX_RESTARTS: u32 = 8;
-/// Runs over one file at most: 2048 slots each (fewer where memcgs alternate), so at least
-/// 64 GiB of 4 KiB pages.
-const MAX_PAGE_RUNS: u32 = 8192;
+/// Runs over one file at most: one xarray node's 64 slots each (less where memcgs alternate),
+/// so at least 64 GiB of 4 KiB pages.
+const MAX_PAGE_RUNS: u32 = 1 << 24;
 
 /// How one superblock's inode list was walked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
