@@ -24,6 +24,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod census;
+
 use crate::{setup::apt_install, workspace};
 
 /// The bpftrace a user would otherwise reach for: the same two tracepoints, aggregated in the
@@ -130,6 +132,10 @@ pub(crate) struct BenchOptions {
     /// Only the many-files workload, printed as JSON (docs/performance.md is not rewritten).
     #[arg(long)]
     pub only_many_files: bool,
+    /// Only the census at start on a million inodes, printed as JSON (docs/performance.md is
+    /// not rewritten).
+    #[arg(long)]
+    pub only_census: bool,
 }
 
 /// Runs the benchmark as root, after installing what the build needs.
@@ -362,6 +368,10 @@ mod goal {
     pub(super) const JSON_END_TO_END_MS: f64 = 100.0;
     /// Every report, the first two after a burst of 100,000 new files included.
     pub(super) const JSON_END_TO_END_P95_MS: f64 = 150.0;
+    /// The census at start on a million inodes: the first report's share of the node's page
+    /// cache, and how long until it is printed.
+    pub(super) const CENSUS_COVERAGE: f64 = 0.97;
+    pub(super) const CENSUS_FIRST_REPORT_SECONDS: f64 = 10.0;
 }
 
 /// One goal, and whether this run met it.
@@ -480,6 +490,7 @@ struct BenchResults {
     watching_cpu_fraction_of_one_core: f64,
     programs: Vec<ProgramCost>,
     many_files: ManyFiles,
+    census: census::CensusAtStart,
     machine: Machine,
 }
 
@@ -501,6 +512,11 @@ fn bench(options: &BenchOptions) -> Result<()> {
     // Proactive reclaim paging out the workloads' cache at random would be noise.
     let _reclaim_paused = crate::damon::pause();
     let setup = prepare()?;
+    if options.only_census {
+        let census = census::census_at_start(&setup.memtrace, &setup.work)?;
+        println!("{}", serde_json::to_string_pretty(&census)?);
+        return Ok(());
+    }
     if options.only_many_files {
         let many = many_files(options, &setup.memtrace, &setup.churn, &setup.work)?;
         println!("{}", serde_json::to_string_pretty(&many)?);
@@ -517,11 +533,13 @@ fn bench(options: &BenchOptions) -> Result<()> {
     }
     let watching = watching_cpu(&setup.memtrace, &setup.churn, &setup.dir())?;
     let many_files = many_files(options, &setup.memtrace, &setup.churn, &setup.work)?;
+    let census = census::census_at_start(&setup.memtrace, &setup.work)?;
     let results = BenchResults {
         workloads,
         watching_cpu_fraction_of_one_core: watching,
         programs,
         many_files,
+        census,
         machine: Machine {
             kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
@@ -787,6 +805,19 @@ fn judge(results: &BenchResults) -> Vec<Goal> {
         goal::JSON_END_TO_END_P95_MS,
         "ms",
     ));
+    let census = &results.census;
+    goals.push(Goal::at_least(
+        "census at start on a million inodes: the first report's coverage of the node's page cache",
+        census.coverage,
+        goal::CENSUS_COVERAGE,
+        format!("{:.1}%", census.coverage * 100.0),
+    ));
+    goals.push(Goal::at_most(
+        "census at start on a million inodes: time to the first report",
+        census.first_report_seconds,
+        goal::CENSUS_FIRST_REPORT_SECONDS,
+        "s",
+    ));
     goals
 }
 
@@ -869,6 +900,19 @@ fn render_markdown(options: &BenchOptions, results: &BenchResults, goals: &[Goal
         json.end_to_end_max_ms,
         json.cpu_share * 100.0,
         json.peak_rss_mib,
+    );
+    let census = &results.census;
+    markdown += &format!(
+        "\n| census at start ({} inodes, {} holding 4 KiB; `watch --json --count 1`, median of 3) | value |\n|---|---:|\n| from start to the first report's last byte | {:.2} s |\n| the census alone | {:.2} s |\n| memtrace's CPU | {:.2} s |\n| peak RSS | {:.1} MiB |\n| the first report's share of the node's page cache (Cached + Buffers) | {:.1}% |\n| Active(file), Inactive(file) moved over the run (the whole node's) | {:+.1} MiB, {:+.1} MiB |\n",
+        census.inodes,
+        census.cached_files,
+        census.first_report_seconds,
+        census.census_seconds,
+        census.cpu_seconds,
+        census.peak_rss_mib,
+        census.coverage * 100.0,
+        census.active_file_moved_mib,
+        census.inactive_file_moved_mib,
     );
     markdown += "\n| goal | measured | met |\n|---|---|---|\n";
     for goal in goals {
