@@ -30,6 +30,8 @@ pub mod names {
     pub const OFFSETS_GLOBAL: &str = "OFFSETS";
     pub const PROG_FILEMAP_ADD: &str = "filemap_add";
     pub const PROG_FILEMAP_DELETE: &str = "filemap_delete";
+    pub const PROG_FOLIO_ACCESSED: &str = "folio_accessed";
+    pub const FLOOR_FOLIO_ACCESSED: &str = "floor_accessed";
     pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
     pub const PROG_CGROUP_RMDIR: &str = "cgroup_rmdir";
     pub const FLOOR_FILEMAP_ADD: &str = "floor_add";
@@ -104,6 +106,9 @@ pub struct CacheCounters {
     pub max_deficit: u64,
     /// `inode.i_generation` at the last insertion: a reused inode number has another.
     pub generation: u64,
+    /// Pages marked accessed (`folio_mark_accessed`: a read that found, or had just read
+    /// in, the page): with `pages_added`, the cache hits. Where fentry is refused, 0.
+    pub pages_accessed: u64,
 }
 
 impl CacheCounters {
@@ -151,6 +156,7 @@ pub struct PendingCache {
     pub epoch: u64,
     pub pages_added: u64,
     pub pages_removed: u64,
+    pub pages_accessed: u64,
     /// Largest excess of removed over added pages at any point of the run (`max_deficit`
     /// for the run alone); never below 0.
     pub peak_excess: u64,
@@ -175,6 +181,7 @@ impl PendingCache {
             inode: self.inode,
             max_deficit: self.peak_excess,
             generation: self.generation,
+            pages_accessed: self.pages_accessed,
         }
     }
 }
@@ -543,8 +550,8 @@ mod pod {
         size_of::<super::InodeName>()
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
-    const _: () = assert!(size_of::<super::CacheCounters>() == 40);
-    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 12 * 8);
+    const _: () = assert!(size_of::<super::CacheCounters>() == 48);
+    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 13 * 8);
     const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 5 * 8 + 16 + 16);
     const _: () = assert!(size_of::<super::CensusCursor>() == 8 + 4 + 4 + 8 + 4 + 4 + 4 * 8);
     const _: () = assert!(size_of::<super::CensusSuperblock>() == 8 + 8 + 4 + 4);

@@ -4,8 +4,8 @@
 //! the same fallback rules as the real programs, so the floor has exactly memtrace's hooks.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fexit},
-    programs::{BtfTracePointContext, FExitContext},
+    macros::{btf_tracepoint, fentry, fexit},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext},
 };
 
 #[btf_tracepoint(function = "mm_filemap_add_to_page_cache")]
@@ -35,5 +35,10 @@ pub(crate) fn floor_vfs_write(_ctx: FExitContext) -> i32 {
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub(crate) fn floor_dirty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[fentry(function = "folio_mark_accessed")]
+pub(crate) fn floor_accessed(_ctx: FEntryContext) -> i32 {
     0
 }

@@ -6,7 +6,10 @@
 //! lookup and atomic adds on a shared line. Userspace reads the slots with the map.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::btf_tracepoint, maps::HashMap, programs::BtfTracePointContext,
+    bindings::BPF_NOEXIST,
+    macros::{btf_tracepoint, fentry},
+    maps::HashMap,
+    programs::{BtfTracePointContext, FEntryContext},
 };
 use memtrace_common::{CacheCounters, CacheKey, OverflowCounters, OverflowKey, PendingCache, Stat};
 
@@ -33,10 +36,27 @@ pub(crate) fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A folio of the page cache was marked accessed: a read found it there (a hit) or had just
+/// read it in (a miss, also counted as added). fentry, so only where function tracing is
+/// allowed; the hit ratio is said to be unknown elsewhere.
+#[fentry(function = "folio_mark_accessed")]
+pub(crate) fn folio_accessed(ctx: FEntryContext) -> i32 {
+    let folio: u64 = ctx.arg(0);
+    // Anonymous and swap-cache folios are marked accessed too: only a file's page cache
+    // (a plain `address_space` pointer, none of the low flag bits) is counted.
+    let mapping: u64 = load(folio, offset!(folio_mapping));
+    if mapping == 0 || mapping & 3 != 0 {
+        return 0;
+    }
+    on_folio_of(folio, Direction::Accessed);
+    0
+}
+
 #[derive(Clone, Copy)]
 enum Direction {
     Added,
     Removed,
+    Accessed,
 }
 
 /// What the fast path reads of a folio: enough to tell whether it extends the current run.
@@ -51,7 +71,12 @@ struct Folio {
 
 #[inline(always)]
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
-    let Ok(folio) = read_folio(ctx.arg(0)) else {
+    on_folio_of(ctx.arg(0), direction);
+}
+
+#[inline(always)]
+fn on_folio_of(folio: u64, direction: Direction) {
+    let Ok(folio) = read_folio(folio) else {
         count(Stat::ReadFailed);
         return;
     };
@@ -65,6 +90,7 @@ fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
     match direction {
         Direction::Added => run.add_events += 1,
         Direction::Removed => run.delete_events += 1,
+        Direction::Accessed => {}
     }
     if folio.memcg == 0 {
         count(Stat::Uncharged);
@@ -89,6 +115,7 @@ fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
                 run.peak_excess = excess;
             }
         }
+        Direction::Accessed => run.pages_accessed += folio.pages,
     }
 }
 
@@ -172,6 +199,7 @@ fn start_run(
     run.epoch = epoch;
     run.pages_added = 0;
     run.pages_removed = 0;
+    run.pages_accessed = 0;
     run.peak_excess = 0;
     end_change(&mut run.begins, changing);
     Ok(())
@@ -233,6 +261,7 @@ fn run_counters(run: &PendingCache) -> CacheCounters {
         // A run that begins with removals: these pages predate the entry.
         max_deficit: run.peak_excess,
         generation: run.generation,
+        pages_accessed: run.pages_accessed,
     }
 }
 
@@ -245,6 +274,9 @@ fn add_run(counters: *mut CacheCounters, run: &PendingCache) {
         let raised = (*counters).deficit_after_run(run.peak_excess);
         atomic_add(&raw mut (*counters).pages_added, run.pages_added);
         atomic_add(&raw mut (*counters).pages_removed, run.pages_removed);
+        if run.pages_accessed != 0 {
+            atomic_add(&raw mut (*counters).pages_accessed, run.pages_accessed);
+        }
         if let Some(deficit) = raised {
             (*counters).max_deficit = deficit;
         }

@@ -22,6 +22,12 @@ use memtrace::{
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
 
+/// Whether the tests run in one of `cargo xtask vm-test`'s guests, whose kernels allow what
+/// this host refuses (fentry and fexit).
+pub fn in_test_vm() -> bool {
+    std::env::var_os("MEMTRACE_TEST_VM").is_some()
+}
+
 /// Fails loudly when not root: these tests load eBPF programs and create cgroups.
 pub fn require_root() {
     // SAFETY: geteuid has no memory effects.
@@ -117,13 +123,18 @@ pub fn assert_near(what: &str, actual: u64, expected: u64, tolerance: u64) {
 
 /// `memtrace explain TARGET --json`, asserted to succeed, as JSON.
 pub fn explain_json(target: &str) -> serde_json::Value {
+    explain_json_over(target, "200ms")
+}
+
+/// `memtrace explain TARGET --json --duration WINDOW`, asserted to succeed, as JSON.
+pub fn explain_json_over(target: &str, window: &str) -> serde_json::Value {
     let out = output_within(
         memtrace(&[
             "explain",
             target,
             "--json",
             "--duration",
-            "200ms",
+            window,
             "--top",
             "50",
         ])

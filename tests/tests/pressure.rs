@@ -13,6 +13,7 @@ use std::{
 
 use memtrace_tests::{
     cgroup::MemCgroup,
+    explain_json_over,
     files::{make_uncached_file, resident_bytes, Scratch},
     memtrace, MIB,
 };
@@ -20,18 +21,7 @@ use serde_json::Value;
 
 /// `memtrace explain TARGET --json` watching for `seconds`.
 fn explain_over(target: &str, seconds: u64) -> Value {
-    let out = memtrace(&[
-        "explain",
-        target,
-        "--json",
-        "--duration",
-        &format!("{seconds}s"),
-    ])
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .expect("run memtrace explain");
-    assert!(out.status.success(), "explain exited with {}", out.status);
-    serde_json::from_slice(&out.stdout).expect("explain --json is JSON")
+    explain_json_over(target, &format!("{seconds}s"))
 }
 
 /// Killed when dropped.

@@ -59,12 +59,13 @@ const PRUNE_EVERY: u64 = 8;
 /// ...once nothing of them is resident and they have not changed for this many drains.
 const PRUNE_AFTER_IDLE_FLIPS: u64 = 4;
 
-/// A key's counters since start, and the drain in which they last changed: 32 bytes, as there
+/// A key's counters since start, and the drain in which they last changed: 40 bytes, as there
 /// may be a hundred thousand.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tally {
     pages_added: u64,
     pages_removed: u64,
+    pages_accessed: u64,
     /// The inode's kernel address, and its `i_generation` (32 bits in the kernel).
     inode: u64,
     generation: u32,
@@ -77,6 +78,7 @@ impl Tally {
         CacheCounters {
             pages_added: self.pages_added,
             pages_removed: self.pages_removed,
+            pages_accessed: self.pages_accessed,
             inode: self.inode,
             generation: u64::from(self.generation),
             ..CacheCounters::default()
@@ -88,6 +90,7 @@ impl Tally {
 fn add_counting(sum: &mut CacheCounters, entry: &CacheCounters) {
     sum.pages_added += entry.pages_added;
     sum.pages_removed += entry.pages_removed;
+    sum.pages_accessed += entry.pages_accessed;
     sum.max_deficit = entry.max_deficit;
     if entry.inode != 0 {
         sum.inode = entry.inode;
@@ -127,6 +130,7 @@ impl Ledger {
             let tally = self.totals.entry(InReportOrder(key)).or_default();
             tally.pages_added += entry.pages_added;
             tally.pages_removed += entry.pages_removed;
+            tally.pages_accessed += entry.pages_accessed;
             if entry.inode != 0 {
                 tally.inode = entry.inode;
                 // `i_generation` is 32 bits: the kernel's value survives the cut whole.
@@ -305,6 +309,7 @@ impl Ledger {
         if let Some(entry) = counting {
             sum.pages_added += entry.pages_added;
             sum.pages_removed += entry.pages_removed;
+            sum.pages_accessed += entry.pages_accessed;
         }
         sum
     }

@@ -96,31 +96,52 @@ impl Collector {
                 ledger.deficits_handled.insert(*key, counters.max_deficit);
             }
         };
-        let Some(file) = resolved
-            .host()
-            .filter(|_| !resolved.deleted)
-            .and_then(|path| open_regular(&path, Some(ino)).ok())
-            .filter(residency::PageOwnerReader::residency_is_honest)
-        else {
-            log::debug!("file {dev}:{ino} cannot be opened to be measured again now");
-            return;
+        // The census counts the file's pages where they are, by the inode's address: nothing
+        // opened or mapped, and files that cannot be opened (unnamed, deleted, in another
+        // mount namespace) measured all the same. Without it, the file is opened by its path
+        // and its pages' owners read through a mapping.
+        let identity = inodes.get(&(dev, ino)).copied();
+        let census = self.tracer.census().zip(identity);
+        let file = if census.is_some() {
+            None
+        } else {
+            let opened = resolved
+                .host()
+                .filter(|_| !resolved.deleted)
+                .and_then(|path| open_regular(&path, Some(ino)).ok())
+                .filter(residency::PageOwnerReader::residency_is_honest);
+            if opened.is_none() {
+                log::debug!("file {dev}:{ino} cannot be opened to be measured again now");
+                return;
+            }
+            opened
         };
         // The measurement is bracketed by the kernel's counters for the file: pages that
         // came or went while it ran may or may not be in it, so it counts only if none did.
         let mut file_keys: Vec<CacheKey> = keys.iter().map(|(key, _)| *key).collect();
         let before = self.tracer.counting_for(&file_keys);
-        let Ok(owners) = reader.owners(&file) else {
+        let measured = match (census, &file) {
+            (Some((census, identity)), _) => count_by_census(census, dev, ino, identity),
+            (None, Some(file)) => reader.owners(file).ok().map(|owners| Measured {
+                by_cgroup: owners.by_cgroup,
+                resident: owners.resident,
+                active: owners.active,
+                exact: reader.exact(),
+            }),
+            (None, None) => None,
+        };
+        let Some(measured) = measured else {
             log::debug!("file {dev}:{ino} could not be measured now");
             return;
         };
         // Without page frame numbers (no CAP_SYS_ADMIN) the pages cannot say whose they
         // are: a file charged to one cgroup gets its resident pages, by inference; a
         // file shared by several keeps what memtrace had.
-        let (by_cgroup, provenance) = if reader.exact() {
-            (owners.by_cgroup.clone(), Provenance::Exact)
+        let (by_cgroup, provenance) = if measured.exact {
+            (measured.by_cgroup.clone(), Provenance::Exact)
         } else if let [(key, _)] = keys.as_slice() {
             (
-                std::iter::once((key.cgroup_id, owners.resident)).collect(),
+                std::iter::once((key.cgroup_id, measured.resident)).collect(),
                 Provenance::InferredOwner,
             )
         } else {
@@ -155,8 +176,8 @@ impl Collector {
             return;
         };
         let active_share = |pages: u64| {
-            (owners.active * pages)
-                .checked_div(owners.resident)
+            (measured.active * pages)
+                .checked_div(measured.resident)
                 .unwrap_or(0)
         };
         answered(&mut self.ledger);
@@ -175,5 +196,46 @@ impl Collector {
                 },
             );
         }
+    }
+}
+
+/// A file's resident pages per memcg (cgroup id), however measured.
+struct Measured {
+    by_cgroup: std::collections::HashMap<u64, u64>,
+    resident: u64,
+    active: u64,
+    /// Whether the memcg of each page was read (not inferred).
+    exact: bool,
+}
+
+/// Counts the file at `identity`'s inode with the census; `None` when the walk did not
+/// finish (the inode gone, or a read failed while the file changed).
+fn count_by_census(
+    census: &crate::loader::census::Census,
+    dev: u32,
+    ino: u64,
+    identity: super::naming::InodeIdentity,
+) -> Option<Measured> {
+    let inode = memtrace_common::CensusInode {
+        inode: identity.inode,
+        ino,
+        nrpages: 0,
+        generation: identity.generation,
+        _pad: 0,
+    };
+    let mut measured = Measured {
+        by_cgroup: std::collections::HashMap::new(),
+        resident: 0,
+        active: 0,
+        exact: true,
+    };
+    let mut add = |key: CacheKey, pages: memtrace_common::CensusPages| {
+        *measured.by_cgroup.entry(key.cgroup_id).or_default() += pages.pages;
+        measured.resident += pages.pages;
+        measured.active += pages.active;
+    };
+    match census.pages(&inode, dev, &mut add) {
+        Ok(crate::loader::census::PagesWalk::Complete { lost_pages: 0 }) => Some(measured),
+        _ => None,
     }
 }

@@ -19,7 +19,7 @@ use self::{
 use crate::model::{Hook, ProgramStats, WritesSource};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{BtfTracePoint, FExit, ProgramError, ProgramFd, RawTracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, ProgramError, ProgramFd, RawTracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use memtrace_common::{
@@ -88,6 +88,7 @@ impl Default for LoadOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
     TpBtf,
+    FEntry,
     FExit,
 }
 
@@ -95,6 +96,7 @@ impl ProgramKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TpBtf => "tp_btf",
+            Self::FEntry => "fentry",
             Self::FExit => "fexit",
         }
     }
@@ -141,6 +143,14 @@ pub const HOOKS: &[HookSpec] = &[
         kind: ProgramKind::TpBtf,
         purpose: "page-cache removals per (memcg, file)",
         need: Need::Required,
+    },
+    HookSpec {
+        program: names::PROG_FOLIO_ACCESSED,
+        floor_program: names::FLOOR_FOLIO_ACCESSED,
+        target: "folio_mark_accessed",
+        kind: ProgramKind::FEntry,
+        purpose: "cache hits per (memcg, file): pages reads found cached",
+        need: Need::Optional,
     },
     HookSpec {
         program: names::PROG_CGROUP_MKDIR,
@@ -750,6 +760,11 @@ fn attach(
     match spec.kind {
         ProgramKind::TpBtf => {
             let program: &mut BtfTracePoint = program.try_into().map_err(fail)?;
+            program.load(spec.target, btf).map_err(fail)?;
+            program.attach().map_err(fail)?;
+        }
+        ProgramKind::FEntry => {
+            let program: &mut FEntry = program.try_into().map_err(fail)?;
             program.load(spec.target, btf).map_err(fail)?;
             program.attach().map_err(fail)?;
         }

@@ -16,6 +16,7 @@ pub(crate) fn merge(into: &mut CacheCounters, later: &CacheCounters) {
     }
     into.pages_added += later.pages_added;
     into.pages_removed += later.pages_removed;
+    into.pages_accessed += later.pages_accessed;
     if later.inode != 0 && (later.pages_added > 0 || into.inode == 0) {
         into.inode = later.inode;
         into.generation = later.generation;
@@ -82,6 +83,7 @@ mod tests {
             inode: 1,
             max_deficit,
             generation: 0,
+            pages_accessed: 0,
         }
     }
 

@@ -213,6 +213,7 @@ pub fn draft(mut observations: Vec<Observation>, page_size: u64) -> (Drafts, Tot
             .saturating_mul(page_size);
         let added_bytes = sum(|o| o.counters.pages_added);
         let removed_bytes = sum(|o| o.counters.pages_removed);
+        let accessed_bytes = sum(|o| o.counters.pages_accessed);
         totals.cached_bytes += cached_bytes;
         totals.added_bytes += added_bytes;
         totals.removed_bytes += removed_bytes;
@@ -227,6 +228,7 @@ pub fn draft(mut observations: Vec<Observation>, page_size: u64) -> (Drafts, Tot
             cached_bytes,
             added_bytes,
             removed_bytes,
+            accessed_bytes,
             net_bytes: added_bytes as i64 - removed_bytes as i64,
             file_count: len,
             files: Vec::new(),
@@ -275,6 +277,7 @@ fn file_usage(observation: &mut Observation, page_size: u64) -> FileUsage {
         cached_bytes,
         added_bytes: counters.pages_added.saturating_mul(page_size),
         removed_bytes: counters.pages_removed.saturating_mul(page_size),
+        accessed_bytes: counters.pages_accessed.saturating_mul(page_size),
         seeded_bytes: seed.map_or(0, |s| s.pages * page_size),
         seeded_active_bytes: seed.map_or(0, |s| s.active_pages * page_size),
         provenance: seeded

@@ -81,6 +81,9 @@ pub struct ExplainedFile {
     pub growth_bytes_per_second: f64,
     /// Bytes read into the cache again after eviction, per second over the window.
     pub reread_bytes_per_second: f64,
+    /// Share of the pages reads touched over the window that were already cached; `null`
+    /// when no read touched the file, or where the kernel refuses the hook that counts them.
+    pub hit_ratio: Option<f64>,
     pub writers: Vec<Writer>,
     /// The cgroup it is charged to (the target or one below it).
     pub cgroup_path: Option<String>,
@@ -102,6 +105,12 @@ pub struct Explanation {
     pub unattributed_bytes: u64,
     /// Sorted by `cached_bytes`, largest first.
     pub files: Vec<ExplainedFile>,
+    /// Whether cache hits are counted here (fentry on `folio_mark_accessed`; refused where
+    /// function tracing is locked down).
+    pub hits_counted: bool,
+    /// Of the pages reads of the target cgroup's files touched over the window, the share
+    /// found cached; `null` when none was touched or hits are not counted.
+    pub hit_ratio: Option<f64>,
     pub seed: Option<SeedSummary>,
     pub observed_seconds: f64,
     /// File pages refaulted per second over the window (memory.stat's
@@ -113,6 +122,9 @@ pub struct Explanation {
     /// Plain-language lines: what holds the memory and what to do about it.
     pub verdict: Vec<String>,
 }
+
+/// The hook that counts cache hits.
+pub const HITS_HOOK: &str = "folio_mark_accessed";
 
 /// The files charged to cgroup `path` (in `hierarchy`) or below it in `report`, largest first,
 /// with their growth from `rates` (none when there is no earlier sample).
@@ -148,6 +160,9 @@ pub fn files_of_target(
                     reread_bytes_per_second: rates
                         .and_then(|r| r.of(&(c.hierarchy, c.id, f.dev, f.ino)))
                         .map_or(0.0, |r| r.reread),
+                    hit_ratio: rates
+                        .and_then(|r| r.of(&(c.hierarchy, c.id, f.dev, f.ino)))
+                        .and_then(|r| r.hit_ratio),
                     writers: f
                         .writers
                         .iter()
@@ -231,6 +246,16 @@ impl Explanation {
             ),
             _ => None,
         };
+        let hits_counted = evidence
+            .report
+            .hooks
+            .iter()
+            .any(|h| h.name == HITS_HOOK && h.attached);
+        let hit_ratio = evidence
+            .rates
+            .and_then(|r| r.of_cgroup(&(target.hierarchy, target.cgroup_id)))
+            .and_then(|r| r.hit_ratio)
+            .filter(|_| hits_counted);
         let mut explanation = Self {
             schema_version: super::SCHEMA_VERSION,
             target,
@@ -240,6 +265,8 @@ impl Explanation {
             coverage: None,
             unattributed_bytes: 0,
             files,
+            hits_counted,
+            hit_ratio,
             seed: evidence.seed,
             observed_seconds: evidence.observed_seconds,
             refault_bytes_per_second,
@@ -550,6 +577,8 @@ mod tests {
             coverage: None,
             unattributed_bytes: 0,
             files,
+            hits_counted: true,
+            hit_ratio: None,
             seed: None,
             observed_seconds: 2.0,
             refault_bytes_per_second: None,
@@ -576,6 +605,7 @@ mod tests {
             layer: Some(Layer::Upper),
             growth_bytes_per_second: 2.0 * 1024.0 * 1024.0,
             reread_bytes_per_second: 0.0,
+            hit_ratio: None,
             writers: vec![Writer {
                 pid: 42,
                 comm: "java".into(),

@@ -18,6 +18,8 @@ pub struct Figures {
     /// Pages the kernel added and removed since memtrace started, in bytes.
     pub added_bytes: u64,
     pub removed_bytes: u64,
+    /// Bytes of pages reads found or brought in, since memtrace started.
+    pub accessed_bytes: u64,
 }
 
 impl Figures {
@@ -32,8 +34,19 @@ impl Figures {
             // Pages that came in while others of the same file were evicted, beyond what was
             // written: read again after eviction (a working set that does not fit).
             reread: added.min(removed).saturating_sub(written) as f64 / seconds,
+            hit_ratio: hit_ratio(
+                self.accessed_bytes.saturating_sub(before.accessed_bytes),
+                added,
+            ),
         }
     }
+}
+
+/// Of the pages reads touched, the share they found in the cache: every page read in was
+/// added (and touched), so hits are at least the touched pages that were not added (writes
+/// add pages too, so this is a floor). `None` when nothing was touched.
+pub fn hit_ratio(accessed: u64, added: u64) -> Option<f64> {
+    (accessed > 0).then(|| accessed.saturating_sub(added) as f64 / accessed as f64)
 }
 
 /// Change from `before` to `now` per second: the one rate every view shows.
@@ -65,6 +78,7 @@ impl Sample {
                             written_bytes: f.written_bytes,
                             added_bytes: f.added_bytes,
                             removed_bytes: f.removed_bytes,
+                            accessed_bytes: f.accessed_bytes,
                         },
                     )
                 })
@@ -78,6 +92,7 @@ impl Sample {
                     written_bytes: c.files.iter().map(|f| f.written_bytes).sum(),
                     added_bytes: c.added_bytes,
                     removed_bytes: c.removed_bytes,
+                    accessed_bytes: c.accessed_bytes,
                 };
                 ((c.hierarchy, c.id), figures)
             })
@@ -95,6 +110,9 @@ pub struct FileRates {
     pub cached: f64,
     /// Bytes read into the cache again per second after being evicted.
     pub reread: f64,
+    /// Share of the pages reads touched that they found cached (see [`hit_ratio`]); `None`
+    /// when none was touched, or hits are not counted here.
+    pub hit_ratio: Option<f64>,
 }
 
 /// Rates of every file and cgroup of the later sample. One absent from the earlier sample
@@ -246,6 +264,23 @@ mod tests {
     }
 
     #[test]
+    fn the_hit_ratio_is_what_reads_touched_but_did_not_add() {
+        // Ten passes over 100 pages: the first read them in (added and touched), nine hit.
+        assert_eq!(hit_ratio(1000, 100), Some(0.9));
+        assert_eq!(
+            hit_ratio(100, 100),
+            Some(0.0),
+            "a single cold read hits nothing"
+        );
+        assert_eq!(
+            hit_ratio(50, 400),
+            Some(0.0),
+            "pages written in are not misses below 0"
+        );
+        assert_eq!(hit_ratio(0, 100), None, "no read, no ratio");
+    }
+
+    #[test]
     fn rates_are_the_change_over_the_time_between_samples() {
         let t0 = Instant::now();
         let last = sample(t0, &[(1, 100, 1000), (2, 500, 0)]);
@@ -261,7 +296,8 @@ mod tests {
             FileRates {
                 written: 2000.0,
                 cached: 100.0,
-                reread: 0.0
+                reread: 0.0,
+                hit_ratio: None,
             }
         );
         assert_eq!(of(2).cached, -200.0, "cache that left is negative growth");
@@ -270,7 +306,8 @@ mod tests {
             FileRates {
                 written: 4.0,
                 cached: 20.0,
-                reread: 0.0
+                reread: 0.0,
+                hit_ratio: None,
             },
             "new files count from 0"
         );
@@ -279,7 +316,8 @@ mod tests {
             Some(FileRates {
                 written: 2004.0,
                 cached: -80.0,
-                reread: 0.0
+                reread: 0.0,
+                hit_ratio: None,
             }),
             "a cgroup's rates are its own figures' change"
         );

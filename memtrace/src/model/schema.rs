@@ -147,6 +147,10 @@ pub struct FileUsage {
     /// Traced since start.
     pub added_bytes: u64,
     pub removed_bytes: u64,
+    /// Bytes of pages a read found in the cache or had just read in, traced since start
+    /// (`folio_mark_accessed`; 0 where the kernel refuses fentry, see the report's hooks).
+    /// Hits are what of it was not added.
+    pub accessed_bytes: u64,
     /// Resident bytes found when memtrace started (0 when none or not scanned).
     pub seeded_bytes: u64,
     /// Of the seeded bytes, those on the active LRU list (count toward the working set).
@@ -197,6 +201,8 @@ pub struct CgroupUsage {
     pub cached_bytes: u64,
     pub added_bytes: u64,
     pub removed_bytes: u64,
+    /// As the files' `accessed_bytes`.
+    pub accessed_bytes: u64,
     /// Added − removed: may be negative when cache that predates tracing is dropped.
     pub net_bytes: i64,
     pub file_count: usize,

@@ -40,6 +40,21 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
             .map(|c| format!(", {:.1}% of the page cache", c * 100.0))
             .unwrap_or_default()
     )?;
+    match (e.hits_counted, e.hit_ratio) {
+        (false, _) => writeln!(
+            out,
+            "  cache hits: not counted on this kernel (it refused fentry on folio_mark_accessed)"
+        )?,
+        (true, Some(ratio)) => writeln!(
+            out,
+            "  cache hits: reads found {:.1}% of the pages they touched cached over the window",
+            ratio * 100.0
+        )?,
+        (true, None) => writeln!(
+            out,
+            "  cache hits: no read touched its files over the window"
+        )?,
+    }
     writeln!(
         out,
         "  {:>10} {:>9} {:>11}  {:<10} FILE",
@@ -117,6 +132,9 @@ fn write_file_row(out: &mut impl Write, f: &ExplainedFile) -> io::Result<()> {
     }
     if f.deleted {
         notes.push("deleted".to_owned());
+    }
+    if let Some(ratio) = f.hit_ratio {
+        notes.push(format!("reads hit {:.0}%", ratio * 100.0));
     }
     if let Some(w) = f.writers.first() {
         notes.push(format!("writer {} pid {}", w.comm, w.pid));

@@ -192,6 +192,7 @@ pub(crate) fn fixed_explanation() -> Explanation {
             layer: Some(Layer::Upper),
             growth_bytes_per_second: 2.0 * 1024.0 * 1024.0,
             reread_bytes_per_second: 0.0,
+            hit_ratio: None,
             writers: vec![Writer {
                 pid: 42,
                 comm: "java".into(),
@@ -199,6 +200,8 @@ pub(crate) fn fixed_explanation() -> Explanation {
             }],
             cgroup_path: Some("/kubepods/burstable/pod5d1c/3f4b1c2d9e8a7b6c".into()),
         }],
+        hits_counted: true,
+        hit_ratio: Some(0.9),
         seed: None,
         observed_seconds: 2.0,
         refault_bytes_per_second: Some(0.0),

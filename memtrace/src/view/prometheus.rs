@@ -134,6 +134,7 @@ pub struct Metrics {
     file_written: Family<FileLabels, Counter>,
     file_added: Family<FileLabels, Counter>,
     file_removed: Family<FileLabels, Counter>,
+    file_accessed: Family<FileLabels, Counter>,
     cgroup_removed: Family<CgroupLabels, Gauge>,
     stat_usage: Family<CgroupLabels, Gauge>,
     stat_page_cache: Family<CgroupLabels, Gauge>,
@@ -200,6 +201,7 @@ impl Metrics {
             file_writeback: Family::default(),
             file_written: Family::default(),
             file_added: Family::default(),
+            file_accessed: Family::default(),
             file_removed: Family::default(),
             cgroup_removed: Family::default(),
             stat_usage: Family::default(),
@@ -274,6 +276,12 @@ impl Metrics {
             "Bytes the kernel removed from the file's page cache for the cgroup since memtrace started",
             Unit::Bytes,
             self.file_removed.clone(),
+        );
+        r.register_with_unit(
+            "file_accessed",
+            "Bytes of the file's pages that reads of the cgroup's found cached or brought in, since memtrace started (where the kernel allows fentry on folio_mark_accessed); 1 - rate(added)/rate(accessed) is at least the hit ratio",
+            Unit::Bytes,
+            self.file_accessed.clone(),
         );
         r.register(
             "cgroup_removed",
@@ -443,7 +451,12 @@ impl Metrics {
         for family in [&self.file_cache, &self.file_dirty, &self.file_writeback] {
             family.clear();
         }
-        for family in [&self.file_written, &self.file_added, &self.file_removed] {
+        for family in [
+            &self.file_written,
+            &self.file_added,
+            &self.file_removed,
+            &self.file_accessed,
+        ] {
             family.clear();
         }
 
@@ -559,6 +572,7 @@ impl Metrics {
             entry.written += file.written_bytes;
             entry.added += file.added_bytes;
             entry.removed += file.removed_bytes;
+            entry.accessed += file.accessed_bytes;
             shown_bytes += file.cached_bytes;
         }
         for (labels, figures) in cached {
@@ -569,6 +583,7 @@ impl Metrics {
                 written,
                 added,
                 removed,
+                accessed,
             } = figures;
             if !budget.take(1) {
                 continue;
@@ -592,6 +607,9 @@ impl Metrics {
             }
             if written > 0 && budget.take(1) {
                 self.file_written.get_or_create(&labels).inc_by(written);
+            }
+            if accessed > 0 && budget.take(1) {
+                self.file_accessed.get_or_create(&labels).inc_by(accessed);
             }
         }
         let rest = cgroup.cached_bytes.saturating_sub(shown_bytes);
@@ -685,6 +703,7 @@ struct FileFigures {
     written: u64,
     added: u64,
     removed: u64,
+    accessed: u64,
 }
 
 fn add_known(sum: Option<u64>, value: Option<u64>) -> Option<u64> {

@@ -112,6 +112,7 @@ fn write_file(out: &mut Vec<u8>, file: &FileUsage) -> io::Result<()> {
         (b",\"cached_bytes\":", file.cached_bytes),
         (b",\"added_bytes\":", file.added_bytes),
         (b",\"removed_bytes\":", file.removed_bytes),
+        (b",\"accessed_bytes\":", file.accessed_bytes),
         (b",\"seeded_bytes\":", file.seeded_bytes),
         (b",\"seeded_active_bytes\":", file.seeded_active_bytes),
     ] {
@@ -243,7 +244,7 @@ mod tests {
             deleted in any::<bool>(),
             layer in proptest::option::of(prop_oneof![Just(Layer::Upper), Just(Layer::Lower)]),
             dev in any::<u32>(),
-            counts in any::<[u64; 8]>(),
+            counts in any::<[u64; 9]>(),
             provenance in prop_oneof![
                 Just(Provenance::Traced),
                 Just(Provenance::Exact),
@@ -275,6 +276,7 @@ mod tests {
                 cached_bytes: counts[1],
                 added_bytes: counts[2],
                 removed_bytes: counts[3],
+                accessed_bytes: counts[8],
                 seeded_bytes: counts[4],
                 seeded_active_bytes: counts[5],
                 provenance,
