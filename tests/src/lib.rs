@@ -9,6 +9,7 @@ pub mod container;
 pub mod engines;
 pub mod files;
 pub mod http;
+pub mod serve;
 pub mod tmux;
 
 use std::{path::PathBuf, process::Command};
@@ -21,6 +22,17 @@ use memtrace::{
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
+
+/// A child process killed (and reaped) when dropped: a reader or writer a test runs
+/// alongside memtrace.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Whether the tests run in one of `cargo xtask vm-test`'s guests, whose kernels allow what
 /// this host refuses (fentry and fexit).

@@ -5,7 +5,7 @@
 use std::{
     fs::{self, File},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -16,51 +16,11 @@ use memtrace_tests::{
     files::cachestat_bytes,
     files::{dd_write, one_folio_of, resident_bytes, FileId, Scratch},
     http::{encode, free_port, get, series_value},
-    memtrace, require_root, MIB,
+    memtrace, require_root,
+    serve::Serve,
+    MIB,
 };
 use serde_json::Value;
-
-/// memtrace serve, stopped when dropped.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(extra: &[&str]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = memtrace(&["serve", "--listen", &addr])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("memtrace serve");
-        let serve = Self { child, addr };
-        let started = Instant::now();
-        while get(&serve.addr, "/healthz").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "memtrace serve did not answer /healthz"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-        serve
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = get(&self.addr, "/metrics").expect("a scrape");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory effects; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_first_scrape_includes_cache_that_predates_serve() {

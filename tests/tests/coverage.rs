@@ -9,7 +9,7 @@ use std::{
     fs::{self, File},
     io::Write,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -18,8 +18,9 @@ use memtrace_tests::{
     cgroup::MemCgroup,
     explain_json,
     files::{cachestat_bytes, dd_write, drop_cache, one_folio_of},
-    http::{free_port, get, series_value},
+    http::{get, series_value},
     memtrace, memtrace_bin, require_root,
+    serve::Serve,
     tmux::Tmux,
     MIB,
 };
@@ -190,31 +191,10 @@ fn watch_attributes_cache_of_files_read_and_closed_before_start() {
     });
 }
 
-/// `memtrace serve` on a free port, stopped when dropped.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory effects; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn serve_attributes_cache_of_files_read_and_closed_before_start() {
     let setup = ReadAndClosed::new("coverage-serve");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let serve = Serve {
-        child: memtrace(&["serve", "--listen", &addr])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start memtrace serve"),
-        addr,
-    };
+    let serve = Serve::start(&[]);
     let labels = [("cgroup", setup.cgroup.path.as_str())];
     let started = Instant::now();
     let text = loop {

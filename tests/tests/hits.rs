@@ -2,18 +2,13 @@
 //! test VMs), and said to be uncounted where it does not (this host, which refuses fentry).
 //! The oracle is the workload: an uncached file read a known number of times.
 
-use std::{
-    fs::File,
-    process::{Child, Command},
-    thread,
-    time::Duration,
-};
+use std::{fs::File, process::Command, thread, time::Duration};
 
 use memtrace_tests::{
     cgroup::MemCgroup,
     explain_json_over,
     files::{make_uncached_file, resident_bytes, FileId, Scratch},
-    in_test_vm, memtrace, require_root, MIB,
+    in_test_vm, memtrace, require_root, KillOnDrop, MIB,
 };
 use serde_json::Value;
 
@@ -105,16 +100,6 @@ fn run_counts_every_page_a_repeated_read_touches() {
     );
 }
 
-/// Killed when dropped.
-struct Reader(Child);
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_counted() {
     require_root();
@@ -125,7 +110,7 @@ fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_co
     // Read once (a miss), then over and over all through the window: every read after the
     // first finds the whole file cached.
     let reads = format!("while true; do cat {} > /dev/null; done", path.display());
-    let _reader = Reader(cgroup.spawn(Command::new("sh").args(["-c", &reads])));
+    let _reader = KillOnDrop(cgroup.spawn(Command::new("sh").args(["-c", &reads])));
     let started = std::time::Instant::now();
     while resident_bytes(&File::open(&path).unwrap()).unwrap() < FILE_MIB * MIB {
         assert!(

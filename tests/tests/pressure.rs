@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -15,23 +15,13 @@ use memtrace_tests::{
     cgroup::MemCgroup,
     explain_json_over,
     files::{make_uncached_file, resident_bytes, Scratch},
-    memtrace, MIB,
+    memtrace, KillOnDrop, MIB,
 };
 use serde_json::Value;
 
 /// `memtrace explain TARGET --json` watching for `seconds`.
 fn explain_over(target: &str, seconds: u64) -> Value {
     explain_json_over(target, &format!("{seconds}s"))
-}
-
-/// Killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn refaulted_bytes(cgroup: &MemCgroup) -> u64 {
@@ -51,7 +41,7 @@ fn a_reader_thrashing_a_file_twice_its_limit_is_told_the_cache_crowds_it() {
     make_uncached_file(&data, 128);
     let cgroup = MemCgroup::create("thrash");
     cgroup.set_limit(64 * MIB);
-    let _reader = Running(cgroup.spawn(Command::new("sh").args([
+    let _reader = KillOnDrop(cgroup.spawn(Command::new("sh").args([
         "-c",
         &format!("while :; do cat {} > /dev/null; done", data.display()),
     ])));
