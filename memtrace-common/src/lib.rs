@@ -156,7 +156,6 @@ pub struct PendingCache {
     pub epoch: u64,
     pub pages_added: u64,
     pub pages_removed: u64,
-    pub pages_accessed: u64,
     /// Largest excess of removed over added pages at any point of the run (`max_deficit`
     /// for the run alone); never below 0.
     pub peak_excess: u64,
@@ -181,7 +180,8 @@ impl PendingCache {
             inode: self.inode,
             max_deficit: self.peak_excess,
             generation: self.generation,
-            pages_accessed: self.pages_accessed,
+            // Counted straight into the map entries (`folio_accessed`), never in runs.
+            pages_accessed: 0,
         }
     }
 }
@@ -551,7 +551,7 @@ mod pod {
             == 8 + 8 * 4 + super::NAME_TEXT_BYTES + super::NAME_COMPONENT_MAX
     );
     const _: () = assert!(size_of::<super::CacheCounters>() == 48);
-    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 13 * 8);
+    const _: () = assert!(size_of::<super::PendingCache>() == 24 + 12 * 8);
     const _: () = assert!(size_of::<super::PendingWrite>() == 32 + 5 * 8 + 16 + 16);
     const _: () = assert!(size_of::<super::CensusCursor>() == 8 + 4 + 4 + 8 + 4 + 4 + 4 * 8);
     const _: () = assert!(size_of::<super::CensusSuperblock>() == 8 + 8 + 4 + 4);

@@ -38,11 +38,10 @@ pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
             });
         }
     }
-    let cgroup = read_ptr(memcg, offset!(memcg_cgroup))?;
-    let kn = read_ptr(cgroup, offset!(cgroup_kn))?;
-    let cgroup_id: u64 = read(kn, offset!(kernfs_id))?;
-    let root = read_ptr(cgroup, offset!(cgroup_root))?;
-    let hierarchy: i32 = read(root, offset!(root_hierarchy_id))?;
+    let MemcgIdentity {
+        cgroup_id,
+        hierarchy,
+    } = memcg_identity_uncached(memcg)?;
     if let Some(entry) = cached {
         // SAFETY: as above.
         unsafe {
@@ -50,11 +49,26 @@ pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
                 memcg,
                 epoch,
                 cgroup_id,
-                hierarchy: hierarchy as u32,
+                hierarchy,
                 _pad: 0,
             }
         };
     }
+    Ok(MemcgIdentity {
+        cgroup_id,
+        hierarchy,
+    })
+}
+
+/// `memcg_identity` without the per-CPU cache: for programs that may be preempted (fentry),
+/// which must not write a slot a tracepoint program on the same CPU may be reading.
+#[inline(always)]
+pub(crate) fn memcg_identity_uncached(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
+    let cgroup = read_ptr(memcg, offset!(memcg_cgroup))?;
+    let kn = read_ptr(cgroup, offset!(cgroup_kn))?;
+    let cgroup_id: u64 = read(kn, offset!(kernfs_id))?;
+    let root = read_ptr(cgroup, offset!(cgroup_root))?;
+    let hierarchy: i32 = read(root, offset!(root_hierarchy_id))?;
     Ok(MemcgIdentity {
         cgroup_id,
         hierarchy: hierarchy as u32,

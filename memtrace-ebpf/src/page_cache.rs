@@ -14,8 +14,8 @@ use aya_ebpf::{
 use memtrace_common::{CacheCounters, CacheKey, OverflowCounters, OverflowKey, PendingCache, Stat};
 
 use crate::{
-    cgroups::{current_epoch, memcg_identity, MemcgIdentity},
-    kernel::{atomic_add, begin_change, end_change, load, load_ptr, ReadFailed},
+    cgroups::{current_epoch, memcg_identity, memcg_identity_uncached, MemcgIdentity},
+    kernel::{atomic_add, begin_change, end_change, load, load_ptr, read, ReadFailed},
     maps::{count, offset, CACHE_OVERFLOW, PAGE_CACHE, PAGE_CACHE_B, PENDING_CACHE},
 };
 
@@ -39,24 +39,84 @@ pub(crate) fn filemap_delete(ctx: BtfTracePointContext) -> i32 {
 /// A folio of the page cache was marked accessed: a read found it there (a hit) or had just
 /// read it in (a miss, also counted as added). fentry, so only where function tracing is
 /// allowed; the hit ratio is said to be unknown elsewhere.
+///
+/// fentry programs run with preemption on (migration off), unlike the tracepoint programs: this
+/// one must not touch the per-CPU runs or the memcg cache, which a tracepoint program on the
+/// same CPU could find half written. It adds to the map entry itself, atomically.
 #[fentry(function = "folio_mark_accessed")]
 pub(crate) fn folio_accessed(ctx: FEntryContext) -> i32 {
     let folio: u64 = ctx.arg(0);
     // Anonymous and swap-cache folios are marked accessed too: only a file's page cache
-    // (a plain `address_space` pointer, none of the low flag bits) is counted.
-    let mapping: u64 = load(folio, offset!(folio_mapping));
+    // (a plain `address_space` pointer, none of the low flag bits) is counted. Read as a
+    // number: the verifier forbids bit tests on a typed pointer.
+    let Ok(mapping) = read::<u64>(folio, offset!(folio_mapping)) else {
+        return 0;
+    };
     if mapping == 0 || mapping & 3 != 0 {
         return 0;
     }
-    on_folio_of(folio, Direction::Accessed);
+    let Ok(folio) = read_folio(folio) else {
+        return 0;
+    };
+    let identity = if folio.memcg == 0 {
+        Ok(MemcgIdentity {
+            cgroup_id: 0,
+            hierarchy: 0,
+        })
+    } else {
+        memcg_identity_uncached(folio.memcg)
+    };
+    let Ok(MemcgIdentity {
+        cgroup_id,
+        hierarchy,
+    }) = identity
+    else {
+        return 0;
+    };
+    let key = CacheKey {
+        cgroup_id,
+        ino: folio.ino,
+        dev: load(folio.sb, offset!(sb_dev)),
+        hierarchy,
+    };
+    if active_half() == 1 {
+        add_accessed(&PAGE_CACHE_B, &key, &folio, Stat::KeysInsertedB);
+    } else {
+        add_accessed(&PAGE_CACHE, &key, &folio, Stat::KeysInsertedA);
+    }
     0
+}
+
+/// Adds a folio's pages to `key`'s accessed count, making the entry if there is none.
+#[inline(always)]
+fn add_accessed(
+    map: &HashMap<CacheKey, CacheCounters>,
+    key: &CacheKey,
+    folio: &Folio,
+    inserted: Stat,
+) {
+    if map.get_ptr_mut(key).is_none() {
+        let fresh = CacheCounters {
+            inode: folio.inode,
+            generation: folio.generation,
+            ..CacheCounters::default()
+        };
+        // Racing CPUs: one insert wins, the others add to its entry below. A full map drops
+        // the count: hits are a ratio, and the pages themselves are counted elsewhere.
+        if map.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+            count(inserted);
+        }
+    }
+    if let Some(counters) = map.get_ptr_mut(key) {
+        // SAFETY: the pointer comes from a map lookup and stays valid for this run.
+        unsafe { atomic_add(&raw mut (*counters).pages_accessed, folio.pages) };
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Direction {
     Added,
     Removed,
-    Accessed,
 }
 
 /// What the fast path reads of a folio: enough to tell whether it extends the current run.
@@ -71,12 +131,7 @@ struct Folio {
 
 #[inline(always)]
 fn on_folio(ctx: &BtfTracePointContext, direction: Direction) {
-    on_folio_of(ctx.arg(0), direction);
-}
-
-#[inline(always)]
-fn on_folio_of(folio: u64, direction: Direction) {
-    let Ok(folio) = read_folio(folio) else {
+    let Ok(folio) = read_folio(ctx.arg(0)) else {
         count(Stat::ReadFailed);
         return;
     };
@@ -90,7 +145,6 @@ fn on_folio_of(folio: u64, direction: Direction) {
     match direction {
         Direction::Added => run.add_events += 1,
         Direction::Removed => run.delete_events += 1,
-        Direction::Accessed => {}
     }
     if folio.memcg == 0 {
         count(Stat::Uncharged);
@@ -115,7 +169,6 @@ fn on_folio_of(folio: u64, direction: Direction) {
                 run.peak_excess = excess;
             }
         }
-        Direction::Accessed => run.pages_accessed += folio.pages,
     }
 }
 
@@ -199,7 +252,6 @@ fn start_run(
     run.epoch = epoch;
     run.pages_added = 0;
     run.pages_removed = 0;
-    run.pages_accessed = 0;
     run.peak_excess = 0;
     end_change(&mut run.begins, changing);
     Ok(())
@@ -261,7 +313,7 @@ fn run_counters(run: &PendingCache) -> CacheCounters {
         // A run that begins with removals: these pages predate the entry.
         max_deficit: run.peak_excess,
         generation: run.generation,
-        pages_accessed: run.pages_accessed,
+        pages_accessed: 0,
     }
 }
 
@@ -274,9 +326,6 @@ fn add_run(counters: *mut CacheCounters, run: &PendingCache) {
         let raised = (*counters).deficit_after_run(run.peak_excess);
         atomic_add(&raw mut (*counters).pages_added, run.pages_added);
         atomic_add(&raw mut (*counters).pages_removed, run.pages_removed);
-        if run.pages_accessed != 0 {
-            atomic_add(&raw mut (*counters).pages_accessed, run.pages_accessed);
-        }
         if let Some(deficit) = raised {
             (*counters).max_deficit = deficit;
         }

@@ -29,6 +29,10 @@ pub struct GlobalArgs {
     /// More diagnostics on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Count cache hits per file (fentry on folio_mark_accessed, where the kernel allows it).
+    /// Off by default: attaching it under load crashed emulated test VMs.
+    #[arg(long, global = true)]
+    pub count_hits: bool,
 }
 
 #[derive(Debug, Subcommand)]

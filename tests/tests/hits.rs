@@ -1,23 +1,22 @@
-//! Cache hits per file, counted where the kernel allows fentry on `folio_mark_accessed` (the
-//! test VMs), and said to be uncounted where it does not (this host, which refuses fentry).
-//! The oracle is the workload: an uncached file read a known number of times.
+//! Cache hits per file: counted only when asked (`--count-hits`) and where the kernel allows
+//! fentry on `folio_mark_accessed`, and said to be uncounted otherwise. Attaching it under
+//! load crashed emulated test VMs (see docs/how-it-works.md), so it is off by default and the
+//! guests do not run it; this host refuses fentry, and memtrace must say so.
 
 use std::{fs::File, process::Command, thread, time::Duration};
 
 use memtrace_tests::{
     cgroup::MemCgroup,
-    explain_json_over,
     files::{make_uncached_file, resident_bytes, FileId, Scratch},
-    in_test_vm, memtrace, require_root, KillOnDrop, MIB,
+    memtrace, require_root, KillOnDrop, MIB,
 };
 use serde_json::Value;
 
 const FILE_MIB: u64 = 8;
 const READS: u64 = 10;
 
-/// Whether the report's hooks say the hit counter is attached; when it is not, the hook says
-/// why.
-fn hits_hook(report: &Value) -> bool {
+/// The report's entry for the hit counter's hook; asserts it is not attached and says why.
+fn hits_hook_off(report: &Value) -> String {
     let hook = report["hooks"]
         .as_array()
         .expect("hooks")
@@ -29,19 +28,17 @@ fn hits_hook(report: &Value) -> bool {
                 report["hooks"]
             )
         });
-    let attached = hook["attached"].as_bool().expect("attached");
-    if !attached {
-        assert!(
-            hook["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "a hook not attached says why: {hook}"
-        );
-    }
-    attached
+    assert_eq!(hook["attached"], false, "not attached here: {hook}");
+    hook["detail"]
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| panic!("a hook not attached says why: {hook}"))
+        .to_owned()
 }
 
-#[test]
-fn run_counts_every_page_a_repeated_read_touches() {
-    require_root();
+/// `memtrace run` over ten reads of an uncached file, with `extra` global arguments: the
+/// report, and the file's accessed bytes in it.
+fn run_reads(extra: &[&str]) -> (Value, u64) {
     let scratch = Scratch::new("hits-run");
     let path = scratch.path("read-ten-times.dat");
     make_uncached_file(&path, FILE_MIB);
@@ -50,7 +47,8 @@ fn run_counts_every_page_a_repeated_read_touches() {
         "for i in $(seq {READS}); do cat {} > /dev/null; done",
         path.display()
     );
-    let out = memtrace(&["run", "--json", "--", "sh", "-c", &reads])
+    let out = memtrace(extra)
+        .args(["run", "--json", "--", "sh", "-c", &reads])
         .output()
         .expect("memtrace run");
     assert!(
@@ -59,56 +57,56 @@ fn run_counts_every_page_a_repeated_read_touches() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    let files: Vec<&Value> = report["cgroups"]
+    let accessed = report["cgroups"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|c| c["files"].as_array().unwrap())
         .filter(|f| f["ino"] == id.ino && f["dev"] == id.dev.as_str())
-        .collect();
-    let sum = |field: &str| -> u64 { files.iter().map(|f| f[field].as_u64().unwrap()).sum() };
-    let (accessed, added) = (sum("accessed_bytes"), sum("added_bytes"));
-    let size = FILE_MIB * MIB;
-    let resident = resident_bytes(&File::open(&path).unwrap()).unwrap();
-    eprintln!("accessed {accessed} B, added {added} B, resident {resident} B");
-    if !in_test_vm() {
-        assert!(
-            !hits_hook(&report),
-            "this host refuses fentry: the hit counter cannot be attached here"
-        );
-        assert_eq!(
-            accessed, 0,
-            "nothing counted where the hook is not attached"
-        );
-        return;
-    }
-    assert!(hits_hook(&report), "the test VMs allow fentry");
-    // The first read brought the file in (added, and touched); every read touched it all.
+        .map(|f| f["accessed_bytes"].as_u64().expect("accessed_bytes"))
+        .sum();
+    (report, accessed)
+}
+
+#[test]
+fn hits_are_off_unless_asked_and_the_report_says_so() {
+    require_root();
+    let (report, accessed) = run_reads(&[]);
+    let why = hits_hook_off(&report);
     assert!(
-        added.abs_diff(size) <= size / 50,
-        "the first read added the file: {added} B of {size}"
+        why.contains("--count-hits"),
+        "the reason names the flag: {why}"
     );
-    let expected = READS * size;
-    assert!(
-        accessed.abs_diff(expected) <= expected / 50,
-        "{READS} reads of {FILE_MIB} MiB touched {accessed} B, expected {expected} (± 2%)"
-    );
-    let hits = (accessed - added.min(accessed)) as f64 / accessed as f64;
-    assert!(
-        (hits - 0.9).abs() <= 0.02,
-        "nine reads of ten hit the cache: hit ratio {hits:.3}"
+    assert_eq!(
+        accessed, 0,
+        "nothing counted where the hook is not attached"
     );
 }
 
 #[test]
-fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_counted() {
+fn asked_for_on_a_kernel_that_refuses_fentry_hits_are_said_to_be_uncounted() {
+    require_root();
+    let (report, accessed) = run_reads(&["--count-hits"]);
+    // This host refuses fentry (vfs_write's fexit is refused too): the kernel's refusal is
+    // the reason given.
+    let why = hits_hook_off(&report);
+    assert!(
+        why.contains("refused"),
+        "the reason is the kernel's refusal: {why}"
+    );
+    assert_eq!(
+        accessed, 0,
+        "nothing counted where the hook is not attached"
+    );
+}
+
+#[test]
+fn explain_says_hits_are_not_counted() {
     require_root();
     let cgroup = MemCgroup::create("hits-explain");
     let scratch = Scratch::new("hits-explain");
     let path = scratch.path("hot.dat");
     make_uncached_file(&path, FILE_MIB);
-    // Read once (a miss), then over and over all through the window: every read after the
-    // first finds the whole file cached.
     let reads = format!("while true; do cat {} > /dev/null; done", path.display());
     let _reader = KillOnDrop(cgroup.spawn(Command::new("sh").args(["-c", &reads])));
     let started = std::time::Instant::now();
@@ -119,39 +117,19 @@ fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_co
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let explained = explain_json_over(&cgroup.path, "2s");
-    let file = explained["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == path.to_str().unwrap())
-        .unwrap_or_else(|| panic!("explain lists the file: {explained}"))
-        .clone();
-    if !in_test_vm() {
-        assert_eq!(explained["hits_counted"], false, "this host refuses fentry");
-        assert!(explained["hit_ratio"].is_null(), "{explained}");
-        assert!(file["hit_ratio"].is_null(), "{file}");
-        let text = memtrace(&["explain", &cgroup.path, "--duration", "200ms"])
-            .output()
-            .expect("explain");
-        let text = String::from_utf8_lossy(&text.stdout);
-        assert!(
-            text.contains("cache hits: not counted on this kernel"),
-            "explain says hits are not counted:\n{text}"
-        );
-        return;
-    }
-    assert_eq!(explained["hits_counted"], true, "the test VMs allow fentry");
-    for (what, ratio) in [
-        ("the file's", &file["hit_ratio"]),
-        ("the cgroup's", &explained["hit_ratio"]),
-    ] {
-        let ratio = ratio
-            .as_f64()
-            .unwrap_or_else(|| panic!("{what} hit ratio: {explained}"));
-        assert!(
-            ratio >= 0.99,
-            "{what} hit ratio over a window of cached re-reads is {ratio}"
-        );
-    }
+    let out = memtrace(&["explain", &cgroup.path, "--json", "--duration", "1s"])
+        .output()
+        .expect("explain");
+    assert!(out.status.success());
+    let explained: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(explained["hits_counted"], false, "{explained}");
+    assert!(explained["hit_ratio"].is_null(), "{explained}");
+    let text = memtrace(&["explain", &cgroup.path, "--duration", "200ms"])
+        .output()
+        .expect("explain");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("cache hits: not counted"),
+        "explain says hits are not counted:\n{text}"
+    );
 }

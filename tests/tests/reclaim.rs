@@ -32,7 +32,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn forty_thousand_files_pass_through_a_4096_entry_map_with_nothing_lost() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut tracer = start_tracer_with(&LoadOptions { max_entries: 4096 });
+    let mut tracer = start_tracer_with(&LoadOptions {
+        max_entries: 4096,
+        ..LoadOptions::default()
+    });
     let cgroup = MemCgroup::create("reclaim");
     let scratch = Scratch::new("reclaim");
     // Twenty rounds of 2,000 new files cached and dropped, 40,000 distinct (memcg, file) pairs

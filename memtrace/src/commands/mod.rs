@@ -22,6 +22,7 @@ use crate::{
 pub(crate) fn load_options(global: &GlobalArgs) -> LoadOptions {
     LoadOptions {
         max_entries: global.max_entries,
+        count_hits: global.count_hits,
     }
 }
 

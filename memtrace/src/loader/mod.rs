@@ -74,15 +74,25 @@ pub enum LoadError {
 pub struct LoadOptions {
     /// Capacity of the (memcg, file) map.
     pub max_entries: u32,
+    /// Attach the cache-hit counter (see [`HITS_OFF`]).
+    pub count_hits: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_entries: DEFAULT_CACHE_ENTRIES,
+            count_hits: false,
         }
     }
 }
+
+/// Why the cache-hit counter is off unless asked for: attaching fentry to
+/// `folio_mark_accessed`, the hottest page-cache function, while readers run crashed a 6.12
+/// test VM (an int3 oops at the patched entry) and locked up a 6.1 one, under QEMU's emulation,
+/// in 2 of 4 boots. Until that is understood it is opt-in.
+pub const HITS_OFF: &str =
+    "off unless --count-hits (attaching it under load crashed emulated test VMs; see docs)";
 
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +245,7 @@ impl Tracer {
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, aya_btf) = open_object(options.max_entries)?;
 
-        let hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Working)?;
+        let hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Working, options.count_hits)?;
         let attached = |name: &str| hooks.iter().any(|h| h.name == name && h.attached);
         let writes_source = if attached("vfs_write") {
             Some(WritesSource::VfsWrite)
@@ -355,7 +365,7 @@ pub struct Floor {
 impl Floor {
     pub fn load() -> Result<Self, LoadError> {
         let (mut ebpf, aya_btf) = open_object(DEFAULT_CACHE_ENTRIES)?;
-        let mut hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Floor)?;
+        let mut hooks = attach_hooks(&mut ebpf, &aya_btf, Programs::Floor, false)?;
         hooks.retain(|h| h.attached);
         Ok(Self { _ebpf: ebpf, hooks })
     }
@@ -363,9 +373,18 @@ impl Floor {
 
 /// Attaches one program per hook of [`HOOKS`], in order: a required hook that fails stops the
 /// load, an optional one is reported, and a fallback is attached only when its primary is not.
-fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf, programs: Programs) -> Result<Vec<Hook>, LoadError> {
+fn attach_hooks(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    programs: Programs,
+    count_hits: bool,
+) -> Result<Vec<Hook>, LoadError> {
     let mut hooks: Vec<Hook> = Vec::new();
     for spec in HOOKS {
+        if spec.program == names::PROG_FOLIO_ACCESSED && !count_hits {
+            hooks.push(spec.hook(false, Some(HITS_OFF.to_owned())));
+            continue;
+        }
         if let Need::FallbackFor(primary) = spec.need {
             if hooks.iter().any(|h| h.name == primary && h.attached) {
                 hooks.push(spec.hook(false, Some(format!("not needed: {primary} is attached"))));

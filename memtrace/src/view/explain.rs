@@ -43,7 +43,7 @@ pub fn write(out: &mut impl Write, e: &Explanation) -> io::Result<()> {
     match (e.hits_counted, e.hit_ratio) {
         (false, _) => writeln!(
             out,
-            "  cache hits: not counted on this kernel (it refused fentry on folio_mark_accessed)"
+            "  cache hits: not counted (off unless --count-hits, and only where the kernel allows fentry)"
         )?,
         (true, Some(ratio)) => writeln!(
             out,
