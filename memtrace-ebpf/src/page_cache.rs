@@ -103,7 +103,7 @@ fn add_accessed(
         };
         // Racing CPUs: one insert wins, the others add to its entry below. A full map drops
         // the count: hits are a ratio, and the pages themselves are counted elsewhere.
-        if map.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        if map.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
             count(inserted);
         }
     }
