@@ -7,7 +7,12 @@ use std::{
     io::Write,
     path::Path,
     process::{Command, Stdio},
-    time::Instant,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -108,10 +113,28 @@ fn one_run(memtrace: &Path) -> Result<CensusAtStart> {
         .spawn()
         .context("starting memtrace")?;
     let pid = child.id() as libc::pid_t;
+    // The peak RSS is sampled from /proc while it runs: wait4's ru_maxrss would carry the
+    // forking parent's size over the exec.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut peak_kib = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+                thread::sleep(Duration::from_millis(10));
+            }
+            peak_kib
+        })
+    };
     let mut stdout = Vec::new();
     let mut out = child.stdout.context("memtrace stdout")?;
     std::io::Read::read_to_end(&mut out, &mut stdout)?;
     let first_report_seconds = started.elapsed().as_secs_f64();
+    // Its stdout closed: it is exiting. One last sample before it is reaped.
+    thread::sleep(Duration::from_millis(10));
+    done.store(true, Ordering::Relaxed);
+    let peak_kib = sampler.join().unwrap_or(0);
     let after = meminfo()?;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -133,12 +156,20 @@ fn one_run(memtrace: &Path) -> Result<CensusAtStart> {
         first_report_seconds,
         census_seconds: report["seed"]["seconds"].as_f64().unwrap_or(f64::NAN),
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        // ru_maxrss is in KiB.
-        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
         coverage: attributed / after.page_cache as f64,
         active_file_moved_mib: mib(after.active_file as i64 - before.active_file as i64),
         inactive_file_moved_mib: mib(after.inactive_file as i64 - before.inactive_file as i64),
     })
+}
+
+/// `VmHWM` of a live process, KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 struct Meminfo {
