@@ -79,6 +79,19 @@ fn check_engine(engine: Engine) {
         container.name.as_str(),
         "{engine:?}: explain finds it by name"
     );
+    // ... and measures the dirty bytes of the files it lists (issue 19 saw `?` for Docker).
+    let listed = explained["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/tmp/spring.log")
+        .unwrap_or_else(|| panic!("{engine:?}: explain lists the log: {explained}"));
+    assert!(
+        listed["dirty_bytes"]
+            .as_u64()
+            .is_some_and(|dirty| dirty <= fincore_bytes(&host)),
+        "{engine:?}: the log's dirty bytes are measured: {listed}"
+    );
 
     // Removed: its cgroup goes, the cache of its volume file stays, under its name.
     let cgroup_id = cgroup["id"].as_u64().expect("cgroup id");

@@ -11,8 +11,15 @@ use std::{
 
 use memtrace::{collector::seed::SeedOptions, model::Provenance};
 use memtrace_tests::{
-    assert_near, cgroup_in, container::OverlayContainer, files::cachestat_bytes,
-    files::one_folio_of, files::resident_bytes, memtrace, require_root, start_tracer, MIB,
+    assert_near,
+    cgroup::MemCgroup,
+    cgroup_in,
+    container::OverlayContainer,
+    explain_json_over,
+    files::{
+        cachestat_bytes, cachestat_dirty_bytes, dd_write, one_folio_of, resident_bytes, Scratch,
+    },
+    memtrace, require_root, start_tracer, MIB,
 };
 use serde_json::Value;
 
@@ -184,6 +191,56 @@ fn traced_growth_after_start_adds_on_top_of_seeded_cache() {
     assert_near("80 MiB in all", log.cached_bytes, 80 * MIB, 2 * MIB);
     assert_eq!(log.provenance, Provenance::Exact);
     assert!(log.seeded_bytes >= 46 * MIB, "seeded {}", log.seeded_bytes);
+}
+
+/// The Docker story of issue 19: a container logged before memtrace started, and explain's
+/// verdict said all of it was dirty while its files' dirty column said `?`. Every file explain
+/// lists must carry its dirty bytes, bracketed by cachestat's before and after (a file's dirty
+/// pages only go, once nothing writes it), on a node whose other files leave no budget to spare.
+#[test]
+fn explain_shows_the_dirty_bytes_of_every_file_it_lists_written_before_start() {
+    require_root();
+    let cgroup = MemCgroup::create("explain-dirty");
+    let scratch = Scratch::new("explain-dirty");
+    let files: Vec<_> = (0..12)
+        .map(|at| scratch.path(&format!("app-{at}.log")))
+        .collect();
+    for (at, path) in files.iter().enumerate() {
+        cgroup.run(&mut dd_write(path, 2 + at as u64));
+    }
+    let Some(before) = files
+        .iter()
+        .map(|path| cachestat_dirty_bytes(path))
+        .collect::<Option<Vec<u64>>>()
+    else {
+        panic!("this test needs cachestat(2) (Linux 6.5+) for its oracle");
+    };
+    assert!(
+        before.iter().any(|&dirty| dirty > 0),
+        "the files are still dirty when explain starts: {before:?}"
+    );
+    let explained = explain_json_over(&cgroup.path, "1s");
+    let after: Vec<u64> = files
+        .iter()
+        .map(|path| cachestat_dirty_bytes(path).unwrap())
+        .collect();
+    let listed = explained["files"].as_array().expect("files");
+    for (at, path) in files.iter().enumerate() {
+        let file = listed
+            .iter()
+            .find(|f| f["path"].as_str() == path.to_str())
+            .unwrap_or_else(|| panic!("{} listed: {explained:#}", path.display()));
+        let dirty = file["dirty_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: dirty bytes measured: {file}", path.display()));
+        assert!(
+            (after[at]..=before[at]).contains(&dirty),
+            "{}: dirty {dirty} B within cachestat's {} B after and {} B before",
+            path.display(),
+            after[at],
+            before[at]
+        );
+    }
 }
 
 #[test]

@@ -191,6 +191,13 @@ impl Collector {
         counts: CensusPages,
         counting: Option<CacheCounters>,
     ) {
+        self.dirty.counted_at_start(
+            key.cgroup_id,
+            key.dev,
+            key.ino,
+            counts.dirty,
+            counts.writeback,
+        );
         let baseline = self.ledger.combined(&key, counting.as_ref());
         self.ledger.seeds.insert(
             InReportOrder(key),

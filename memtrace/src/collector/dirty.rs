@@ -39,9 +39,13 @@ struct Measured {
     signature: u64,
     dirty_pages: u32,
     writeback_pages: u32,
-    /// The report that last showed the file.
+    /// The report that last showed the file: [`COUNTED_AT_START`] for the census's count,
+    /// which no report has shown yet.
     seen: u64,
 }
+
+/// `seen` of a count the census made before the first report (reports are numbered from 1).
+const COUNTED_AT_START: u64 = 0;
 
 /// Why a file is measured in this report, in the order they are measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,6 +83,34 @@ pub(super) struct DirtyMeter {
     /// Time this report spent measuring, and files it measured.
     spent: Duration,
     measured: usize,
+    /// The cgroups a command asked about (explain's target): their files are measured
+    /// whatever the budget, up to [`FOCUS_FILES`] a report.
+    focus: Option<Focus>,
+    focused: usize,
+}
+
+/// Files of the focused cgroups measured a report beyond the budget: the files a screen lists,
+/// with room to spare.
+const FOCUS_FILES: usize = 512;
+
+/// A cgroup and the cgroups below it, in one hierarchy.
+#[derive(Clone, Debug)]
+pub struct Focus {
+    pub hierarchy: u32,
+    pub path: String,
+}
+
+impl Focus {
+    fn covers(&self, cgroup: &CgroupUsage) -> bool {
+        cgroup.hierarchy == self.hierarchy
+            && cgroup.path.as_deref().is_some_and(|path| {
+                path == self.path
+                    || self.path == "/"
+                    || path
+                        .strip_prefix(self.path.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
 }
 
 enum Source {
@@ -145,7 +177,36 @@ impl DirtyMeter {
         self.reports += 1;
         self.spent = Duration::ZERO;
         self.measured = 0;
+        self.focused = 0;
         self.source.get_or_insert_with(Source::find).name()
+    }
+
+    /// Measures the files of `focus` (and its descendants) in every report, beyond the budget.
+    pub(super) fn focus_on(&mut self, focus: Focus) {
+        self.focus = Some(focus);
+    }
+
+    /// Takes the census's count of a file's dirty and writeback pages in one memcg as its
+    /// measurement: exact, and made with nothing opened. The first report shows it if the file
+    /// was neither written nor read into since; otherwise the file is measured again.
+    pub(super) fn counted_at_start(
+        &mut self,
+        cgroup_id: u64,
+        dev: u32,
+        ino: u64,
+        dirty_pages: u64,
+        writeback_pages: u64,
+    ) {
+        self.last.insert(
+            hash(&(cgroup_id, dev, ino)),
+            Measured {
+                // No report's figures hash to this in practice: the file is due when touched.
+                signature: 0,
+                dirty_pages: u32::try_from(dirty_pages).unwrap_or(u32::MAX),
+                writeback_pages: u32::try_from(writeback_pages).unwrap_or(u32::MAX),
+                seen: COUNTED_AT_START,
+            },
+        );
     }
 
     /// Fills in the dirty and writeback bytes of every resident file of one cgroup of the
@@ -153,12 +214,33 @@ impl DirtyMeter {
     pub(super) fn measure(&mut self, cgroup: &mut CgroupUsage, page_size: u64) {
         let report = self.reports;
         let sweep = report % SWEEP_REPORTS;
+        let focused = self
+            .focus
+            .as_ref()
+            .is_some_and(|focus| focus.covers(cgroup));
         let mut due: Vec<(Due, u64, &mut FileUsage)> = Vec::new();
         for file in cgroup.files.iter_mut() {
-            if file.cached_bytes == 0 || file.host_path.is_none() || file.deleted {
+            if file.cached_bytes == 0 {
                 continue;
             }
             let key = hash(&(cgroup.id, file.dev.0, file.ino));
+            if let Some(counted) = self
+                .last
+                .get_mut(&key)
+                .filter(|m| m.seen == COUNTED_AT_START)
+            {
+                if file.added_bytes == 0 && file.written_bytes == 0 {
+                    // Untouched since the census counted it: that count is this report's.
+                    file.dirty_bytes = Some(u64::from(counted.dirty_pages) * page_size);
+                    file.writeback_bytes = Some(u64::from(counted.writeback_pages) * page_size);
+                    counted.signature = signature(file);
+                    counted.seen = report;
+                    continue;
+                }
+            }
+            if file.host_path.is_none() || file.deleted {
+                continue;
+            }
             let why = match self.last.get_mut(&key) {
                 None if file.added_bytes == 0 && file.written_bytes == 0 => Due::Sweep,
                 None => Due::Touched,
@@ -185,7 +267,11 @@ impl DirtyMeter {
             return;
         };
         for (why, key, file) in due {
-            if self.spent >= why.budget() {
+            let beyond_budget = focused && self.focused < FOCUS_FILES;
+            if beyond_budget {
+                self.focused += 1;
+            }
+            if self.spent >= why.budget() && !beyond_budget {
                 // Not measured this time: the last figures stand (none for a file never
                 // measured), and the file stays due (its signature is the old one).
                 if let Some(before) = self.last.get_mut(&key) {
@@ -200,7 +286,9 @@ impl DirtyMeter {
             };
             let began = Instant::now();
             let measured = measure_file(source, file, path);
-            self.spent += began.elapsed();
+            if !beyond_budget {
+                self.spent += began.elapsed();
+            }
             let Some((dirty, writeback)) = measured else {
                 continue;
             };

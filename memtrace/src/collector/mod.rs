@@ -11,6 +11,8 @@ pub mod residency;
 pub mod seed;
 pub mod shmem;
 
+pub use dirty::Focus;
+
 use std::{os::unix::fs::MetadataExt, time::Instant};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -86,6 +88,12 @@ impl Collector {
     /// What names things: cgroups, containers, memory.stat, targets the user names.
     pub fn resolvers(&self) -> &Resolvers {
         &self.resolvers
+    }
+
+    /// Measures the dirty bytes of every file of `focus` and the cgroups below it in each
+    /// report, not only what the per-report budget allows: the files a command shows.
+    pub fn measure_dirty_of(&mut self, focus: Focus) {
+        self.dirty.focus_on(focus);
     }
 
     /// Finds what the user named (a pid, a cgroup path, a container) among what runs now.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use super::{drain_ticks, load_options, maintain_ticks, write_out, Shutdown};
 use crate::{
     cli::{ExplainArgs, GlobalArgs},
-    collector::{seed::SeedOptions, Collector},
+    collector::{seed::SeedOptions, Collector, Focus},
     model::{
         explain::{Evidence, Explanation, Target},
         Rates, Sample,
@@ -29,6 +29,11 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
         .hierarchies
         .directory_of(target.hierarchy, &target.cgroup_path);
 
+    // The files explain lists are measured whatever the node's other files cost.
+    collector.measure_dirty_of(Focus {
+        hierarchy: target.hierarchy,
+        path: target.cgroup_path.clone(),
+    });
     let seed = collector.seed(&SeedOptions::default());
     let first = collector.snapshot()?;
     let memory_before = collector
