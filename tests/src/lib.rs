@@ -34,6 +34,12 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Whether the tests run in one of `cargo xtask vm-test`'s guests, whose kernels allow what
+/// this host refuses (fentry and fexit): a test that needs them must find them there.
+pub fn in_test_vm() -> bool {
+    std::env::var_os("MEMTRACE_TEST_VM").is_some()
+}
+
 /// Fails loudly when not root: these tests load eBPF programs and create cgroups.
 pub fn require_root() {
     // SAFETY: geteuid has no memory effects.

@@ -40,6 +40,7 @@ const GUEST_TESTS: &[&str] = &[
     "btf_offsets",
     "tmpfs",
     "containers",
+    "hits",
 ];
 /// The suite that runs on every filesystem.
 const PER_FILESYSTEM_TEST: &str = "attribution";
@@ -744,7 +745,7 @@ run_suite() {
     *) case " $others " in *" $2 "*) root=/fs/$2/memtrace-tests ;; *) return ;; esac ;;
   esac
   echo "MEMTRACE-VM: running $1 on $2"
-  env ${root:+MEMTRACE_SCRATCH_ROOT=$root} RUST_BACKTRACE=1 /tests/$1 --test-threads=1 --show-output @FILTER@ || status=1
+  env ${root:+MEMTRACE_SCRATCH_ROOT=$root} MEMTRACE_TEST_VM=1 RUST_BACKTRACE=1 /tests/$1 --test-threads=1 --show-output @FILTER@ || status=1
 }
 for round in $(seq @REPEAT@); do
 @RUNS@

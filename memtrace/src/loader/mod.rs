@@ -396,7 +396,10 @@ fn attach_hooks(
             Programs::Floor => spec.floor_program,
         };
         match attach(ebpf, btf, spec, program) {
-            Ok(()) => hooks.push(spec.hook(true, None)),
+            Ok(()) => {
+                log::info!("hook {} attached", spec.target);
+                hooks.push(spec.hook(true, None));
+            }
             Err(err) if spec.need != Need::Required => {
                 let why = short_reason(&error_chain(&err));
                 log::info!("hook {} not attached: {why}", spec.target);
