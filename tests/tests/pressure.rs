@@ -15,7 +15,9 @@ use memtrace_tests::{
     cgroup::MemCgroup,
     explain_json_over,
     files::{make_uncached_file, resident_bytes, Scratch},
-    memtrace, KillOnDrop, MIB,
+    memtrace, memtrace_bin,
+    tmux::Tmux,
+    KillOnDrop, MIB,
 };
 use serde_json::Value;
 
@@ -117,12 +119,12 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_tmpfs_filled_close_to_the_limit_is_told_an_oom_kill_is_ahead() {
-    let scratch = Scratch::new("pressure-tmpfs");
+/// 59 MiB of tmpfs written by a cgroup limited to 64 MiB: memory reclaim cannot free it.
+fn tmpfs_filled_close_to_its_limit(name: &str) -> (Scratch, Tmpfs, MemCgroup, PathBuf) {
+    let scratch = Scratch::new(name);
     let tmpfs = Tmpfs::mount(&scratch.path("shm"));
     let fill = tmpfs.0.join("fill.bin");
-    let cgroup = MemCgroup::create("tmpfs-fill");
+    let cgroup = MemCgroup::create(name);
     cgroup.set_limit(64 * MIB);
     cgroup.run(Command::new("dd").args([
         "if=/dev/zero",
@@ -133,7 +135,12 @@ fn a_tmpfs_filled_close_to_the_limit_is_told_an_oom_kill_is_ahead() {
     ]));
     let resident = resident_bytes(&File::open(&fill).unwrap()).unwrap();
     assert_eq!(resident, 59 * MIB, "the tmpfs file is all in memory");
+    (scratch, tmpfs, cgroup, fill)
+}
 
+#[test]
+fn a_tmpfs_filled_close_to_the_limit_is_told_an_oom_kill_is_ahead() {
+    let (_scratch, tmpfs, cgroup, fill) = tmpfs_filled_close_to_its_limit("tmpfs-fill");
     let e = explain_over(&cgroup.path, 1);
     let shmem = e["memory"]["shmem_bytes"].as_u64().unwrap();
     assert!(shmem >= 59 * MIB, "memory.stat shmem {shmem}");
@@ -147,5 +154,39 @@ fn a_tmpfs_filled_close_to_the_limit_is_told_an_oom_kill_is_ahead() {
         "{:#}",
         e["files"]
     );
+    drop(tmpfs);
+}
+
+/// `top` judges the cgroups on screen as explain does: the filled cgroup's row says `risk`.
+#[test]
+fn top_marks_a_tmpfs_filled_close_to_its_limit_as_a_risk() {
+    let (_scratch, tmpfs, cgroup, _fill) = tmpfs_filled_close_to_its_limit("top-risk");
+    let tmux = Tmux::start(
+        "top-risk",
+        &format!(
+            "{} top --no-seed --interval 500ms; echo EXIT=$?; sleep 60",
+            memtrace_bin().display()
+        ),
+    );
+    tmux.wait_for("the view", |s| {
+        s.contains("memtrace top") && s.contains("CGROUP")
+    });
+    let leaf = cgroup.path.rsplit('/').next().unwrap().to_owned();
+    tmux.run(&["send-keys", "-t", "top", "/"]);
+    tmux.run(&["send-keys", "-t", "top", "-l", &leaf]);
+    tmux.run(&["send-keys", "-t", "top", "Enter"]);
+    let screen = tmux.wait_for("the filled cgroup judged", |s| {
+        s.lines().any(|l| l.contains(&leaf) && l.contains("risk"))
+    });
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&leaf))
+        .unwrap_or_default();
+    assert!(
+        !row.contains("harmless") && !row.contains("crowding"),
+        "one state a row: {row}"
+    );
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    tmux.wait_for("the exit", |s| s.contains("EXIT=0"));
     drop(tmpfs);
 }

@@ -1,6 +1,7 @@
 //! `memtrace top`: the live view, fed by the same collector as every other command.
 
 use std::{
+    collections::HashMap,
     io,
     process::ExitCode,
     time::{Duration, Instant},
@@ -15,7 +16,7 @@ use crate::{
     cli::{GlobalArgs, TopArgs},
     collector::{seed::SeedOptions, Collector},
     model::{
-        explain::{Evidence, Explanation, Target, TargetKind},
+        explain::{state_of, CacheState, Evidence, Explanation, Target, TargetKind},
         human_bytes, Filter, Rates, Sample,
     },
     resolve::memstat::read_node_memory,
@@ -26,6 +27,9 @@ use crate::{
 const FILES_SHOWN: usize = 50;
 /// Files listed under an explanation.
 const EXPLAINED_FILES: usize = 10;
+/// Screen rows that are not the cgroup list's: header, footer, sparkline, borders, column
+/// names.
+const ROWS_NOT_LISTED: u16 = 9;
 
 pub async fn top(global: &GlobalArgs, args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
@@ -62,6 +66,7 @@ async fn run(
         ..Filter::default()
     };
     let mut last_sample: Option<Sample> = None;
+    let mut judge = Judge::default();
     let mut next = Instant::now();
     loop {
         if !state.paused && Instant::now() >= next {
@@ -73,6 +78,9 @@ async fn run(
                 .and_then(|last| Rates::between(last, &sample));
             last_sample = Some(sample);
             state.update(report, rates);
+            let height = terminal.size()?.height.saturating_sub(ROWS_NOT_LISTED);
+            let shown = state.cgroups_on_screen(usize::from(height));
+            state.set_states(judge.states(&collector, &shown));
             next = Instant::now() + Duration::from_millis(state.interval_ms);
         }
         terminal.draw(|f| state.draw(f))?;
@@ -110,6 +118,41 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Judges the cgroups on screen as `explain` does: memory.stat read for those alone, and
+/// refaults rated between refreshes.
+#[derive(Default)]
+struct Judge {
+    /// Each judged cgroup's refaulted file bytes when last read, and when.
+    refaults: HashMap<(u32, u64), (u64, Instant)>,
+}
+
+impl Judge {
+    fn states(
+        &mut self,
+        collector: &Collector,
+        shown: &[(u32, u64, String)],
+    ) -> HashMap<(u32, u64), CacheState> {
+        let now = Instant::now();
+        let mut refaults = HashMap::with_capacity(shown.len());
+        let states = shown
+            .iter()
+            .filter_map(|(hierarchy, id, path)| {
+                let memory = collector.resolvers().memory_of(*hierarchy, path)?;
+                let key = (*hierarchy, *id);
+                let rate = self.refaults.get(&key).and_then(|&(before, then)| {
+                    let seconds = now.duration_since(then).as_secs_f64();
+                    (seconds > 0.0)
+                        .then(|| memory.refault_file_bytes.saturating_sub(before) as f64 / seconds)
+                });
+                refaults.insert(key, (memory.refault_file_bytes, now));
+                Some((key, state_of(&memory, rate)))
+            })
+            .collect();
+        self.refaults = refaults;
+        states
     }
 }
 

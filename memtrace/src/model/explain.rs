@@ -60,6 +60,16 @@ pub enum CacheState {
     Risk,
 }
 
+impl CacheState {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Harmless => "harmless",
+            Self::Crowding => "crowding",
+            Self::Risk => "risk",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ExplainedFile {
     pub path: Option<Arc<str>>,

@@ -13,8 +13,8 @@ use ratatui::{
 };
 
 use crate::model::{
-    escape_control, filter::mentions, human_bytes, CgroupUsage, KernelStats, NodeMemory, Rates,
-    Report,
+    escape_control, explain::CacheState, filter::mentions, human_bytes, CgroupUsage, KernelStats,
+    NodeMemory, Rates, Report,
 };
 
 /// How long a cgroup's cached bytes are remembered for its sparkline.
@@ -72,6 +72,7 @@ struct CgroupRow {
     dirty: Option<u64>,
     written_rate: f64,
     files: usize,
+    state: Option<CacheState>,
 }
 
 /// A key press, as the view understands it.
@@ -115,6 +116,9 @@ pub struct TopState {
     /// The rates since the report before (computed by the model, from two samples).
     rates: Option<Rates>,
     history: HashMap<(u32, u64), VecDeque<u64>>,
+    /// Whether each cgroup on screen is harmless, crowding or at risk (the command judges
+    /// only the cgroups shown; see [`Self::cgroups_on_screen`]).
+    states: HashMap<(u32, u64), CacheState>,
 }
 
 impl TopState {
@@ -140,6 +144,23 @@ impl TopState {
             report.cgroups.iter().map(|c| (c.hierarchy, c.id)).collect();
         self.history.retain(|k, _| live.contains(k));
         self.report = Some(report);
+    }
+
+    /// Takes the judgement of the cgroups on screen.
+    pub fn set_states(&mut self, states: HashMap<(u32, u64), CacheState>) {
+        self.states = states;
+    }
+
+    /// The cgroups (hierarchy, id, path) the list shows in `height` rows of screen, in order:
+    /// what is worth reading memory.stat for.
+    pub fn cgroups_on_screen(&self, height: usize) -> Vec<(u32, u64, String)> {
+        let rows = self.rows();
+        let first = (self.selected + 1).saturating_sub(height);
+        rows.into_iter()
+            .skip(first)
+            .take(height)
+            .map(|r| (r.hierarchy, r.id, r.path))
+            .collect()
     }
 
     fn rows(&self) -> Vec<CgroupRow> {
@@ -172,6 +193,7 @@ impl TopState {
                         .reduce(|a, b| a + b),
                     written_rate: rates.written,
                     files: c.file_count,
+                    state: self.states.get(&(c.hierarchy, c.id)).copied(),
                 }
             })
             .collect();
@@ -351,8 +373,10 @@ impl TopState {
         let selected = self.selected.min(rows.len().saturating_sub(1));
         let [table_area, spark_area] =
             Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(area);
-        let header = Row::new(["CACHED", "GROWTH/s", "DIRTY", "WRITE/s", "FILES", "CGROUP"])
-            .style(Style::default().add_modifier(Modifier::BOLD));
+        let header = Row::new([
+            "CACHED", "GROWTH/s", "DIRTY", "WRITE/s", "FILES", "STATE", "CGROUP",
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD));
         let body: Vec<Row> = rows
             .iter()
             .map(|r| {
@@ -367,6 +391,7 @@ impl TopState {
                     Cell::from(r.dirty.map_or("-".to_owned(), human_bytes)),
                     Cell::from(human_bytes(r.written_rate as u64)),
                     Cell::from(r.files.to_string()),
+                    Cell::from(r.state.map_or("-", CacheState::label)),
                     Cell::from(escape_control(&label).into_owned()),
                 ])
             })
@@ -379,6 +404,7 @@ impl TopState {
                 Constraint::Length(10),
                 Constraint::Length(10),
                 Constraint::Length(6),
+                Constraint::Length(8),
                 Constraint::Min(10),
             ],
         )
@@ -539,7 +565,9 @@ mod tests {
     #[test]
     fn lists_cgroups_largest_first_with_their_columns() {
         let text = screen(&state(), 120, 24);
-        for column in ["CACHED", "GROWTH/s", "DIRTY", "WRITE/s", "FILES", "CGROUP"] {
+        for column in [
+            "CACHED", "GROWTH/s", "DIRTY", "WRITE/s", "FILES", "STATE", "CGROUP",
+        ] {
             assert!(text.contains(column), "{column}:\n{text}");
         }
         let spring = text.find("spring (pod spring-0, containerd)").expect(&text);
@@ -547,6 +575,25 @@ mod tests {
         assert!(spring < nginx, "largest first:\n{text}");
         assert!(text.contains("92.0 MiB"), "{text}");
         assert!(text.contains("page cache 200.0 MiB"), "{text}");
+    }
+
+    #[test]
+    fn the_state_column_shows_the_judgement_of_the_cgroups_on_screen() {
+        let mut state = state();
+        let shown = state.cgroups_on_screen(1);
+        assert_eq!(shown.len(), 1, "one row of screen, one cgroup");
+        let (hierarchy, id, _) = shown[0].clone();
+        assert!(!screen(&state, 120, 24).contains("crowding"));
+        state.set_states(HashMap::from([((hierarchy, id), CacheState::Crowding)]));
+        let text = screen(&state, 120, 24);
+        let row = text
+            .lines()
+            .find(|line| line.contains("crowding"))
+            .unwrap_or_else(|| panic!("the judged cgroup's row:\n{text}"));
+        assert!(
+            row.contains("spring (pod"),
+            "the largest cgroup is judged: {row}"
+        );
     }
 
     #[test]
