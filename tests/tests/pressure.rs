@@ -160,9 +160,9 @@ fn a_tmpfs_filled_close_to_the_limit_is_told_an_oom_kill_is_ahead() {
 /// `top` judges the cgroups on screen as explain does: the filled cgroup's row says `risk`.
 #[test]
 fn top_marks_a_tmpfs_filled_close_to_its_limit_as_a_risk() {
-    let (_scratch, tmpfs, cgroup, _fill) = tmpfs_filled_close_to_its_limit("top-risk");
+    let (_scratch, tmpfs, cgroup, _fill) = tmpfs_filled_close_to_its_limit("top-judged");
     let tmux = Tmux::start(
-        "top-risk",
+        "top-judged",
         &format!(
             "{} top --no-seed --interval 500ms; echo EXIT=$?; sleep 60",
             memtrace_bin().display()
@@ -176,7 +176,8 @@ fn top_marks_a_tmpfs_filled_close_to_its_limit_as_a_risk() {
     tmux.run(&["send-keys", "-t", "top", "-l", &leaf]);
     tmux.run(&["send-keys", "-t", "top", "Enter"]);
     let screen = tmux.wait_for("the filled cgroup judged", |s| {
-        s.lines().any(|l| l.contains(&leaf) && l.contains("risk"))
+        s.lines()
+            .any(|l| l.contains(&leaf) && l.split_whitespace().any(|field| field == "risk"))
     });
     let row = screen
         .lines()
