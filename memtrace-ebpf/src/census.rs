@@ -33,7 +33,7 @@ use memtrace_common::{
 };
 
 use crate::{
-    cgroups::{memcg_identity, MemcgIdentity},
+    cgroups::memcg_identity,
     kernel::{read, read_ptr, ReadFailed},
     maps::{offset, CENSUS_CURSOR, CENSUS_INODE_LIST, CENSUS_SBS},
 };
@@ -271,15 +271,7 @@ pub(crate) fn census_pages(ctx: RawTracePointContext) -> i32 {
     cursor.status = walk_pages(&mut walk, inode, start).unwrap_or(READ_FAILED);
     cursor.next = walk.base.wrapping_add(walk.at << (walk.shift & 63));
     if walk.counting != 0 {
-        let identity = if walk.memcg == 0 {
-            Ok(MemcgIdentity {
-                cgroup_id: 0,
-                hierarchy: 0,
-            })
-        } else {
-            memcg_identity(walk.memcg)
-        };
-        match identity {
+        match memcg_identity(walk.memcg) {
             Ok(identity) => {
                 cursor.cgroup_id = identity.cgroup_id;
                 cursor.hierarchy = identity.hierarchy;

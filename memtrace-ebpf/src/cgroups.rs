@@ -19,12 +19,24 @@ pub(crate) struct MemcgIdentity {
     pub hierarchy: u32,
 }
 
+impl MemcgIdentity {
+    /// Pages charged to no memcg (memcg disabled, or the root's before it is set up).
+    const UNCHARGED: Self = Self {
+        cgroup_id: 0,
+        hierarchy: 0,
+    };
+}
+
 /// `memcg->css.cgroup->kn->id` and `->root->hierarchy_id`, for a memcg pointer decoded from
 /// `folio.memcg_data` (a plain number to the verifier, so every read is a helper call). A
 /// per-CPU cache keyed by the pointer makes the usual case free of helper calls; entries from
 /// an older epoch (see `MEMCG_EPOCH`) are walked again, so a reused address is never trusted.
+/// A null memcg is [`MemcgIdentity::UNCHARGED`].
 #[inline(always)]
 pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
+    if memcg == 0 {
+        return Ok(MemcgIdentity::UNCHARGED);
+    }
     let epoch = current_epoch();
     let slot = ((memcg >> 10) ^ (memcg >> 20)) as u32 % MEMCG_CACHE_SLOTS;
     let cached = MEMCG_CACHE.get_ptr_mut(slot);
@@ -64,6 +76,9 @@ pub(crate) fn memcg_identity(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
 /// which must not write a slot a tracepoint program on the same CPU may be reading.
 #[inline(always)]
 pub(crate) fn memcg_identity_uncached(memcg: u64) -> Result<MemcgIdentity, ReadFailed> {
+    if memcg == 0 {
+        return Ok(MemcgIdentity::UNCHARGED);
+    }
     let cgroup = read_ptr(memcg, offset!(memcg_cgroup))?;
     let kn = read_ptr(cgroup, offset!(cgroup_kn))?;
     let cgroup_id: u64 = read(kn, offset!(kernfs_id))?;

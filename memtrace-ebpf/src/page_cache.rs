@@ -58,18 +58,10 @@ pub(crate) fn folio_accessed(ctx: FEntryContext) -> i32 {
     let Ok(folio) = read_folio(folio) else {
         return 0;
     };
-    let identity = if folio.memcg == 0 {
-        Ok(MemcgIdentity {
-            cgroup_id: 0,
-            hierarchy: 0,
-        })
-    } else {
-        memcg_identity_uncached(folio.memcg)
-    };
     let Ok(MemcgIdentity {
         cgroup_id,
         hierarchy,
-    }) = identity
+    }) = memcg_identity_uncached(folio.memcg)
     else {
         return 0;
     };
@@ -222,14 +214,7 @@ fn start_run(
     let MemcgIdentity {
         cgroup_id,
         hierarchy,
-    } = if folio.memcg == 0 {
-        MemcgIdentity {
-            cgroup_id: 0,
-            hierarchy: 0,
-        }
-    } else {
-        memcg_identity(folio.memcg)?
-    };
+    } = memcg_identity(folio.memcg)?;
     if run.inode != 0 {
         // One call per half, so the verifier sees one map at each helper call.
         if half == 1 {

@@ -82,7 +82,6 @@ impl Collector {
             .read_counting(&self.tracer)
             .into_iter()
             .collect();
-        let census = self.tracer.census()?;
         let mut files: Vec<Found> = Vec::new();
         let mut incomplete_superblocks = 0;
         for sb in superblocks.iter().filter(|sb| sb.magic != TMPFS_MAGIC) {

@@ -42,9 +42,11 @@ impl Collector {
                 .pending_measure
                 .extend(files.drain(REMEASURE_LIMIT..));
         }
-        let Ok(reader) = residency::PageOwnerReader::open() else {
+        // Needed only where the census is not: without either, nothing can be measured.
+        let reader = residency::PageOwnerReader::open().ok();
+        if reader.is_none() && self.tracer.census().is_none() {
             return seeded;
-        };
+        }
         let memory_hierarchy = self
             .resolvers
             .cgroups
@@ -53,7 +55,7 @@ impl Collector {
             .unwrap_or(0);
         for (dev, ino) in files {
             self.measure_file(
-                &reader,
+                reader.as_ref(),
                 (dev, ino),
                 observed,
                 inodes,
@@ -69,7 +71,7 @@ impl Collector {
     /// had; one that changed while measured is queued for the next report.
     fn measure_file(
         &mut self,
-        reader: &residency::PageOwnerReader,
+        reader: Option<&residency::PageOwnerReader>,
         (dev, ino): (u32, u64),
         observed: &[Observation],
         inodes: &InodeIdentities,
@@ -122,11 +124,13 @@ impl Collector {
         let before = self.tracer.counting_for(&file_keys);
         let measured = match (census, &file) {
             (Some((census, identity)), _) => count_by_census(census, dev, ino, identity),
-            (None, Some(file)) => reader.owners(file).ok().map(|owners| Measured {
-                by_cgroup: owners.by_cgroup,
-                resident: owners.resident,
-                active: owners.active,
-                exact: reader.exact(),
+            (None, Some(file)) => reader.and_then(|reader| {
+                reader.owners(file).ok().map(|owners| Measured {
+                    by_cgroup: owners.by_cgroup,
+                    resident: owners.resident,
+                    active: owners.active,
+                    exact: reader.exact(),
+                })
             }),
             (None, None) => None,
         };
