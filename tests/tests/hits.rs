@@ -6,7 +6,7 @@
 //! Attaching the hook while readers ran crashed emulated guests (see docs/how-it-works.md), so
 //! it is opt-in, and these tests attach it with no reader running: `run` attaches before its
 //! command starts, and the explain test starts its reader once memtrace says the hook is on and
-//! stops it before the window ends.
+//! its window open, and stops it before the window ends.
 
 use std::{
     fs::File,
@@ -141,18 +141,22 @@ fn asked_for_hits_count_every_page_a_repeated_read_touches_or_are_said_refused()
     );
 }
 
-/// Waits until a `memtrace -v` child's log says the hit counter's hook is attached (or says
-/// it is not, or the child ends); the log is drained to its end on a thread of its own.
-fn wait_for_hits_hook(child: &mut std::process::Child) -> bool {
+/// Waits until a `memtrace -v explain` child's log says the hit counter's hook is attached
+/// and the window is open (false if it says the hook is not attached, or the child ends); the
+/// log is drained to its end on a thread of its own.
+fn wait_for_hits_and_window(child: &mut std::process::Child) -> bool {
     let stderr = child.stderr.take().expect("stderr piped");
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
+        let mut attached = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("memtrace: {line}");
             if line.contains("hook folio_mark_accessed attached") {
-                let _ = tx.send(true);
+                attached = true;
             } else if line.contains("hook folio_mark_accessed not attached") {
                 let _ = tx.send(false);
+            } else if line.contains("explain: watching") {
+                let _ = tx.send(attached);
             }
         }
     });
@@ -191,8 +195,9 @@ fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_co
         );
         return;
     }
-    // The reader runs for 3 s of explain's 8 s window, started once the hook is on: nothing
-    // reads while the hook is attached or detached.
+    // The reader runs for 3 s of explain's 8 s window, started once the hook is on and the
+    // window open (hit ratios are over the window): nothing reads while the hook is attached
+    // or detached.
     let mut explain = memtrace(&[
         "-v",
         "--count-hits",
@@ -209,8 +214,8 @@ fn explain_shows_the_hit_ratio_of_a_file_read_over_and_over_or_says_it_is_not_co
     .spawn()
     .expect("memtrace explain");
     assert!(
-        wait_for_hits_hook(&mut explain),
-        "the test VMs allow fentry: the hit counter attaches"
+        wait_for_hits_and_window(&mut explain),
+        "the test VMs allow fentry: the hit counter attaches (and explain's window opens)"
     );
     let reads = format!(
         "end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do cat {} > /dev/null; done",

@@ -41,6 +41,7 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
         .memory_of(target.hierarchy, &target.cgroup_path);
     let first = Sample::of(&first.cgroups, Instant::now());
     let window = Instant::now();
+    log::info!("explain: watching {} for {:?}", args.target, args.duration);
     let mut drain = drain_ticks();
     let mut maintain = maintain_ticks();
     let deadline = tokio::time::sleep(args.duration);
