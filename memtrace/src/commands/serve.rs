@@ -4,16 +4,22 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    io,
+    io::{self, Write},
     net::SocketAddr,
+    pin::Pin,
     process::ExitCode,
+    task::{Context as TaskContext, Poll},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::{
+    body::{Body, Frame, Incoming},
+    service::service_fn,
+    Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use tokio::{
     net::TcpListener,
@@ -25,11 +31,21 @@ use crate::{
     cli::{GlobalArgs, ServeArgs},
     collector::Collector,
     model::Filter,
-    view::prometheus::{classic_text, Metrics, MetricsInput},
+    view::prometheus::{ExpositionFormat, Scrape},
 };
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Bytes of exposition sent to the scraper at a time: the text of a scrape is never held
+/// whole.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks written ahead of the scraper.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A scrape the HTTP side asks the main loop for: the format, and where to send the body's
+/// chunks once the scrape is gathered.
+struct ScrapeRequest {
+    format: ExpositionFormat,
+    reply: oneshot::Sender<mpsc::Receiver<Bytes>>,
+}
 
 /// Why `serve` could not listen, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -66,20 +82,32 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
         args.listen
     );
 
-    let (scrapes, mut scrape_requests) = mpsc::channel::<oneshot::Sender<String>>(8);
+    let (scrapes, mut scrape_requests) = mpsc::channel::<ScrapeRequest>(8);
     tokio::spawn(accept(listener, scrapes));
     let mut removed_since: HashMap<(u32, u64), Instant> = HashMap::new();
-    let metrics = Metrics::new();
     let mut drain = drain_ticks();
     let mut maintain = maintain_ticks();
     loop {
         tokio::select! {
             _ = drain.tick() => collector.drain_events(),
             _ = maintain.tick() => collector.maintain()?,
-            Some(reply) = scrape_requests.recv() => {
-                let text = scrape(&mut collector, &metrics, &args, &mut removed_since)?;
+            Some(request) = scrape_requests.recv() => {
+                let scrape = scrape(&mut collector, &args, &mut removed_since)?;
+                let (chunks, body) = mpsc::channel(CHUNKS_IN_FLIGHT);
                 // The scraper may have gone away meanwhile: nothing to do then.
-                let _ = reply.send(text);
+                if request.reply.send(body).is_ok() {
+                    // Written on a thread of its own, at the scraper's pace: the main loop
+                    // goes on draining the kernel's maps.
+                    tokio::task::spawn_blocking(move || {
+                        let mut out = ChunkWriter::new(chunks);
+                        let written = scrape
+                            .write(&mut out, request.format)
+                            .and_then(|()| out.flush());
+                        if let Err(err) = written {
+                            log::debug!("scrape not sent whole: {err}");
+                        }
+                    });
+                }
             }
             _ = shutdown.recv() => return Ok(ExitCode::SUCCESS),
         }
@@ -92,7 +120,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// Serves HTTP connections; `/metrics` asks the main loop for a scrape. A failed `accept`
 /// (out of file descriptors, say) is retried after a pause that doubles while it keeps
 /// failing, so the agent never spins on it.
-async fn accept(listener: TcpListener, scrapes: mpsc::Sender<oneshot::Sender<String>>) {
+async fn accept(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>) {
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let stream = match listener.accept().await {
@@ -119,92 +147,155 @@ async fn accept(listener: TcpListener, scrapes: mpsc::Sender<oneshot::Sender<Str
     }
 }
 
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
 async fn respond(
     request: Request<Incoming>,
-    scrapes: mpsc::Sender<oneshot::Sender<String>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = |status, content_type, body: String| {
+    scrapes: mpsc::Sender<ScrapeRequest>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let reply = |status, content_type, body: ResponseBody| {
         Response::builder()
             .status(status)
             .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body)))
+            .body(body)
             .unwrap_or_default()
     };
+    let text = |text: &'static str| Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync();
     // Prometheus asks for OpenMetrics; anything else gets the classic text format.
-    let openmetrics = request
-        .headers()
-        .get(hyper::header::ACCEPT)
-        .and_then(|accept| accept.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let format = ExpositionFormat::accepted(
+        request
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|accept| accept.to_str().ok()),
+    );
     Ok(match request.uri().path() {
         "/metrics" => {
             let (tx, rx) = oneshot::channel();
-            let text = match scrapes.send(tx).await {
+            let body = match scrapes.send(ScrapeRequest { format, reply: tx }).await {
                 Ok(()) => rx.await.ok(),
                 Err(_) => None,
             };
-            match text {
-                Some(text) if openmetrics => reply(StatusCode::OK, OPENMETRICS, text),
-                Some(text) => reply(StatusCode::OK, CLASSIC_TEXT, classic_text(&text)),
+            match body {
+                Some(chunks) => reply(
+                    StatusCode::OK,
+                    format.content_type(),
+                    ChunkBody(chunks).boxed_unsync(),
+                ),
                 None => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "memtrace is stopping\n".to_owned(),
+                    text("memtrace is stopping\n"),
                 ),
             }
         }
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/healthz" => reply(StatusCode::OK, "text/plain", text("ok\n")),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "memtrace serves /metrics and /healthz\n".to_owned(),
+            text("memtrace serves /metrics and /healthz\n"),
         ),
     })
 }
 
-/// One scrape: a fresh snapshot with each cgroup's largest files named, memory.stat of each
-/// cgroup, and memtrace's own figures.
+/// A response body of chunks as they are written.
+struct ChunkBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+/// Collects written text into chunks of [`CHUNK_BYTES`] and sends each to the response body,
+/// waiting while the scraper is [`CHUNKS_IN_FLIGHT`] chunks behind. A scraper gone away is a
+/// broken pipe.
+struct ChunkWriter {
+    chunk: Vec<u8>,
+    chunks: mpsc::Sender<Bytes>,
+}
+
+impl ChunkWriter {
+    fn new(chunks: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            chunk: Vec::with_capacity(CHUNK_BYTES),
+            chunks,
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        self.chunks
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.chunk.extend_from_slice(bytes);
+        if self.chunk.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// One scrape: a fresh snapshot gathered cgroup by cgroup as it is built (each cgroup's
+/// largest files named), memory.stat of each cgroup, and memtrace's own figures.
 fn scrape(
     collector: &mut Collector,
-    metrics: &Metrics,
     args: &ServeArgs,
     removed_since: &mut HashMap<(u32, u64), Instant>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Scrape> {
     let filter = Filter {
         files_per_cgroup: Some(args.metrics_top_files),
         ..Filter::default()
     };
-    let mut report = collector.snapshot_filtered(&filter)?;
     // A removed cgroup's cache can outlive it; its series go after a grace period.
     let now = Instant::now();
     let mut still_removed = HashMap::new();
-    report.cgroups.retain(|c| {
-        if !c.removed {
-            return true;
-        }
-        let since = *removed_since.get(&(c.hierarchy, c.id)).unwrap_or(&now);
-        still_removed.insert((c.hierarchy, c.id), since);
-        now.duration_since(since) < args.removed_grace
-    });
+    let mut scrape = Scrape::new(args.metrics_top_files, args.metrics_max_series);
+    let mut own = None;
+    collector
+        .write_snapshot(&filter, |header, cgroups| {
+            own = Some((header.stats.clone(), header.snapshot_seconds));
+            let (cgroups, mut after_each) = cgroups.into_parts();
+            for cgroup in cgroups {
+                let shown = !cgroup.removed || {
+                    let since = *removed_since
+                        .get(&(cgroup.hierarchy, cgroup.id))
+                        .unwrap_or(&now);
+                    still_removed.insert((cgroup.hierarchy, cgroup.id), since);
+                    now.duration_since(since) < args.removed_grace
+                };
+                if shown {
+                    scrape.add_cgroup(&cgroup);
+                }
+                after_each(cgroup);
+            }
+            Ok(())
+        })?
+        .context("cannot gather the scrape")?;
     *removed_since = still_removed;
-
     let resolvers = collector.resolvers();
-    let memory = report
-        .cgroups
-        .iter()
-        // A removed cgroup's directory is gone (or is another cgroup's now).
-        .filter(|c| !c.removed)
-        .filter_map(|c| {
-            let figures = resolvers.memory_of(c.hierarchy, c.path.as_deref()?)?;
-            Some(((c.hierarchy, c.id), figures))
-        })
-        .collect();
+    scrape.add_memory(|hierarchy, path| resolvers.memory_of(hierarchy, path));
+    let (stats, snapshot_seconds) = own.unwrap_or_default();
     let programs = collector.tracer().program_stats().unwrap_or_default();
-    Ok(metrics.render(&MetricsInput {
-        report: &report,
-        memory: &memory,
-        programs: &programs,
-        top_files: args.metrics_top_files,
-        max_series: args.metrics_max_series,
-    }))
+    scrape.set_own(stats, snapshot_seconds, programs);
+    Ok(scrape)
 }

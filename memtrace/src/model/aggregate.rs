@@ -12,23 +12,33 @@ impl Report {
     /// compares with memory.stat, which counts a cgroup's descendants too. Removed cgroups
     /// are left out (their cache is no longer under the path they had).
     pub fn subtree_cached_bytes(&self) -> HashMap<(u32, &str), u64> {
-        let mut subtree: HashMap<(u32, &str), u64> = HashMap::new();
-        for cgroup in self.cgroups.iter().filter(|c| !c.removed) {
-            let Some(path) = cgroup.path.as_deref() else {
-                continue;
-            };
-            let mut ancestor = path;
-            loop {
-                *subtree.entry((cgroup.hierarchy, ancestor)).or_default() += cgroup.cached_bytes;
-                match ancestor.rfind('/') {
-                    Some(0) if ancestor != "/" => ancestor = "/",
-                    Some(i) if i > 0 => ancestor = &ancestor[..i],
-                    _ => break,
-                }
+        subtree_sums(
+            self.cgroups
+                .iter()
+                .filter(|c| !c.removed)
+                .filter_map(|c| Some((c.hierarchy, c.path.as_deref()?, c.cached_bytes))),
+        )
+    }
+}
+
+/// Each (hierarchy, path)'s bytes summed with those of every path below it: cgroups as
+/// memory.stat counts them.
+pub fn subtree_sums<'a>(
+    cgroups: impl Iterator<Item = (u32, &'a str, u64)>,
+) -> HashMap<(u32, &'a str), u64> {
+    let mut subtree: HashMap<(u32, &str), u64> = HashMap::new();
+    for (hierarchy, path, bytes) in cgroups {
+        let mut ancestor = path;
+        loop {
+            *subtree.entry((hierarchy, ancestor)).or_default() += bytes;
+            match ancestor.rfind('/') {
+                Some(0) if ancestor != "/" => ancestor = "/",
+                Some(i) if i > 0 => ancestor = &ancestor[..i],
+                _ => break,
             }
         }
-        subtree
     }
+    subtree
 }
 
 /// Cache that was resident before tracing began, as found at start.
