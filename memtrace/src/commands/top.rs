@@ -69,7 +69,9 @@ async fn run(
     let mut judge = Judge::default();
     let mut next = Instant::now();
     loop {
+        let mut refreshing = None;
         if !state.paused && Instant::now() >= next {
+            refreshing = Some(Instant::now());
             let report = collector.snapshot_filtered(&filter)?;
             state.node = read_node_memory();
             let sample = Sample::of(&report.cgroups, Instant::now());
@@ -84,6 +86,12 @@ async fn run(
             next = Instant::now() + Duration::from_millis(state.interval_ms);
         }
         terminal.draw(|f| state.draw(f))?;
+        if let Some(began) = refreshing {
+            log::info!(
+                "top: refresh in {:.1} ms",
+                began.elapsed().as_secs_f64() * 1000.0
+            );
+        }
         tokio::select! {
             _ = shutdown.recv() => return Ok(ExitCode::SUCCESS),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}

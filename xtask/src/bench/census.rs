@@ -164,7 +164,7 @@ fn one_run(memtrace: &Path) -> Result<CensusAtStart> {
 }
 
 /// `VmHWM` of a live process, KiB.
-fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+pub(super) fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
