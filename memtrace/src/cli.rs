@@ -134,6 +134,7 @@ impl FilterArgs {
             path_prefix: self.path_prefix.clone(),
             top: self.top,
             files_per_cgroup: None,
+            files_of: None,
         }
     }
 }

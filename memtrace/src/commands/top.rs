@@ -16,11 +16,11 @@ use crate::{
     cli::{GlobalArgs, TopArgs},
     collector::{seed::SeedOptions, Collector},
     model::{
-        explain::{state_of, CacheState, Evidence, Explanation, Target, TargetKind},
+        explain::{state_of, Evidence, Explanation, Target, TargetKind},
         human_bytes, Filter, Rates, Sample,
     },
     resolve::memstat::read_node_memory,
-    view::top::{Action, Key, Mode, TopState},
+    view::top::{Action, Judgement, Key, Mode, TopState},
 };
 
 /// Files named per cgroup for the drill-in view.
@@ -61,10 +61,6 @@ async fn run(
             summary.seconds
         );
     }
-    let filter = Filter {
-        files_per_cgroup: Some(FILES_SHOWN),
-        ..Filter::default()
-    };
     let mut last_sample: Option<Sample> = None;
     let mut judge = Judge::default();
     let mut next = Instant::now();
@@ -72,7 +68,7 @@ async fn run(
         let mut refreshing = None;
         if !state.paused && Instant::now() >= next {
             refreshing = Some(Instant::now());
-            let report = collector.snapshot_filtered(&filter)?;
+            let report = collector.snapshot_filtered(&files_on_screen(&state))?;
             state.node = read_node_memory();
             let sample = Sample::of(&report.cgroups, Instant::now());
             let rates = last_sample
@@ -82,7 +78,7 @@ async fn run(
             state.update(report, rates);
             let height = terminal.size()?.height.saturating_sub(ROWS_NOT_LISTED);
             let shown = state.cgroups_on_screen(usize::from(height));
-            state.set_states(judge.states(&collector, &shown));
+            state.set_judged(judge.judge(&collector, &shown));
             next = Instant::now() + Duration::from_millis(state.interval_ms);
         }
         terminal.draw(|f| state.draw(f))?;
@@ -116,7 +112,23 @@ async fn run(
                 KeyCode::Char(c) => Key::Char(c),
                 _ => continue,
             };
-            match state.key(key) {
+            let showing = (
+                state.mode.clone(),
+                state.filter.clone(),
+                state.editing.is_some(),
+            );
+            let action = state.key(key);
+            if showing
+                != (
+                    state.mode.clone(),
+                    state.filter.clone(),
+                    state.editing.is_some(),
+                )
+            {
+                // What is on screen changed: name its files now, not at the next interval.
+                next = Instant::now();
+            }
+            match action {
                 Action::None => {}
                 Action::Quit => return Ok(ExitCode::SUCCESS),
                 Action::Faster => state.interval_ms = (state.interval_ms / 2).max(250),
@@ -129,6 +141,28 @@ async fn run(
     }
 }
 
+/// What a refresh names: the files of the cgroup whose files are on screen, or every
+/// cgroup's largest while a free-text filter (which matches file paths too) is typed; else no
+/// file at all. A hundred thousand files are named and measured only where they are shown.
+fn files_on_screen(state: &TopState) -> Filter {
+    let filtering = !state.filter.is_empty() || state.editing.is_some();
+    match state.mode {
+        Some(Mode::Files(hierarchy, id)) if !filtering => Filter {
+            files_per_cgroup: Some(FILES_SHOWN),
+            files_of: Some((hierarchy, id)),
+            ..Filter::default()
+        },
+        _ if filtering => Filter {
+            files_per_cgroup: Some(FILES_SHOWN),
+            ..Filter::default()
+        },
+        _ => Filter {
+            files_per_cgroup: Some(0),
+            ..Filter::default()
+        },
+    }
+}
+
 /// Judges the cgroups on screen as `explain` does: memory.stat read for those alone, and
 /// refaults rated between refreshes.
 #[derive(Default)]
@@ -138,11 +172,11 @@ struct Judge {
 }
 
 impl Judge {
-    fn states(
+    fn judge(
         &mut self,
         collector: &Collector,
         shown: &[(u32, u64, String)],
-    ) -> HashMap<(u32, u64), CacheState> {
+    ) -> HashMap<(u32, u64), Judgement> {
         let now = Instant::now();
         let mut refaults = HashMap::with_capacity(shown.len());
         let states = shown
@@ -156,7 +190,11 @@ impl Judge {
                         .then(|| memory.refault_file_bytes.saturating_sub(before) as f64 / seconds)
                 });
                 refaults.insert(key, (memory.refault_file_bytes, now));
-                Some((key, state_of(&memory, rate)))
+                let judgement = Judgement {
+                    state: state_of(&memory, rate),
+                    dirty: memory.dirty_bytes,
+                };
+                Some((key, judgement))
             })
             .collect();
         self.refaults = refaults;

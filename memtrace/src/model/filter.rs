@@ -18,6 +18,9 @@ pub struct Filter {
     pub top: Option<usize>,
     /// The N largest files of each cgroup (all cgroups kept).
     pub files_per_cgroup: Option<usize>,
+    /// Files of this cgroup (hierarchy, id) only: every other cgroup is listed without its
+    /// files, which are then neither named nor measured (`top` names what is on screen).
+    pub files_of: Option<(u32, u64)>,
 }
 
 impl Filter {
@@ -27,6 +30,7 @@ impl Filter {
             && self.path_prefix.is_none()
             && self.top.is_none()
             && self.files_per_cgroup.is_none()
+            && self.files_of.is_none()
     }
 }
 
@@ -138,6 +142,14 @@ fn cut<T: Listing>(cgroups: &mut Vec<T>, filter: &Filter) {
     if let Some(files) = filter.files_per_cgroup {
         for cgroup in cgroups.iter_mut() {
             cgroup.truncate_files(files);
+        }
+    }
+    if let Some(only) = filter.files_of {
+        for cgroup in cgroups.iter_mut() {
+            let c = cgroup.usage();
+            if (c.hierarchy, c.id) != only {
+                cgroup.truncate_files(0);
+            }
         }
     }
 }

@@ -116,9 +116,17 @@ pub struct TopState {
     /// The rates since the report before (computed by the model, from two samples).
     rates: Option<Rates>,
     history: HashMap<(u32, u64), VecDeque<u64>>,
-    /// Whether each cgroup on screen is harmless, crowding or at risk (the command judges
-    /// only the cgroups shown; see [`Self::cgroups_on_screen`]).
-    states: HashMap<(u32, u64), CacheState>,
+    /// What memory.stat says of each cgroup on screen (the command reads it for the cgroups
+    /// shown only; see [`Self::cgroups_on_screen`]).
+    judged: HashMap<(u32, u64), Judgement>,
+}
+
+/// A cgroup's memory.stat as `top` shows it: whether its cache is harmless, crowding it or
+/// beside a risk, and its dirty bytes (the kernel's, with its children's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    pub state: CacheState,
+    pub dirty: u64,
 }
 
 impl TopState {
@@ -147,14 +155,20 @@ impl TopState {
     }
 
     /// Takes the judgement of the cgroups on screen.
-    pub fn set_states(&mut self, states: HashMap<(u32, u64), CacheState>) {
-        self.states = states;
+    pub fn set_judged(&mut self, judged: HashMap<(u32, u64), Judgement>) {
+        self.judged = judged;
     }
 
     /// The cgroups (hierarchy, id, path) the list shows in `height` rows of screen, in order:
-    /// what is worth reading memory.stat for.
+    /// what is worth reading memory.stat for. Sorted by dirty bytes, every cgroup: the order
+    /// itself needs them all.
     pub fn cgroups_on_screen(&self, height: usize) -> Vec<(u32, u64, String)> {
         let rows = self.rows();
+        let height = if self.sort == SortKey::Dirty {
+            rows.len()
+        } else {
+            height
+        };
         let first = (self.selected + 1).saturating_sub(height);
         rows.into_iter()
             .skip(first)
@@ -179,6 +193,7 @@ impl TopState {
                     .as_ref()
                     .and_then(|r| r.of_cgroup(&(c.hierarchy, c.id)))
                     .unwrap_or_default();
+                let judged = self.judged.get(&(c.hierarchy, c.id));
                 CgroupRow {
                     hierarchy: c.hierarchy,
                     id: c.id,
@@ -186,14 +201,10 @@ impl TopState {
                     path: c.path.clone().unwrap_or_else(|| format!("(id {})", c.id)),
                     cached: c.cached_bytes,
                     growth: rates.cached,
-                    dirty: c
-                        .files
-                        .iter()
-                        .filter_map(|f| f.dirty_bytes)
-                        .reduce(|a, b| a + b),
+                    dirty: judged.map(|j| j.dirty),
                     written_rate: rates.written,
                     files: c.file_count,
-                    state: self.states.get(&(c.hierarchy, c.id)).copied(),
+                    state: judged.map(|j| j.state),
                 }
             })
             .collect();
@@ -584,7 +595,13 @@ mod tests {
         assert_eq!(shown.len(), 1, "one row of screen, one cgroup");
         let (hierarchy, id, _) = shown[0].clone();
         assert!(!screen(&state, 120, 24).contains("crowding"));
-        state.set_states(HashMap::from([((hierarchy, id), CacheState::Crowding)]));
+        state.set_judged(HashMap::from([(
+            (hierarchy, id),
+            Judgement {
+                state: CacheState::Crowding,
+                dirty: 3 << 20,
+            },
+        )]));
         let text = screen(&state, 120, 24);
         let row = text
             .lines()
