@@ -4,7 +4,10 @@
 //! file) whose counters moved during the census is counted again alone, in a window of
 //! microseconds.
 
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Instant,
+};
 
 use memtrace_common::{CacheCounters, CacheKey, CensusInode, CensusPages};
 use rustc_hash::FxHashMap as HashMap;
@@ -28,30 +31,39 @@ struct Found {
     inode: CensusInode,
 }
 
-/// What one census found: pages per (memcg, file), and the files walked whole.
+/// What one census found: pages per (memcg, file) of the files walked whole. Kept in flat
+/// vectors (a hundred thousand files are some 6 MB here, where hash maps took three times
+/// that at the census's peak), sorted by file once counting is done ([`Self::finish`]).
 #[derive(Default)]
 struct Counted {
-    pages: HashMap<CacheKey, CensusPages>,
+    /// Each counted file's pages per memcg; a file's entries are together.
+    pages: Vec<(CacheKey, CensusPages)>,
     /// Files whose every page was visited: their memcgs without an entry hold none.
-    complete: HashMap<(u32, u64), Found>,
+    complete: Vec<Found>,
     lost_pages: u64,
     partial_files: usize,
 }
 
 impl Counted {
     fn count(&mut self, census: &Census, found: Found) {
+        let counted_before = self.pages.len();
         let pages = &mut self.pages;
-        let mut add = |key: CacheKey, counts: CensusPages| {
-            let entry = pages.entry(key).or_default();
-            entry.pages += counts.pages;
-            entry.dirty += counts.dirty;
-            entry.writeback += counts.writeback;
-            entry.active += counts.active;
+        let mut add = |key: CacheKey, counts: CensusPages| match pages.last_mut() {
+            // One memcg's folios over several runs of the walk: one entry (the key names the
+            // file, so an entry of another file never matches).
+            Some((last, sum)) if *last == key => {
+                sum.pages += counts.pages;
+                sum.dirty += counts.dirty;
+                sum.writeback += counts.writeback;
+                sum.active += counts.active;
+            }
+            _ => pages.push((key, counts)),
         };
         match census.pages(&found.inode, found.dev, &mut add) {
             Ok(PagesWalk::Complete { lost_pages }) => {
                 self.lost_pages += lost_pages;
-                self.complete.insert((found.dev, found.inode.ino), found);
+                self.complete.push(found);
+                return;
             }
             Ok(PagesWalk::Stale) => {}
             Ok(PagesWalk::Partial) => self.partial_files += 1,
@@ -60,7 +72,46 @@ impl Counted {
                 self.partial_files += 1;
             }
         }
+        // Not walked whole: none of its counts stand.
+        self.pages.truncate(counted_before);
     }
+
+    /// Sorts by file, and sums a file's entries of one memcg (folios of memcgs interleaved).
+    fn finish(&mut self) {
+        self.pages.sort_unstable_by_key(|(key, _)| by_file(key));
+        self.pages.dedup_by(|(key, counts), (kept_key, kept)| {
+            let same = key == kept_key;
+            if same {
+                kept.pages += counts.pages;
+                kept.dirty += counts.dirty;
+                kept.writeback += counts.writeback;
+                kept.active += counts.active;
+            }
+            same
+        });
+        self.complete
+            .sort_unstable_by_key(|found| (found.dev, found.inode.ino));
+    }
+
+    /// What the census counted for `key` (nothing: no page). After [`Self::finish`].
+    fn pages_of(&self, key: &CacheKey) -> CensusPages {
+        self.pages
+            .binary_search_by_key(&by_file(key), |(k, _)| by_file(k))
+            .map_or_else(|_| CensusPages::default(), |at| self.pages[at].1)
+    }
+
+    /// The file (dev, ino) if it was counted whole. After [`Self::finish`].
+    fn found(&self, dev: u32, ino: u64) -> Option<Found> {
+        self.complete
+            .binary_search_by_key(&(dev, ino), |found| (found.dev, found.inode.ino))
+            .ok()
+            .map(|at| self.complete[at])
+    }
+}
+
+/// A key's place in file order: a file's memcgs together.
+fn by_file(key: &CacheKey) -> (u32, u64, CacheKey) {
+    (key.dev, key.ino, *key)
 }
 
 impl Collector {
@@ -98,10 +149,12 @@ impl Collector {
                 incomplete_superblocks += 1;
             }
         }
+        let files_examined = files.len();
         let mut counted = Counted::default();
-        for &found in &files {
+        for found in files {
             counted.count(census, found);
         }
+        counted.finish();
         let after: HashMap<CacheKey, CacheCounters> = self
             .ledger
             .read_counting(&self.tracer)
@@ -109,9 +162,9 @@ impl Collector {
             .collect();
         let summary = SeedSummary {
             method: SeedMethod::Census,
-            files_examined: files.len(),
+            files_examined,
             files_cached: counted.complete.len(),
-            cached_bytes: counted.pages.values().map(|c| c.pages).sum::<u64>() * self.page_size,
+            cached_bytes: counted.pages.iter().map(|(_, c)| c.pages).sum::<u64>() * self.page_size,
             exact: true,
             unattributed_bytes: counted.lost_pages * self.page_size,
             truncated: incomplete_superblocks > 0,
@@ -141,55 +194,66 @@ impl Collector {
         before: &HashMap<CacheKey, CacheCounters>,
         after: &HashMap<CacheKey, CacheCounters>,
     ) {
-        let Counted {
-            pages, complete, ..
-        } = counted;
         // Every key of a counted file: the memcgs the census found, and those the traced
         // counters name (a file's pages in a memcg may all have gone: it holds none now).
-        let mut keys_of: HashMap<(u32, u64), Vec<CacheKey>> = HashMap::default();
-        for key in pages.keys().chain(after.keys()) {
-            if complete.contains_key(&(key.dev, key.ino)) {
-                keys_of.entry((key.dev, key.ino)).or_default().push(*key);
-            }
-        }
+        let mut keys: Vec<CacheKey> = counted
+            .pages
+            .iter()
+            .map(|(key, _)| *key)
+            .chain(
+                after
+                    .keys()
+                    .filter(|key| counted.found(key.dev, key.ino).is_some())
+                    .copied(),
+            )
+            .collect();
+        keys.sort_unstable_by_key(by_file);
+        keys.dedup();
         let pages_of = |map: &HashMap<CacheKey, CacheCounters>, key: &CacheKey| {
             map.get(key).copied().unwrap_or_default().pages()
         };
-        for (file, mut keys) in keys_of {
-            keys.sort_unstable();
-            keys.dedup();
-            let found = complete[&file];
+        let mut seeds = Vec::with_capacity(keys.len());
+        for file_keys in keys.chunk_by(|a, b| (a.dev, a.ino) == (b.dev, b.ino)) {
+            let Some(found) = counted.found(file_keys[0].dev, file_keys[0].ino) else {
+                continue;
+            };
             self.ledger.remember_inode(
-                file,
+                (found.dev, found.inode.ino),
                 InodeIdentity {
                     inode: found.inode.inode,
                     generation: found.inode.generation,
                 },
             );
-            let steady = keys
+            let steady = file_keys
                 .iter()
                 .all(|key| pages_of(before, key) == pages_of(after, key));
             if steady {
-                for key in keys {
-                    let counts = pages.get(&key).copied().unwrap_or_default();
-                    self.seed_counted(key, counts, after.get(&key).copied());
+                for key in file_keys {
+                    let seed = self.seed_of(*key, counted.pages_of(key), after.get(key).copied());
+                    seeds.push(seed);
                 }
             } else {
-                for (key, counts, counting) in settle(&self.tracer, found, keys) {
-                    self.seed_counted(key, counts, Some(counting));
+                for (key, counts, counting) in settle(&self.tracer, found, file_keys.to_vec()) {
+                    let seed = self.seed_of(key, counts, Some(counting));
+                    seeds.push(seed);
                 }
             }
         }
+        // Built whole from sorted seeds, the map's nodes are full; inserted one by one in
+        // file order they were left half full (5 MiB more at 100,000 files).
+        let mut seeds: BTreeMap<_, _> = seeds.into_iter().collect();
+        self.ledger.seeds.append(&mut seeds);
     }
 
-    /// Records `counts` as what `key` held when its counters were `counting` (the half still
-    /// counting's, drained totals aside).
-    fn seed_counted(
+    /// What `key` held, `counts`, as a seed against its counters when counted (`counting`:
+    /// the half still counting's, drained totals aside); its dirty pages are its first dirty
+    /// measurement.
+    fn seed_of(
         &mut self,
         key: CacheKey,
         counts: CensusPages,
         counting: Option<CacheCounters>,
-    ) {
+    ) -> (InReportOrder<CacheKey>, SeededCache) {
         self.dirty.counted_at_start(
             key.cgroup_id,
             key.dev,
@@ -198,7 +262,7 @@ impl Collector {
             counts.writeback,
         );
         let baseline = self.ledger.combined(&key, counting.as_ref());
-        self.ledger.seeds.insert(
+        (
             InReportOrder(key),
             SeededCache {
                 pages: counts.pages,
@@ -206,7 +270,7 @@ impl Collector {
                 provenance: Provenance::Exact,
                 baseline,
             },
-        );
+        )
     }
 }
 
@@ -229,10 +293,11 @@ fn settle(
         };
         let mut counted = Counted::default();
         counted.count(census, found);
+        counted.finish();
         if counted.complete.is_empty() {
             return Vec::new();
         }
-        for key in counted.pages.keys() {
+        for (key, _) in &counted.pages {
             if !keys.contains(key) {
                 keys.push(*key);
             }
@@ -261,8 +326,7 @@ fn settle(
                     pages_removed: then(at).pages_removed.midpoint(after[at].pages_removed),
                     ..after[at]
                 };
-                let counts = counted.pages.get(key).copied().unwrap_or_default();
-                (*key, counts, middle)
+                (*key, counted.pages_of(key), middle)
             })
             .collect();
     }
