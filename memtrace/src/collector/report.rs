@@ -208,6 +208,7 @@ impl Collector {
         let (mut drafts, mut totals) = draft(observations.into_vec(), self.page_size);
         let drafted = began.elapsed();
         self.resolvers.refresh();
+        let refreshed = began.elapsed();
         self.resolvers.paths.begin_report();
         name_cgroups(
             &mut self.resolvers,
@@ -217,9 +218,10 @@ impl Collector {
             apply_cgroup_filter(&mut drafts.cgroups, &mut totals, filter);
         }
         log::debug!(
-            "snapshot: read maps {read:?}, draft {:?}, name cgroups {:?}",
+            "snapshot: read maps {read:?}, draft {:?}, mounts and runtimes read {:?}, cgroups named {:?}",
             drafted - read,
-            began.elapsed() - drafted
+            refreshed - drafted,
+            began.elapsed() - refreshed
         );
         Ok(ReportDraft {
             began,

@@ -292,8 +292,13 @@ fn scrape(
         })?
         .context("cannot gather the scrape")?;
     *removed_since = still_removed;
+    let gathered = now.elapsed();
     let resolvers = collector.resolvers();
     scrape.add_memory(|hierarchy, path| resolvers.memory_of(hierarchy, path));
+    log::debug!(
+        "scrape: gathered in {gathered:?}, memory.stat read in {:?}",
+        now.elapsed() - gathered
+    );
     let (stats, snapshot_seconds) = own.unwrap_or_default();
     let programs = collector.tracer().program_stats().unwrap_or_default();
     scrape.set_own(stats, snapshot_seconds, programs);
