@@ -310,6 +310,42 @@ memory\t4\t12\t1
         );
     }
 
+    /// A directory tree standing in for the memory hierarchy (hierarchy 4), mounted at `root`.
+    fn table_over(root: &Path) -> CgroupTable {
+        let mounts = format!(
+            "35 22 0:31 / {} rw,relatime - cgroup cgroup rw,memory\n",
+            root.display()
+        );
+        CgroupTable::new(Hierarchies::from_parts(
+            &parse_mountinfo(&mounts),
+            HYBRID_CGROUPS,
+        ))
+    }
+
+    #[test]
+    fn an_id_no_walk_finds_is_not_walked_for_again_but_a_new_cgroup_is() {
+        let root = std::env::temp_dir().join(format!("memtrace-cgroups-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        let ino = |dir: &str| fs::metadata(root.join(dir)).unwrap().ino();
+        let mut table = table_over(&root);
+        assert_eq!(table.lookup(4, ino("a/b")).unwrap().path, "/a/b");
+
+        // A charged memcg whose directory is gone: walked for once, then not again.
+        table.begin_lookups();
+        assert!(table.lookup(4, u64::MAX - 1).is_none());
+        fs::create_dir(root.join("later")).unwrap();
+        table.begin_lookups();
+        assert!(table.lookup(4, u64::MAX - 1).is_none());
+        assert!(
+            !table.known.contains_key(&(4, ino("later"))),
+            "the gone memcg made a second walk"
+        );
+        // A cgroup made since (its notice lost) is a new id: it is walked for and found.
+        assert_eq!(table.lookup(4, ino("later")).unwrap().path, "/later");
+        let _ = fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn remembers_removed_cgroups() {
         let mut table = CgroupTable::default();
