@@ -99,12 +99,14 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
                     // Written on a thread of its own, at the scraper's pace: the main loop
                     // goes on draining the kernel's maps.
                     tokio::task::spawn_blocking(move || {
+                        let began = Instant::now();
                         let mut out = ChunkWriter::new(chunks);
                         let written = scrape
                             .write(&mut out, request.format)
                             .and_then(|()| out.flush());
-                        if let Err(err) = written {
-                            log::debug!("scrape not sent whole: {err}");
+                        match written {
+                            Ok(()) => log::debug!("scrape: written in {:?}", began.elapsed()),
+                            Err(err) => log::debug!("scrape not sent whole: {err}"),
                         }
                     });
                 }

@@ -337,7 +337,7 @@ impl Scrape {
 
     /// Writes the exposition, family by family.
     pub fn write(&self, out: &mut impl Write, format: ExpositionFormat) -> io::Result<()> {
-        let mut w = Families { out, format };
+        let mut w = Families::new(out, format);
         self.write_cgroup_families(&mut w)?;
         self.write_file_families(&mut w)?;
         self.write_own_families(&mut w)?;
@@ -427,7 +427,7 @@ impl Scrape {
                     continue;
                 };
                 let (before, after) = self.cgroups[file.cgroup as usize].file_labels();
-                w.sample_parts(family, &[before, after, ",", &file.labels], value)?;
+                w.sample(&[before, after, ",", &file.labels], value)?;
             }
         }
         Ok(())
@@ -662,10 +662,21 @@ const BUILD_INFO: Family = gauge("build_info", None, "memtrace's version");
 struct Families<'a, W: Write> {
     out: &'a mut W,
     format: ExpositionFormat,
+    /// The samples' name and `{` of the family being written, rendered once per family:
+    /// a scrape of 100,000 files writes it hundreds of thousands of times.
+    prefix: Vec<u8>,
 }
 
-impl<W: Write> Families<'_, W> {
-    /// `# HELP`, `# TYPE` (and in OpenMetrics `# UNIT`) of a family.
+impl<'a, W: Write> Families<'a, W> {
+    fn new(out: &'a mut W, format: ExpositionFormat) -> Self {
+        Self {
+            out,
+            format,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// `# HELP`, `# TYPE` (and in OpenMetrics `# UNIT`) of a family; its samples follow.
     fn header(&mut self, family: &Family) -> io::Result<()> {
         let name = FamilyName(family);
         let (kind, total) = match family.kind {
@@ -685,30 +696,28 @@ impl<W: Write> Families<'_, W> {
                 writeln!(self.out, "# TYPE {name}{total} {kind}")?;
             }
         }
+        self.prefix = format!("{name}{total}").into_bytes();
         Ok(())
     }
 
-    /// One sample whose labels are `parts` joined.
-    fn sample_parts(
-        &mut self,
-        family: &Family,
-        parts: &[&str],
-        value: impl Display,
-    ) -> io::Result<()> {
-        write!(
-            self.out,
-            "{}{}{{",
-            FamilyName(family),
-            sample_suffix(family)
-        )?;
-        for part in parts {
-            self.out.write_all(part.as_bytes())?;
+    /// One sample of the family whose header came last, its labels `parts` joined (none: no
+    /// braces).
+    fn sample(&mut self, parts: &[&str], value: impl SampleValue) -> io::Result<()> {
+        self.out.write_all(&self.prefix)?;
+        if !parts.is_empty() {
+            self.out.write_all(b"{")?;
+            for part in parts {
+                self.out.write_all(part.as_bytes())?;
+            }
+            self.out.write_all(b"}")?;
         }
-        writeln!(self.out, "}} {value}")
+        self.out.write_all(b" ")?;
+        value.write_to(self.out)?;
+        self.out.write_all(b"\n")
     }
 
     /// A family of samples labelled by (already escaped) label sets; `None` is no sample.
-    fn family<V: Display>(
+    fn family<V: SampleValue>(
         &mut self,
         family: &Family,
         samples: impl Iterator<Item = (impl AsRef<str>, Option<V>)>,
@@ -716,14 +725,14 @@ impl<W: Write> Families<'_, W> {
         self.header(family)?;
         for (labels, value) in samples {
             if let Some(value) = value {
-                self.sample_parts(family, &[labels.as_ref()], value)?;
+                self.sample(&[labels.as_ref()], value)?;
             }
         }
         Ok(())
     }
 
     /// A family of samples with one label, `label`.
-    fn labelled<V: Display>(
+    fn labelled<V: SampleValue>(
         &mut self,
         family: &Family,
         label: &str,
@@ -740,21 +749,26 @@ impl<W: Write> Families<'_, W> {
     }
 
     /// A family of one sample without labels.
-    fn single(&mut self, family: &Family, value: impl Display) -> io::Result<()> {
+    fn single(&mut self, family: &Family, value: impl SampleValue) -> io::Result<()> {
         self.header(family)?;
-        writeln!(
-            self.out,
-            "{}{} {value}",
-            FamilyName(family),
-            sample_suffix(family)
-        )
+        self.sample(&[], value)
     }
 }
 
-fn sample_suffix(family: &Family) -> &'static str {
-    match family.kind {
-        Kind::Gauge => "",
-        Kind::Counter => "_total",
+/// A sample's value as text.
+trait SampleValue {
+    fn write_to(&self, out: &mut impl Write) -> io::Result<()>;
+}
+
+impl SampleValue for u64 {
+    fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(itoa::Buffer::new().format(*self).as_bytes())
+    }
+}
+
+impl SampleValue for f64 {
+    fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        write!(out, "{self}")
     }
 }
 
