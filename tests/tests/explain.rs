@@ -215,10 +215,9 @@ fn explain_shows_the_dirty_bytes_of_every_file_it_lists_written_before_start() {
     else {
         panic!("this test needs cachestat(2) (Linux 6.5+) for its oracle");
     };
-    assert!(
-        before.iter().any(|&dirty| dirty > 0),
-        "the files are still dirty when explain starts: {before:?}"
-    );
+    // Usually still dirty (written back within 30 s); on a node writing much else, background
+    // writeback may already have cleaned them: then each must show 0, not `?`.
+    eprintln!("dirty bytes by cachestat before explain: {before:?}");
     let explained = explain_json_over(&cgroup.path, "1s");
     let after: Vec<u64> = files
         .iter()
