@@ -445,3 +445,26 @@ impl Ledger {
         Kept { files, cgroups }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_merges_known_keys_and_adds_new_ones_one_by_one_or_in_bulk() {
+        let mut map: BTreeMap<u32, u64> = (0..10).map(|k| (k * 2, 1)).collect();
+        // A few new keys: inserted.
+        upsert(&mut map, [(2, 5), (3, 7)], |into, v| *into += v);
+        assert_eq!((map[&2], map[&3], map.len()), (6, 7, 11));
+        // A burst of new keys, some known: built in whole, known ones merged.
+        upsert(
+            &mut map,
+            (0..5_000).map(|k| (k * 3 + 100, 1)).chain([(4, 10)]),
+            |into, v| *into += v,
+        );
+        assert_eq!(map[&4], 11);
+        assert_eq!(map.len(), 11 + 5_000);
+        assert!(map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b));
+        assert_eq!(map[&(4_999 * 3 + 100)], 1);
+    }
+}
