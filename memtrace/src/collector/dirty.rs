@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::residency;
 use crate::{
-    model::{host_path_of, CgroupUsage, FileUsage},
+    model::{filter::under, host_path_of, CgroupUsage, FileUsage},
     resolve::open::open_regular,
 };
 
@@ -103,13 +103,10 @@ pub struct Focus {
 impl Focus {
     fn covers(&self, cgroup: &CgroupUsage) -> bool {
         cgroup.hierarchy == self.hierarchy
-            && cgroup.path.as_deref().is_some_and(|path| {
-                path == self.path
-                    || self.path == "/"
-                    || path
-                        .strip_prefix(self.path.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
+            && cgroup
+                .path
+                .as_deref()
+                .is_some_and(|path| under(path, &self.path))
     }
 }
 
