@@ -17,7 +17,9 @@ use crate::{
     collector::{seed::SeedOptions, Collector},
     model::{
         explain::{state_of, Evidence, Explanation, Target, TargetKind},
-        human_bytes, Filter, Rates, Sample,
+        human_bytes,
+        rates::per_second,
+        Filter, Rates, Sample,
     },
     resolve::memstat::read_node_memory,
     view::top::{Action, Judgement, Key, Mode, TopState},
@@ -112,19 +114,9 @@ async fn run(
                 KeyCode::Char(c) => Key::Char(c),
                 _ => continue,
             };
-            let showing = (
-                state.mode.clone(),
-                state.filter.clone(),
-                state.editing.is_some(),
-            );
+            let showing = state.view();
             let action = state.key(key);
-            if showing
-                != (
-                    state.mode.clone(),
-                    state.filter.clone(),
-                    state.editing.is_some(),
-                )
-            {
+            if showing != state.view() {
                 // What is on screen changed: name its files now, not at the next interval.
                 next = Instant::now();
             }
@@ -187,7 +179,7 @@ impl Judge {
                 let rate = self.refaults.get(&key).and_then(|&(before, then)| {
                     let seconds = now.duration_since(then).as_secs_f64();
                     (seconds > 0.0)
-                        .then(|| memory.refault_file_bytes.saturating_sub(before) as f64 / seconds)
+                        .then(|| per_second(before, memory.refault_file_bytes, seconds).max(0.0))
                 });
                 refaults.insert(key, (memory.refault_file_bytes, now));
                 let judgement = Judgement {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{
     filter::under,
     format::human_bytes,
-    rates::Rates,
+    rates::{per_second, Rates},
     schema::{
         Container, KernelStats, Layer, MemoryFigures, Provenance, Report, SeedMethod, SeedSummary,
     },
@@ -250,9 +250,12 @@ impl Explanation {
         }
         let refault_bytes_per_second = match (&evidence.memory_before, &evidence.memory) {
             (Some(before), Some(now)) if evidence.observed_seconds > 0.0 => Some(
-                now.refault_file_bytes
-                    .saturating_sub(before.refault_file_bytes) as f64
-                    / evidence.observed_seconds,
+                per_second(
+                    before.refault_file_bytes,
+                    now.refault_file_bytes,
+                    evidence.observed_seconds,
+                )
+                .max(0.0),
             ),
             _ => None,
         };

@@ -130,6 +130,16 @@ pub struct Judgement {
 }
 
 impl TopState {
+    /// What decides which files are on screen: the mode, the filter and whether one is being
+    /// typed. A key that changes it calls for a refresh at once.
+    pub fn view(&self) -> (Option<Mode>, String, bool) {
+        (
+            self.mode.clone(),
+            self.filter.clone(),
+            self.editing.is_some(),
+        )
+    }
+
     pub fn new(interval_ms: u64) -> Self {
         Self {
             interval_ms,
