@@ -1127,12 +1127,7 @@ fn many_files(
     churn: &Path,
     work: &Path,
 ) -> Result<ManyFiles> {
-    let memory_root = Path::new("/sys/fs/cgroup/memory");
-    let cgroup_root = if memory_root.join("cgroup.procs").exists() {
-        memory_root.join("memtrace-bench")
-    } else {
-        Path::new("/sys/fs/cgroup/memtrace-bench").to_path_buf()
-    };
+    let cgroup_root = bench_cgroup_root("memtrace-bench");
     let modes: [Option<&str>; 3] = [None, Some("top"), Some("all")];
     let mut none_rates = Vec::new();
     let mut traced_rates = Vec::new();
@@ -1422,6 +1417,17 @@ fn start_memtrace_with(
         child,
         cpu_ticks_at_start,
     })
+}
+
+/// Where the bench makes its cgroups `name`: under cgroup v1's memory controller when it is
+/// mounted, else in the unified hierarchy.
+fn bench_cgroup_root(name: &str) -> PathBuf {
+    let memory_root = Path::new("/sys/fs/cgroup/memory");
+    if memory_root.join("cgroup.procs").exists() {
+        memory_root.join(name)
+    } else {
+        Path::new("/sys/fs/cgroup").join(name)
+    }
 }
 
 fn remove_cgroups(root: &Path) {

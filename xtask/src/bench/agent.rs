@@ -17,8 +17,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{
-    median, percentile, remove_cgroups, start_memtrace_with, start_watch, steady_state,
-    sync_and_drop_caches, workload, BenchOptions,
+    bench_cgroup_root, median, percentile, remove_cgroups, start_memtrace_with, start_watch,
+    steady_state, sync_and_drop_caches, workload, BenchOptions,
 };
 
 /// Where the bench's `serve` listens.
@@ -57,12 +57,7 @@ pub(super) fn agent_at_cardinality(
     work: &Path,
 ) -> Result<AgentAtCardinality> {
     crate::setup::apt_install(&["tmux"])?;
-    let memory_root = Path::new("/sys/fs/cgroup/memory");
-    let cgroup_root = if memory_root.join("cgroup.procs").exists() {
-        memory_root.join("memtrace-bench-agent")
-    } else {
-        Path::new("/sys/fs/cgroup/memtrace-bench-agent").to_path_buf()
-    };
+    let cgroup_root = bench_cgroup_root("memtrace-bench-agent");
     let dir = work.join("agent");
     fs::create_dir_all(&dir)?;
     fs::create_dir_all(&cgroup_root)?;
