@@ -147,10 +147,12 @@ impl Ledger {
         stats: &mut KernelStats,
     ) -> Vec<(CacheKey, CacheCounters)> {
         let mut errors = 0;
+        let began = std::time::Instant::now();
         let Drained {
             cache: drained,
             writers,
         } = tracer.flip_and_drain(&mut errors);
+        let emptied = began.elapsed();
         upsert(
             &mut self.writer_totals,
             writers
@@ -189,12 +191,19 @@ impl Ledger {
             },
         );
         record_identities(Arc::make_mut(&mut self.identities), &drained);
+        let tallied = began.elapsed();
         self.overflow = tracer
             .read_overflow(&mut errors)
             .into_iter()
             .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
             .collect();
         let counting = tracer.read_counting(&mut errors);
+        log::debug!(
+            "drain: {drained_count} keys emptied in {emptied:?}, tallied in {:?}; {} keys counting read in {:?}",
+            tallied - emptied,
+            counting.len(),
+            began.elapsed() - tallied
+        );
         self.map_read_errors += errors;
         stats.map_read_errors = self.map_read_errors;
         // The half just drained held a whole interval's keys: that is the map's real use.
