@@ -1,6 +1,7 @@
 //! The maps and globals the programs share with userspace.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
@@ -93,9 +94,10 @@ pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::
 #[map(name = "CGROUP_EVENTS")]
 pub(crate) static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// `name_inode`'s answer, read by userspace right after each run.
+/// `name_inode`'s answer, read by userspace right after each run, in place: the map is
+/// mappable.
 #[map(name = "NAME_BUF")]
-pub(crate) static NAME_BUF: Array<InodeName> = Array::with_max_entries(1, 0);
+pub(crate) static NAME_BUF: Array<InodeName> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Where the last census run stopped (see `census`).
 #[map(name = "CENSUS_CURSOR")]

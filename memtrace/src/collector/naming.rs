@@ -98,9 +98,7 @@ pub(crate) fn ask_kernel(
     ino: u64,
 ) -> Option<KernelPath> {
     let inode = inodes.get(&(dev, ino))?.inode;
-    tracer
-        .name_inode(inode, dev, ino)
-        .map(|name| KernelPath::from_name(&name))
+    tracer.name_inode(inode, dev, ino, KernelPath::from_name)
 }
 
 /// What a memcg's files not tracked one by one are shown as.

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod btf;
 pub mod census;
+mod namer;
 pub mod preflight;
 mod prog_info;
 mod prog_run;
@@ -14,6 +15,7 @@ mod syscall;
 
 use self::{
     btf::{BtfError, KernelBtf},
+    namer::Namer,
     preflight::PreflightError,
 };
 use crate::model::{Hook, ProgramStats, WritesSource};
@@ -264,7 +266,7 @@ impl Tracer {
         let pending_write = take_typed_map(&mut ebpf, names::PENDING_WRITE)?;
         let stats = take_typed_map(&mut ebpf, names::STATS_MAP)?;
         let cgroup_events = take_typed_map(&mut ebpf, names::CGROUP_EVENTS)?;
-        let namer = match Namer::load(&mut ebpf) {
+        let namer = match load_namer(&mut ebpf) {
             Ok(namer) => Some(namer),
             Err(err) => {
                 log::warn!(
@@ -411,18 +413,11 @@ fn attach_hooks(
     Ok(hooks)
 }
 
-/// The program that walks a file's dentries when asked, and where it answers.
-struct Namer {
-    program: ProgramFd,
-    answer: Array<MapData, InodeName>,
-}
-
-impl Namer {
-    fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let program = load_on_demand(ebpf, names::PROG_NAME_INODE)?;
-        let answer = take_typed_map(ebpf, names::NAME_BUF)?;
-        Ok(Self { program, answer })
-    }
+/// Loads `name_inode` and maps its answer.
+fn load_namer(ebpf: &mut Ebpf) -> Result<Namer, LoadError> {
+    let program = load_on_demand(ebpf, names::PROG_NAME_INODE)?;
+    let answer = take_typed_map(ebpf, names::NAME_BUF)?;
+    Ok(Namer::new(program, answer))
 }
 
 /// Loads raw-tracepoint program `name` to be run with `BPF_PROG_RUN`, never attached.
@@ -655,20 +650,19 @@ impl Tracer {
     }
 
     /// The path of the file whose inode was at `inode` (as the page-cache map recorded it),
-    /// if it is still (dev, ino) and has a dentry.
-    pub fn name_inode(&self, inode: u64, dev: u32, ino: u64) -> Option<InodeName> {
+    /// if it is still (dev, ino) and has a dentry: the kernel's answer, handed to `read`.
+    pub fn name_inode<R>(
+        &self,
+        inode: u64,
+        dev: u32,
+        ino: u64,
+        read: impl FnOnce(&InodeName) -> R,
+    ) -> Option<R> {
         let namer = self.namer.as_ref()?;
         if inode == 0 {
             return None;
         }
-        match prog_run::run_raw_tracepoint(&namer.program, &[inode, u64::from(dev), ino]) {
-            Ok(0) => namer.answer.get(&0, 0).ok(),
-            Ok(_) => None,
-            Err(err) => {
-                log::debug!("name_inode failed: {err}");
-                None
-            }
-        }
+        namer.name(inode, dev, ino, read)
     }
 
     /// The census programs, where the kernel took them.
