@@ -107,3 +107,117 @@ fn forty_thousand_new_files_in_one_burst_through_a_4096_entry_map_lose_no_page()
 fn four_hundred_thousand_new_files_in_one_burst_through_a_4096_entry_map_lose_no_page() {
     burst_through_a_small_map(400_000);
 }
+
+/// A burst of new files is taken in between reports, a part every 200 ms, and its files named
+/// then, so the report that follows has little left to do. What is taken in early must be
+/// counted once and named as the filesystem names it: the cgroup's total against memory.stat,
+/// each file's path and inode against `stat`.
+#[test]
+fn a_burst_taken_in_between_reports_is_counted_once_and_named_as_the_filesystem_names_it() {
+    const FILES: usize = 40_000;
+    let scratch = Scratch::new("burst-taken-in");
+    let cgroup = MemCgroup::create("burst-taken-in");
+    let mut watch = memtrace(&["-vv", "watch", "--json", "--interval", "6s", "--no-seed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("memtrace watch");
+    let (sender, reports) = std::sync::mpsc::channel::<Value>();
+    let stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let report = serde_json::from_str(&line).expect("each line is a JSON report");
+            if sender.send(report).is_err() {
+                break;
+            }
+        }
+    });
+    // Files drained early, as memtrace logs them at -vv: proof the burst took that path.
+    let stderr = watch.stderr.take().unwrap();
+    let taken_in = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("burst: ")?;
+                rest.split_once(" files drained early")?
+                    .0
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>()
+    });
+    let wait = Duration::from_secs(60);
+    reports.recv_timeout(wait).expect("a first report");
+    cgroup.run(
+        Command::new(BURST)
+            .arg(&scratch.dir)
+            .arg(FILES.to_string())
+            .arg("4096"),
+    );
+    MemCgroup::settle_stats();
+    while reports.try_recv().is_ok() {}
+    let last = reports
+        .recv_timeout(wait)
+        .expect("a report after the burst");
+    let kernel = cgroup.page_cache_bytes();
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    drop(reports);
+    let _ = watch.wait();
+    let _ = reader.join();
+    let taken_in = taken_in.join().expect("the log reader");
+
+    let cgroup_seen = last["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("the cgroup is reported");
+    let traced = cgroup_seen["cached_bytes"].as_u64().unwrap();
+    eprintln!(
+        "{FILES} files: {taken_in} taken in early; memory.stat {kernel} B, memtrace {traced} B"
+    );
+    // Each 200 ms check drains the half filled before it: all but the burst's last half
+    // second or so is taken in early.
+    assert!(
+        taken_in >= (FILES / 8) as u64,
+        "a burst of {FILES} new files at a report every 6 s is taken in between reports: \
+         {taken_in} were"
+    );
+    let tolerance = (kernel / 500).max(256 * 1024);
+    assert!(
+        traced.abs_diff(kernel) <= tolerance,
+        "memtrace {traced} B vs memory.stat {kernel} B (± {tolerance}): counted once"
+    );
+    let mut named = 0;
+    for file in cgroup_seen["files"].as_array().unwrap() {
+        if file["cached_bytes"].as_u64() == Some(0) {
+            continue;
+        }
+        let path = file["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("unnamed: {file}"));
+        // The filesystem's own blocks (directories, inode tables) the burst charged.
+        if path.starts_with("[metadata of block device") {
+            continue;
+        }
+        assert!(
+            std::path::Path::new(path).starts_with(&scratch.dir),
+            "only the burst's files are in its cgroup: {file}"
+        );
+        let meta = std::fs::symlink_metadata(path)
+            .unwrap_or_else(|err| panic!("{path} as memtrace named it: {err}"));
+        assert_eq!(
+            Some(std::os::unix::fs::MetadataExt::ino(&meta)),
+            file["ino"].as_u64(),
+            "{path} is another file than memtrace's: {file}"
+        );
+        named += 1;
+    }
+    assert!(
+        named >= FILES * 95 / 100,
+        "{named} of {FILES} files named (reclaim may take a few)"
+    );
+}

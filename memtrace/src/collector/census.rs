@@ -130,7 +130,7 @@ impl Collector {
         };
         let before: HashMap<CacheKey, CacheCounters> = self
             .ledger
-            .read_counting(&self.tracer)
+            .peek_counting(&self.tracer)
             .into_iter()
             .collect();
         let mut files: Vec<Found> = Vec::new();
@@ -157,7 +157,7 @@ impl Collector {
         counted.finish();
         let after: HashMap<CacheKey, CacheCounters> = self
             .ledger
-            .read_counting(&self.tracer)
+            .peek_counting(&self.tracer)
             .into_iter()
             .collect();
         let summary = SeedSummary {

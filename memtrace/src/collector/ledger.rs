@@ -40,6 +40,8 @@ pub(super) struct Ledger {
     pub(super) pending_measure: std::collections::HashSet<(u32, u64)>,
     /// Map entries userspace failed to read, since start.
     map_read_errors: u64,
+    /// The most keys a drained half held since the last report.
+    entries_since_report: usize,
     /// What writers wrote up to the last drain, moved out of the kernel map; in report order,
     /// so they join a report's sorted observations in one pass.
     pub(super) writer_totals: BTreeMap<InReportOrder<WriterKey>, WriterStats>,
@@ -139,13 +141,17 @@ fn upsert<K: Ord, V>(
 const BULK_FROM: usize = 1024;
 
 impl Ledger {
-    /// Empties the half of the kernel map left at the previous flip into the totals, queues
-    /// files whose old cache is seen leaving, and returns what the half still counting holds.
-    pub(super) fn drain(
+    /// Empties the half of the kernel map left at the previous flip into the totals and queues
+    /// files whose old cache is seen leaving. Returns the files that the half shows holding
+    /// cache, with their `i_generation`, to be named before a report needs them.
+    ///
+    /// A drain between reports (`early`: a burst taken in as it comes) does not advance the
+    /// clock pruning goes by, so a file is forgotten only after reports have shown it idle.
+    pub(super) fn empty_drained_half(
         &mut self,
         tracer: &mut Tracer,
-        stats: &mut KernelStats,
-    ) -> Vec<(CacheKey, CacheCounters)> {
+        early: bool,
+    ) -> Vec<(u32, u64, u32)> {
         let mut errors = 0;
         let began = std::time::Instant::now();
         let Drained {
@@ -160,8 +166,10 @@ impl Ledger {
                 .map(|(key, written)| (InReportOrder(key), written)),
             |into, written| merge_writes(into, &written),
         );
-        let drained_count = drained.len();
-        self.flips += 1;
+        self.entries_since_report = self.entries_since_report.max(drained.len());
+        if !early {
+            self.flips += 1;
+        }
         for &(key, entry) in &drained {
             let handled = self.deficits_handled.remove(&key).unwrap_or(0);
             // Removals a measurement already answered are in its seed: only the rest count.
@@ -191,23 +199,40 @@ impl Ledger {
             },
         );
         record_identities(Arc::make_mut(&mut self.identities), &drained);
-        let tallied = began.elapsed();
         self.overflow = tracer
             .read_overflow(&mut errors)
             .into_iter()
             .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
             .collect();
-        let counting = tracer.read_counting(&mut errors);
+        self.map_read_errors += errors;
         log::debug!(
-            "drain: {drained_count} keys emptied in {emptied:?}, tallied in {:?}; {} keys counting read in {:?}",
-            tallied - emptied,
-            counting.len(),
-            began.elapsed() - tallied
+            "drain: {} keys emptied in {emptied:?}, tallied in {:?}",
+            drained.len(),
+            began.elapsed() - emptied
         );
+        drained
+            .iter()
+            .filter(|(_, entry)| entry.inode != 0 && entry.pages_added > entry.pages_removed)
+            // `i_generation` is 32 bits: the kernel's value survives the cut whole.
+            .map(|(key, entry)| (key.dev, key.ino, entry.generation as u32))
+            .collect()
+    }
+
+    /// What the halves still counting hold now; files whose old cache is seen leaving are
+    /// queued for measuring. Fills the map's figures of `stats`.
+    pub(super) fn read_counting(
+        &mut self,
+        tracer: &Tracer,
+        stats: &mut KernelStats,
+    ) -> Vec<(CacheKey, CacheCounters)> {
+        let mut errors = 0;
+        let counting = tracer.read_counting(&mut errors);
         self.map_read_errors += errors;
         stats.map_read_errors = self.map_read_errors;
-        // The half just drained held a whole interval's keys: that is the map's real use.
-        stats.map_entries = drained_count.max(counting.len()) as u64;
+        // A drained half held a whole interval's keys (or the part of a burst drained early):
+        // the most any held since the last report is the map's real use.
+        stats.map_entries = self.entries_since_report.max(counting.len()) as u64;
+        self.entries_since_report = 0;
         for (key, entry) in &counting {
             let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(key)
@@ -219,16 +244,25 @@ impl Ledger {
         counting
     }
 
+    /// What the halves being counted into hold now, counting failed reads; nothing queued,
+    /// no figures filled.
+    pub(super) fn peek_counting(&mut self, tracer: &Tracer) -> Vec<(CacheKey, CacheCounters)> {
+        tracer.read_counting(&mut self.map_read_errors)
+    }
+
+    /// Each file's inode as the drains showed it last, for naming files between reports.
+    pub(super) fn drained_identities(&self) -> InodeIdentities {
+        InodeIdentities {
+            drained: Arc::clone(&self.identities),
+            counting: HashMap::default(),
+        }
+    }
+
     /// Where a file's inode is, as the census found it, for a file the drains have not shown.
     pub(super) fn remember_inode(&mut self, file: (u32, u64), identity: InodeIdentity) {
         Arc::make_mut(&mut self.identities)
             .entry(file)
             .or_insert(identity);
-    }
-
-    /// What the half being counted into holds now, counting failed reads.
-    pub(super) fn read_counting(&mut self, tracer: &Tracer) -> Vec<(CacheKey, CacheCounters)> {
-        tracer.read_counting(&mut self.map_read_errors)
     }
 
     /// Every key's counters since start (the totals plus `counting`, what the half still

@@ -54,6 +54,10 @@ pub struct Collector {
     dirty: dirty::DirtyMeter,
 }
 
+/// New keys in the half being counted into, at a 200 ms check, from which a burst is taken in
+/// before the next report (see [`Collector::take_in_burst`]): about 20,000 new files a second.
+const BURST_KEYS: u64 = 4096;
+
 impl Collector {
     /// Loads and attaches the programs, then learns the cgroups, mounts and containers that
     /// exist now.
@@ -111,11 +115,14 @@ impl Collector {
                 self.resolvers.on_cgroup_event(&event);
             }
         }
-        if self.tracer.counting_half_keys() > u64::from(self.tracer.max_entries / 2) {
+        let counting = self.tracer.counting_half_keys();
+        if counting > u64::from(self.tracer.max_entries / 2) {
             self.early_flips += 1;
             if let Err(err) = self.maintain() {
                 log::warn!("cannot drain the filling (memcg, file) map: {err}");
             }
+        } else if counting >= BURST_KEYS {
+            self.take_in_burst();
         }
     }
 
@@ -184,7 +191,7 @@ impl Collector {
         // scanned may or may not have those pages in its measurement.
         let before: HashMap<CacheKey, CacheCounters> = self
             .ledger
-            .read_counting(&self.tracer)
+            .peek_counting(&self.tracer)
             .into_iter()
             .collect();
         let scan = seed::scan(
@@ -201,7 +208,7 @@ impl Collector {
         // What the kernel counted up to now, read once for every seeded key.
         let counting: HashMap<CacheKey, CacheCounters> = self
             .ledger
-            .read_counting(&self.tracer)
+            .peek_counting(&self.tracer)
             .into_iter()
             .collect();
         let pages_of = |entries: &HashMap<CacheKey, CacheCounters>, key: &CacheKey| {
@@ -247,16 +254,51 @@ impl Collector {
     /// building a report: commands that report rarely (`serve` between scrapes, `run` while
     /// its command runs) call it every few seconds so the kernel map never fills.
     pub fn maintain(&mut self) -> Result<(), CollectError> {
-        let mut stats = self.kernel_stats()?;
-        self.drain(&mut stats);
+        let arrived = self.empty_drained_half();
+        self.name_ahead(arrived);
         Ok(())
     }
 
+    /// Takes in a burst of new files between reports: the half left at the previous flip is
+    /// drained and its new files named now, a part at a time, rather than all of them in the
+    /// report that follows (naming is most of what a new file costs a report).
+    fn take_in_burst(&mut self) {
+        let arrived = self.ledger.empty_drained_half(&mut self.tracer, true);
+        log::debug!("burst: {} files drained early", arrived.len());
+        self.name_ahead(arrived);
+    }
+
+    /// Names files that have no name yet, ahead of the report that will show them.
+    fn name_ahead(&mut self, arrived: Vec<(u32, u64, u32)>) {
+        if arrived.is_empty() {
+            return;
+        }
+        let inodes = self.ledger.drained_identities();
+        let tracer = &self.tracer;
+        let paths = &mut self.resolvers.paths;
+        paths.begin_naming_ahead();
+        for (dev, ino, generation) in arrived {
+            if self.shmem.devs.contains(&dev) {
+                continue;
+            }
+            paths.name_ahead(dev, ino, u64::from(generation), || {
+                naming::ask_kernel(tracer, &inodes, dev, ino)
+            });
+        }
+    }
+
     /// Moves the half of the kernel map left at the previous flip into the ledger, and returns
-    /// what the half still counting holds. Every few drains the ledger forgets what holds
+    /// what the halves still counting hold. Every few drains the ledger forgets what holds
     /// nothing, and the resolvers forget those names.
     fn drain(&mut self, stats: &mut KernelStats) -> Vec<(CacheKey, CacheCounters)> {
-        let counting = self.ledger.drain(&mut self.tracer, stats);
+        self.empty_drained_half();
+        self.ledger.read_counting(&self.tracer, stats)
+    }
+
+    /// Moves the half of the kernel map left at the previous flip into the ledger and prunes
+    /// when due. Returns the files the half brought holding cache.
+    fn empty_drained_half(&mut self) -> Vec<(u32, u64, u32)> {
+        let arrived = self.ledger.empty_drained_half(&mut self.tracer, false);
         if self.ledger.prune_due() {
             let kept = self.ledger.prune(self.shmem.files.keys());
             self.resolvers
@@ -266,7 +308,7 @@ impl Collector {
                 .forget_removed_cgroups(|hierarchy, id| kept.cgroups.contains(&(hierarchy, id)));
             trim_heap();
         }
-        counting
+        arrived
     }
 }
 

@@ -7,6 +7,7 @@
 //! directory is marked deleted (its cache can only outlive the unlink while it is held open).
 
 use std::{
+    borrow::Cow,
     ffi::OsStr,
     fs,
     os::unix::{
@@ -80,6 +81,13 @@ impl KernelPath {
     pub fn is_block_device(&self) -> bool {
         self.mode & S_IFMT == S_IFBLK
     }
+}
+
+/// Nanoseconds since the epoch, as directory stamps are.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// An overlay mount: a container's root filesystem, as engines lay it out.
@@ -309,6 +317,15 @@ impl StoredNames {
         }
     }
 
+    /// The host path, borrowed where it is kept as it is (a hundred thousand files are
+    /// checked in place at each report).
+    fn host(&self) -> Option<Cow<'_, Path>> {
+        match self {
+            Self::Plain { path, .. } => Some(Cow::Borrowed(Path::new(&**path))),
+            Self::Full(resolved) => resolved.host().map(Cow::Owned),
+        }
+    }
+
     fn resolved(&self) -> ResolvedPath {
         match self {
             Self::Plain {
@@ -396,9 +413,29 @@ impl PathTable {
         self.rechecks_left = RECHECKS_PER_REPORT;
         self.report = self.report.wrapping_add(1);
         self.dirs_now.clear();
-        self.report_began_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.report_began_ns = now_ns();
+    }
+
+    /// Starts naming files between reports ([`Self::name_ahead`]): directories are looked at
+    /// afresh, and "recently changed" is reckoned from now.
+    pub fn begin_naming_ahead(&mut self) {
+        self.dirs_now.clear();
+        self.report_began_ns = now_ns();
+    }
+
+    /// Names file (dev, ino) before a report needs it, if it has no name yet: as
+    /// [`Self::resolve`] would, and kept as named in the last report (the next one checks it as
+    /// it checks any name from an earlier report).
+    pub fn name_ahead(
+        &mut self,
+        dev: u32,
+        ino: u64,
+        generation: u64,
+        ask_kernel: impl FnOnce() -> Option<KernelPath>,
+    ) {
+        if !self.checked.contains_key(&(dev, ino)) {
+            self.resolve(dev, ino, generation, ask_kernel);
+        }
     }
 
     /// Remembers a name found by scanning; a kernel path, when one arrives, takes precedence.
@@ -440,12 +477,12 @@ impl PathTable {
             }
             Some(c) if c.report == report => return c.names.resolved(),
             Some(c) => {
-                let names = c.names.resolved();
                 let in_place = c.dir != 0
                     && c.overlays_version == self.overlays_version
-                    && names.host().is_some_and(|host| {
+                    && c.names.host().is_some_and(|host| {
                         dir_now(&mut self.dirs_now, &host).map(DirStamp::fingerprint) == Some(c.dir)
                     });
+                let names = c.names.resolved();
                 if in_place {
                     c.report = report;
                     return names;
