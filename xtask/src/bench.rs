@@ -766,8 +766,9 @@ fn over_floor_per_page(programs: &[ProgramCost], workload: &str) -> f64 {
         .iter()
         .filter(|row| row.workload == workload && row.runs_per_page >= 0.01)
         .map(|row| {
-            row.floor_ns_per_run
-                .map_or(f64::NAN, |floor| row.runs_per_page * (row.ns_per_run - floor))
+            row.floor_ns_per_run.map_or(f64::NAN, |floor| {
+                row.runs_per_page * (row.ns_per_run - floor)
+            })
         })
         .sum()
 }
