@@ -177,8 +177,24 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // SAFETY: kill of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SIGINT ends memtrace and bpftrace cleanly; bpftrace can miss one that arrives while
+        // it attaches (a bench once waited on it for nine minutes), so it is sent again each
+        // second, and after ten the tracer is killed.
+        for _ in 0..10 {
+            // SAFETY: kill of our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            for _ in 0..10 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        eprintln!(
+            "xtask: tracer {} ignored SIGINT for 10 s: killed",
+            self.child.id()
+        );
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

@@ -48,6 +48,8 @@ pub struct Collector {
     write_rates: WriteRates,
     /// Drains made because the half being counted into was filling, not for a report.
     early_flips: u64,
+    /// Whether files drained between reports are named then (see [`Self::name_files_ahead`]).
+    naming_ahead: bool,
     /// tmpfs/shmem files, measured instead of traced.
     shmem: ShmemScanner,
     /// Dirty and writeback bytes, measured for files that changed.
@@ -80,6 +82,7 @@ impl Collector {
             seed_summary: None,
             write_rates: WriteRates::default(),
             early_flips: 0,
+            naming_ahead: false,
             shmem: ShmemScanner::default(),
             dirty: dirty::DirtyMeter::default(),
         })
@@ -98,6 +101,13 @@ impl Collector {
     /// report, not only what the per-report budget allows: the files a command shows.
     pub fn measure_dirty_of(&mut self, focus: Focus) {
         self.dirty.focus_on(focus);
+    }
+
+    /// Names the files drained between reports (a burst taken in as it comes) right away, for
+    /// a command whose reports name every file: its next report then has little naming left.
+    /// Off, such files are named when a report shows them, as any other.
+    pub fn name_files_ahead(&mut self, on: bool) {
+        self.naming_ahead = on;
     }
 
     /// Finds what the user named (a pid, a cgroup path, a container) among what runs now.
@@ -260,8 +270,9 @@ impl Collector {
     }
 
     /// Takes in a burst of new files between reports: the half left at the previous flip is
-    /// drained and its new files named now, a part at a time, rather than all of them in the
-    /// report that follows (naming is most of what a new file costs a report).
+    /// drained now (and its new files named, where reports name every file), a part at a
+    /// time, rather than all of it in the report that follows (naming is most of what a new
+    /// file costs a report).
     fn take_in_burst(&mut self) {
         let arrived = self.ledger.empty_drained_half(&mut self.tracer, true);
         log::debug!("burst: {} files drained early", arrived.len());
@@ -270,7 +281,7 @@ impl Collector {
 
     /// Names files that have no name yet, ahead of the report that will show them.
     fn name_ahead(&mut self, arrived: Vec<(u32, u64, u32)>) {
-        if arrived.is_empty() {
+        if !self.naming_ahead || arrived.is_empty() {
             return;
         }
         let inodes = self.ledger.drained_identities();

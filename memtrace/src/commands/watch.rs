@@ -23,6 +23,7 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
     let mut collector = Collector::start(&load_options(global))?;
     seed_at_start(&mut collector, args.seed);
     let filter = args.output.to_filter();
+    collector.name_files_ahead(filter.names_every_file());
     if let Some(wanted) = &filter.container {
         let known = collector.resolvers().known_containers();
         if !known.iter().any(|c| c.matches(wanted)) {

@@ -24,6 +24,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether a report under this filter names every file of the cgroups it keeps (no cut to
+    /// the largest files, no cgroup shown without its files).
+    pub fn names_every_file(&self) -> bool {
+        self.top.is_none() && self.files_per_cgroup.is_none() && self.files_of.is_none()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.container.is_none()
             && self.cgroup.is_none()
