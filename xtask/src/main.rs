@@ -5,19 +5,20 @@ mod damon;
 mod engines;
 mod setup;
 mod soak;
+mod test_run;
 mod vm;
 
 use std::{
     env,
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use setup::{ensure, run, Needs};
+use test_run::{run_tests, Tally};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -167,6 +168,7 @@ fn test(args: &[String]) -> Result<()> {
             .args(["--locked", "--no-fail-fast", "--"])
             .args(args)
             .env("MEMTRACE_BIN", &binary),
+        test_run::HOST_TESTS_DEADLINE,
     )?;
     // Then the same suite on other kernels, under qemu; a failure there fails the run too.
     let vm = vm::vm_test(None, &vm::Selection::default());
@@ -195,53 +197,4 @@ fn test(args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) passed: u64,
-    pub(crate) failed: u64,
-    pub(crate) ignored: u64,
-    pub(crate) success: bool,
-}
-
-impl Tally {
-    /// Adds a libtest summary line (`test result: ok. 6 passed; 0 failed; 1 ignored; ...`).
-    pub(crate) fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(label), Some(count)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(count) = count.parse::<u64>() else {
-                continue;
-            };
-            match label {
-                "passed" => self.passed += count,
-                "failed" => self.failed += count,
-                "ignored" => self.ignored += count,
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Runs a `cargo test` command, passing its output through and adding up its result lines.
-fn run_tests(cmd: &mut Command) -> Result<Tally> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    let mut tally = Tally::default();
-    let stdout = child.stdout.take().context("test stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading test output")?;
-        println!("{line}");
-        tally.add_line(&line);
-    }
-    tally.success = child.wait().context("waiting for cargo test")?.success();
-    Ok(tally)
 }
