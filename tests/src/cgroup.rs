@@ -1,7 +1,7 @@
 //! Real memory cgroups for tests, on cgroup v1 or v2, removed when dropped.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     io::{self, Write},
     os::unix::{fs::MetadataExt, process::CommandExt},
@@ -176,10 +176,44 @@ fn enable_memory_controller(dir: &Path) {
     }
 }
 
+impl MemCgroup {
+    /// SIGKILLs every process still in this cgroup until none is left (a shell loop may fork
+    /// between two reads), and says how many there were.
+    fn kill_members(&self) -> usize {
+        let mut killed = HashSet::new();
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) on a pid the kernel just listed; at worst it has exited.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed.insert(pid);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        killed.len()
+    }
+}
+
 impl Drop for MemCgroup {
     fn drop(&mut self) {
-        // Children have exited by now; the memcg lingers as long as its pages do, which is
-        // exactly what memtrace must cope with.
+        // A test that panicked leaves its children running: a loop writing into a scratch
+        // directory already gone, holding the test run's output open for ever.
+        let killed = self.kill_members();
+        if killed > 0 {
+            eprintln!(
+                "warning: {killed} process(es) still ran in test cgroup {}; killed",
+                self.dir.display()
+            );
+        }
+        // The memcg lingers as long as its pages do, which is exactly what memtrace must
+        // cope with.
         for _ in 0..50 {
             match fs::remove_dir(&self.dir) {
                 Ok(()) => return,

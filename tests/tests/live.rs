@@ -14,7 +14,7 @@ use memtrace_tests::{
     cgroup::MemCgroup,
     cgroup_in, describe_file,
     files::{folio_census, resident_bytes, FileId, Scratch},
-    start_tracer, MIB,
+    start_tracer, KillOnDrop, MIB,
 };
 
 const WRITER: &str = env!("CARGO_BIN_EXE_rate-writer");
@@ -114,14 +114,18 @@ fn a_file_measured_again_while_it_grows_ends_equal_to_mincore_and_memory_stat() 
 fn every_memcg_of_a_live_watch_ends_equal_to_memory_stat_beside_a_churning_neighbour() {
     use std::io::BufRead;
     const MEMCGS: u64 = 320;
-    let scratch = Scratch::new("live-memcgs");
+    let mib_of = |i: u64| 8 + (i * 7) % 33;
+    // Every file is kept to the end: 7.5 GiB in all.
+    let scratch = Scratch::with_room("live-memcgs", (0..MEMCGS).map(mib_of).sum::<u64>() * MIB);
     let neighbour = MemCgroup::create("live-neighbour");
-    let mut watch = memtrace_tests::memtrace(&["watch", "--json", "--interval", "1s", "--no-seed"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("memtrace watch");
+    let mut watch = KillOnDrop(
+        memtrace_tests::memtrace(&["watch", "--json", "--interval", "1s", "--no-seed"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("memtrace watch"),
+    );
     let (reports_tx, reports) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = watch.stdout.take().unwrap();
+    let stdout = watch.0.stdout.take().unwrap();
     let reader = thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -135,14 +139,16 @@ fn every_memcg_of_a_live_watch_ends_equal_to_memory_stat_beside_a_churning_neigh
         .recv_timeout(Duration::from_secs(60))
         .expect("a first report");
     let churn = scratch.path("neighbour.tmp");
-    let mut churner = neighbour.spawn(Command::new("sh").arg("-c").arg(format!(
-        "while :; do dd if=/dev/zero of={0} bs=4k count=2048 status=none; rm -f {0}; done",
-        churn.display()
-    )));
+    // The loop ends itself if its directory goes (a panic dropped the scratch directory).
+    let churner = KillOnDrop(neighbour.spawn(Command::new("sh").arg("-c").arg(format!(
+        "while [ -d {1} ]; do dd if=/dev/zero of={0} bs=4k count=2048 status=none; rm -f {0}; done",
+        churn.display(),
+        scratch.dir.display()
+    ))));
     let mut written = Vec::new();
     for i in 0..MEMCGS {
         let cgroup = MemCgroup::create(&format!("live-{i}"));
-        let mib = 8 + (i * 7) % 33;
+        let mib = mib_of(i);
         let path = scratch.path(&format!("f{i}"));
         cgroup.run(Command::new("dd").args([
             "if=/dev/zero",
@@ -154,8 +160,7 @@ fn every_memcg_of_a_live_watch_ends_equal_to_memory_stat_beside_a_churning_neigh
         ]));
         written.push((cgroup, path, mib));
     }
-    churner.kill().expect("stop the neighbour");
-    churner.wait().unwrap();
+    drop(churner);
     MemCgroup::settle_stats();
     // The kernel's figures before and after a report built in between, until they hold still
     // (something else may reclaim meanwhile): the report is compared with figures it saw.
@@ -183,9 +188,9 @@ fn every_memcg_of_a_live_watch_ends_equal_to_memory_stat_beside_a_churning_neigh
         eprintln!("memory.stat changed while the report was built; again");
     };
     // SAFETY: plain kill of our own child.
-    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(watch.0.id() as i32, libc::SIGTERM) };
     drop(reports);
-    watch.wait().unwrap();
+    watch.0.wait().unwrap();
     let _ = reader.join();
 
     let cgroup_of = |id: u64| {
