@@ -113,9 +113,38 @@ impl Scratch {
         Self { dir }
     }
 
+    /// A scratch directory for a test that writes `bytes` to disk, failing loudly at once when
+    /// its filesystem has not that much free (with a margin): a write failing half-way would
+    /// fail the test for a reason its message does not say.
+    pub fn with_room(name: &str, bytes: u64) -> Self {
+        let scratch = Self::new(name);
+        let needed = bytes + bytes / 4;
+        let free = free_bytes(&scratch.dir);
+        assert!(
+            free >= needed,
+            "{} has {:.1} GiB free; this test writes {:.1} GiB there and needs {:.1} GiB: free disk space (or MEMTRACE_SCRATCH_ROOT names another scratch root)",
+            scratch.dir.display(),
+            free as f64 / (1u64 << 30) as f64,
+            bytes as f64 / (1u64 << 30) as f64,
+            needed as f64 / (1u64 << 30) as f64,
+        );
+        scratch
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// Bytes an unprivileged writer could still write under `dir` (root may write a little more).
+pub fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statvfs is plain integer data, valid when zeroed.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads a NUL-terminated path and writes into the struct we pass.
+    let ret = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    assert_eq!(ret, 0, "statvfs {}", dir.display());
+    st.f_bavail * st.f_frsize
 }
 
 impl Drop for Scratch {

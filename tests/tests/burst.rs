@@ -73,7 +73,8 @@ impl Watching {
 }
 
 fn burst_through_a_small_map(files: usize) {
-    let scratch = Scratch::new(&format!("burst-{files}"));
+    // A page of data and about as much again of inode and directory entry a file.
+    let scratch = Scratch::with_room(&format!("burst-{files}"), files as u64 * 8192);
     let cgroup = MemCgroup::create(&format!("burst-{files}"));
     let watch = Watching::start(
         &[
