@@ -118,7 +118,7 @@ impl Scratch {
     /// fail the test for a reason its message does not say.
     pub fn with_room(name: &str, bytes: u64) -> Self {
         let scratch = Self::new(name);
-        let needed = bytes + bytes / 4;
+        let needed = bytes + bytes / 16;
         let free = free_bytes(&scratch.dir);
         assert!(
             free >= needed,

@@ -160,6 +160,14 @@ fn test(args: &[String]) -> Result<()> {
     ]))?;
     run(cargo().args(["build", "--locked", "-p", "memtrace"]))?;
     let binary = workspace().join("target/debug/memtrace");
+    // Some tests write gigabytes and fail at once when there is no room: the figure in the
+    // log says whether that is why.
+    if let Some(free) = free_bytes(Path::new("/var/tmp")) {
+        eprintln!(
+            "xtask: {:.1} GiB free in /var/tmp for the tests' files",
+            free as f64 / (1u64 << 30) as f64
+        );
+    }
     let _reclaim_paused = damon::pause();
     let _engines = engines::start(&workspace().join("target/engines"))?;
     let tally = run_tests(
@@ -197,4 +205,13 @@ fn test(args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// Bytes free to an unprivileged writer on `dir`'s filesystem.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain integer data, valid when zeroed.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads a NUL-terminated path and writes into the struct we pass.
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| st.f_bavail * st.f_frsize)
 }
