@@ -113,20 +113,21 @@ fn add_drained(tally: &mut Tally, entry: &CacheCounters, flips: u32) {
     tally.changed_at = flips;
 }
 
-/// Adds `items` to `map`, merging into the entries it has. Many new keys at once (a burst of
-/// new files) are built into the map whole: inserted one by one in the order a drain gives
-/// them, the map's nodes stay a third empty on average (half, in order), some 10 MiB at
-/// 100,000 files.
-fn upsert<K: Ord, V>(
+/// Adds `items` to `map`: merged into the entries it has, made `new` for keys it lacks. Many
+/// new keys at once (a burst of new files) are built into the map whole: inserted one by one
+/// in the order a drain gives them, the map's nodes stay a third empty on average (half, in
+/// order), some 10 MiB at 100,000 files.
+fn upsert<K: Ord, I, V>(
     map: &mut BTreeMap<K, V>,
-    items: impl IntoIterator<Item = (K, V)>,
-    mut merge: impl FnMut(&mut V, V),
+    items: impl IntoIterator<Item = (K, I)>,
+    mut new: impl FnMut(I) -> V,
+    mut merge: impl FnMut(&mut V, I),
 ) {
     let mut fresh = Vec::new();
-    for (key, value) in items {
+    for (key, item) in items {
         match map.get_mut(&key) {
-            Some(into) => merge(into, value),
-            None => fresh.push((key, value)),
+            Some(into) => merge(into, item),
+            None => fresh.push((key, new(item))),
         }
     }
     if fresh.len() > BULK_FROM.max(map.len() / 8) {
@@ -164,6 +165,7 @@ impl Ledger {
             writers
                 .into_iter()
                 .map(|(key, written)| (InReportOrder(key), written)),
+            |written| written,
             |into, written| merge_writes(into, &written),
         );
         self.entries_since_report = self.entries_since_report.max(drained.len());
@@ -182,21 +184,15 @@ impl Ledger {
         let flips = self.flips as u32;
         upsert(
             &mut self.totals,
-            drained.iter().map(|&(key, entry)| {
+            drained
+                .iter()
+                .map(|(key, entry)| (InReportOrder(*key), entry)),
+            |entry| {
                 let mut tally = Tally::default();
-                add_drained(&mut tally, &entry, flips);
-                (InReportOrder(key), tally)
-            }),
-            |tally, fresh| {
-                tally.pages_added += fresh.pages_added;
-                tally.pages_removed += fresh.pages_removed;
-                tally.pages_accessed += fresh.pages_accessed;
-                if fresh.inode != 0 {
-                    tally.inode = fresh.inode;
-                    tally.generation = fresh.generation;
-                }
-                tally.changed_at = fresh.changed_at;
+                add_drained(&mut tally, entry, flips);
+                tally
             },
+            |tally, entry| add_drained(tally, entry, flips),
         );
         record_identities(Arc::make_mut(&mut self.identities), &drained);
         self.overflow = tracer
@@ -497,12 +493,13 @@ mod tests {
     fn upsert_merges_known_keys_and_adds_new_ones_one_by_one_or_in_bulk() {
         let mut map: BTreeMap<u32, u64> = (0..10).map(|k| (k * 2, 1)).collect();
         // A few new keys: inserted.
-        upsert(&mut map, [(2, 5), (3, 7)], |into, v| *into += v);
+        upsert(&mut map, [(2, 5), (3, 7)], |v| v, |into, v| *into += v);
         assert_eq!((map[&2], map[&3], map.len()), (6, 7, 11));
         // A burst of new keys, some known: built in whole, known ones merged.
         upsert(
             &mut map,
             (0..5_000).map(|k| (k * 3 + 100, 1)).chain([(4, 10)]),
+            |v| v,
             |into, v| *into += v,
         );
         assert_eq!(map[&4], 11);
