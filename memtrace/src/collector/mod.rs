@@ -128,9 +128,7 @@ impl Collector {
         let counting = self.tracer.counting_half_keys();
         if counting > u64::from(self.tracer.max_entries / 2) {
             self.early_flips += 1;
-            if let Err(err) = self.maintain() {
-                log::warn!("cannot drain the filling (memcg, file) map: {err}");
-            }
+            self.maintain();
         } else if counting >= BURST_KEYS {
             self.take_in_burst();
         }
@@ -263,10 +261,9 @@ impl Collector {
     /// Moves what the kernel counted into userspace totals and forgets idle keys, without
     /// building a report: commands that report rarely (`serve` between scrapes, `run` while
     /// its command runs) call it every few seconds so the kernel map never fills.
-    pub fn maintain(&mut self) -> Result<(), CollectError> {
+    pub fn maintain(&mut self) {
         let arrived = self.empty_drained_half();
         self.name_ahead(arrived);
-        Ok(())
     }
 
     /// Takes in a burst of new files between reports: the half left at the previous flip is

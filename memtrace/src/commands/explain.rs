@@ -50,7 +50,7 @@ pub async fn explain(global: &GlobalArgs, args: ExplainArgs) -> anyhow::Result<E
         tokio::select! {
             _ = &mut deadline => break,
             _ = drain.tick() => collector.drain_events(),
-            _ = maintain.tick() => collector.maintain()?,
+            _ = maintain.tick() => collector.maintain(),
             _ = shutdown.recv() => break,
         }
     }

@@ -50,7 +50,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
             _ = drain.tick() => collector.drain_events(),
-            _ = maintain.tick() => collector.maintain()?,
+            _ = maintain.tick() => collector.maintain(),
             signal = shutdown.recv() => {
                 // The terminal already sent Ctrl-C to the command; a signal sent to memtrace
                 // alone is passed on, so the command ends and the report is still printed.

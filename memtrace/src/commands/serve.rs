@@ -90,7 +90,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     loop {
         tokio::select! {
             _ = drain.tick() => collector.drain_events(),
-            _ = maintain.tick() => collector.maintain()?,
+            _ = maintain.tick() => collector.maintain(),
             Some(request) = scrape_requests.recv() => {
                 let scrape = scrape(&mut collector, &args, &mut removed_since)?;
                 let (chunks, body) = mpsc::channel(CHUNKS_IN_FLIGHT);

@@ -54,7 +54,7 @@ pub async fn watch(global: &GlobalArgs, args: WatchArgs) -> anyhow::Result<ExitC
                 continue;
             }
             _ = maintain.tick() => {
-                collector.maintain()?;
+                collector.maintain();
                 continue;
             }
             _ = shutdown.recv() => true,
