@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -18,7 +19,6 @@ const BURST: &str = env!("CARGO_BIN_EXE_file-burst");
 struct Watching {
     child: std::process::Child,
     reports: std::sync::mpsc::Receiver<Value>,
-    reader: std::thread::JoinHandle<()>,
 }
 
 impl Watching {
@@ -30,7 +30,8 @@ impl Watching {
             .expect("memtrace watch");
         let (sender, reports) = std::sync::mpsc::channel::<Value>();
         let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
+        // Ends with memtrace's output.
+        std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let report = serde_json::from_str(&line).expect("each line is a JSON report");
@@ -39,11 +40,7 @@ impl Watching {
                 }
             }
         });
-        Self {
-            child,
-            reports,
-            reader,
-        }
+        Self { child, reports }
     }
 
     /// The next report, waiting up to a minute.
@@ -58,18 +55,41 @@ impl Watching {
         while self.reports.try_recv().is_ok() {}
     }
 
+    /// Ends memtrace (SIGTERM: its clean end) and waits for it.
     fn stop(self) {
-        let Self {
-            mut child,
-            reports,
-            reader,
-        } = self;
-        // SAFETY: plain kill of our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        drop(reports);
-        let _ = child.wait();
-        let _ = reader.join();
+        drop(self);
     }
+}
+
+/// A test that ends early must not leave memtrace tracing under the tests that follow.
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `files` new files of 4 KiB made in `cgroup` under `dir` as fast as one process can, and
+/// memory.stat's batching waited out.
+fn burst(cgroup: &MemCgroup, dir: &Path, files: usize) {
+    cgroup.run(
+        Command::new(BURST)
+            .arg(dir)
+            .arg(files.to_string())
+            .arg("4096"),
+    );
+    MemCgroup::settle_stats();
+}
+
+/// The test's cgroup in a JSON report.
+fn reported<'a>(report: &'a Value, cgroup: &MemCgroup) -> &'a Value {
+    report["cgroups"]
+        .as_array()
+        .expect("cgroups")
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(cgroup.id))
+        .expect("the cgroup is reported")
 }
 
 fn burst_through_a_small_map(files: usize) {
@@ -89,13 +109,7 @@ fn burst_through_a_small_map(files: usize) {
         Stdio::inherit(),
     );
     watch.next();
-    cgroup.run(
-        Command::new(BURST)
-            .arg(&scratch.dir)
-            .arg(files.to_string())
-            .arg("4096"),
-    );
-    MemCgroup::settle_stats();
+    burst(&cgroup, &scratch.dir, files);
     let kernel = cgroup.page_cache_bytes();
     // The first report after the read may have been built before it; the second was not.
     watch.skip_sent();
@@ -104,12 +118,7 @@ fn burst_through_a_small_map(files: usize) {
     watch.stop();
 
     let stats = &last["stats"];
-    let cgroup_seen = last["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"].as_u64() == Some(cgroup.id))
-        .expect("the cgroup is reported");
+    let cgroup_seen = reported(&last, &cgroup);
     let traced = cgroup_seen["cached_bytes"].as_u64().unwrap();
     eprintln!("{files} files: memory.stat {kernel} B, memtrace {traced} B; stats {stats}");
     // Reclaim may take some of it meanwhile (its removals find the map full too): the oracle
@@ -179,28 +188,18 @@ fn a_burst_taken_in_between_reports_is_counted_once_and_named_as_the_filesystem_
             .sum::<u64>()
     });
     watch.next();
-    cgroup.run(
-        Command::new(BURST)
-            .arg(&scratch.dir)
-            .arg(FILES.to_string())
-            .arg("4096"),
-    );
-    MemCgroup::settle_stats();
+    burst(&cgroup, &scratch.dir, FILES);
     watch.skip_sent();
     let last = watch.next();
     let kernel = cgroup.page_cache_bytes();
     watch.stop();
     let taken_in = taken_in.join().expect("the log reader");
 
-    let cgroup_seen = last["cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"].as_u64() == Some(cgroup.id))
-        .expect("the cgroup is reported");
+    let cgroup_seen = reported(&last, &cgroup);
     let traced = cgroup_seen["cached_bytes"].as_u64().unwrap();
     eprintln!(
-        "{FILES} files: {taken_in} taken in early; memory.stat {kernel} B, memtrace {traced} B"
+        "{FILES} files: {taken_in} taken in early; memory.stat {kernel} B, memtrace {traced} B; stats {}",
+        last["stats"]
     );
     // Each 200 ms check drains the half filled before it: all but the burst's last half
     // second or so is taken in early.
@@ -232,7 +231,7 @@ fn a_burst_taken_in_between_reports_is_counted_once_and_named_as_the_filesystem_
             continue;
         }
         assert!(
-            std::path::Path::new(path).starts_with(&scratch.dir),
+            Path::new(path).starts_with(&scratch.dir),
             "only the burst's files are in its cgroup: {file}"
         );
         let meta = std::fs::symlink_metadata(path)
