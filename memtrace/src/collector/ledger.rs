@@ -172,11 +172,22 @@ impl Ledger {
         if !early {
             self.flips += 1;
         }
+        // Read before deciding what to measure: a removal the overflow explains is not
+        // measured, and a stale overflow would not explain this drain's removals.
+        self.overflow = tracer
+            .read_overflow(&mut errors)
+            .into_iter()
+            .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
+            .collect();
+        let mut taken = None;
         for &(key, entry) in &drained {
             let handled = self.deficits_handled.remove(&key).unwrap_or(0);
             // Removals a measurement already answered are in its seed: only the rest count.
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(&key)
-                && !self.overflow_holds(&key)
+                && !self.overflow_holds(
+                    &key,
+                    taken.get_or_insert_with(|| self.taken_from_overflow()),
+                )
             {
                 self.pending_measure.insert((key.dev, key.ino));
             }
@@ -195,11 +206,6 @@ impl Ledger {
             |tally, entry| add_drained(tally, entry, flips),
         );
         record_identities(Arc::make_mut(&mut self.identities), &drained);
-        self.overflow = tracer
-            .read_overflow(&mut errors)
-            .into_iter()
-            .map(|(key, counters)| ((key.hierarchy, key.cgroup_id), counters))
-            .collect();
         self.map_read_errors += errors;
         log::debug!(
             "drain: {} keys emptied in {emptied:?}, tallied in {:?}",
@@ -229,10 +235,12 @@ impl Ledger {
         // the most any held since the last report is the map's real use.
         stats.map_entries = self.entries_since_report.max(counting.len()) as u64;
         self.entries_since_report = 0;
+        let mut taken = None;
         for (key, entry) in &counting {
             let handled = self.deficits_handled.get(key).copied().unwrap_or(0);
             if entry.max_deficit.saturating_sub(handled) > self.known_resident(key)
-                && !self.overflow_holds(key)
+                && !self
+                    .overflow_holds(key, taken.get_or_insert_with(|| self.taken_from_overflow()))
             {
                 self.pending_measure.insert((key.dev, key.ino));
             }
@@ -403,13 +411,38 @@ impl Ledger {
         sum
     }
 
-    /// Whether `key`'s memcg has pages in the overflow (its files' runs that found the map
-    /// full): a file of it that loses pages memtrace never saw added lost them from there,
-    /// and measuring it would count them twice.
-    fn overflow_holds(&self, key: &CacheKey) -> bool {
+    /// Whether `key`'s memcg's overflow may still hold pages (its files' runs that found the
+    /// map full): a file of it that loses pages memtrace never saw added lost them from there,
+    /// and measuring it would leave them counted in the overflow too.
+    ///
+    /// The overflow's own net cannot tell: removals of pages whose additions the map had room
+    /// for land in it too, when they find the map full. What bounds it is what it added,
+    /// less the removals already taken from it (`taken`, per memcg); past that, a removal
+    /// memtrace never saw added is of cache older than memtrace, which measuring finds.
+    fn overflow_holds(&self, key: &CacheKey, taken: &HashMap<(u32, u64), u64>) -> bool {
+        let cgroup = (key.hierarchy, key.cgroup_id);
         self.overflow
-            .get(&(key.hierarchy, key.cgroup_id))
-            .is_some_and(|o| o.pages_added > o.pages_removed)
+            .get(&cgroup)
+            .is_some_and(|o| o.pages_added > taken.get(&cgroup).copied().unwrap_or(0))
+    }
+
+    /// Per memcg with an overflow, the removals taken from it so far: those of its files
+    /// memtrace never saw added (and no measurement explains), and those of pruned keys. The
+    /// same sum `add_overflow` makes, over the drained keys alone.
+    fn taken_from_overflow(&self) -> HashMap<(u32, u64), u64> {
+        let mut taken = self.overflow_taken.clone();
+        if self.overflow.is_empty() {
+            return taken;
+        }
+        for (InReportOrder(key), tally) in &self.totals {
+            let cgroup = (key.hierarchy, key.cgroup_id);
+            if self.overflow.contains_key(&cgroup) && !self.seeds.contains_key(&InReportOrder(*key))
+            {
+                *taken.entry(cgroup).or_default() +=
+                    tally.pages_removed.saturating_sub(tally.pages_added);
+            }
+        }
+        taken
     }
 
     /// Pages memtrace knew were resident for `key` from what was drained (and seeded).
