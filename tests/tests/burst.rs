@@ -82,6 +82,32 @@ fn burst(cgroup: &MemCgroup, dir: &Path, files: usize) {
     MemCgroup::settle_stats();
 }
 
+/// A burst of `files` in `cgroup` under `watch --json` with a 4096-entry map: memory.stat's
+/// page cache after it, and the first report built wholly after that read.
+fn burst_through_4096_entries(cgroup: &MemCgroup, dir: &Path, files: usize) -> (u64, Value) {
+    let watch = Watching::start(
+        &[
+            "--max-entries",
+            "4096",
+            "watch",
+            "--json",
+            "--interval",
+            "1s",
+            "--no-seed",
+        ],
+        Stdio::inherit(),
+    );
+    watch.next();
+    burst(cgroup, dir, files);
+    let kernel = cgroup.page_cache_bytes();
+    // The first report after the read may have been built before it; the second was not.
+    watch.skip_sent();
+    watch.next();
+    let last = watch.next();
+    watch.stop();
+    (kernel, last)
+}
+
 /// The test's cgroup in a JSON report.
 fn reported<'a>(report: &'a Value, cgroup: &MemCgroup) -> &'a Value {
     report["cgroups"]
@@ -96,27 +122,7 @@ fn burst_through_a_small_map(files: usize) {
     // A page of data and about as much again of inode and directory entry a file.
     let scratch = Scratch::with_room(&format!("burst-{files}"), files as u64 * 8192);
     let cgroup = MemCgroup::create(&format!("burst-{files}"));
-    let watch = Watching::start(
-        &[
-            "--max-entries",
-            "4096",
-            "watch",
-            "--json",
-            "--interval",
-            "1s",
-            "--no-seed",
-        ],
-        Stdio::inherit(),
-    );
-    watch.next();
-    burst(&cgroup, &scratch.dir, files);
-    let kernel = cgroup.page_cache_bytes();
-    // The first report after the read may have been built before it; the second was not.
-    watch.skip_sent();
-    watch.next();
-    let last = watch.next();
-    watch.stop();
-
+    let (kernel, last) = burst_through_4096_entries(&cgroup, &scratch.dir, files);
     let stats = &last["stats"];
     let cgroup_seen = reported(&last, &cgroup);
     let traced = cgroup_seen["cached_bytes"].as_u64().unwrap();
@@ -170,27 +176,7 @@ fn a_burst_through_a_full_map_into_a_cgroup_under_reclaim_ends_equal_to_memory_s
     let scratch = Scratch::with_room("burst-reclaimed", FILES as u64 * 8192);
     let cgroup = MemCgroup::create("burst-reclaimed");
     cgroup.set_limit(200 << 20);
-    let watch = Watching::start(
-        &[
-            "--max-entries",
-            "4096",
-            "watch",
-            "--json",
-            "--interval",
-            "1s",
-            "--no-seed",
-        ],
-        Stdio::inherit(),
-    );
-    watch.next();
-    burst(&cgroup, &scratch.dir, FILES);
-    let kernel = cgroup.page_cache_bytes();
-    // The first report after the read may have been built before it; the second was not.
-    watch.skip_sent();
-    watch.next();
-    let last = watch.next();
-    watch.stop();
-
+    let (kernel, last) = burst_through_4096_entries(&cgroup, &scratch.dir, FILES);
     let stats = &last["stats"];
     let traced = reported(&last, &cgroup)["cached_bytes"].as_u64().unwrap();
     eprintln!("{FILES} files under a 200 MiB limit: memory.stat {kernel} B, memtrace {traced} B; stats {stats}");
